@@ -1,0 +1,108 @@
+"""Pure layout arithmetic: grid choice, unpadding, the anyres_max cap and TOKEN COUNTS.
+
+The model builds its feature sequences with these functions and the server charges tokens with
+them, so usage, context checks and the model can never disagree (spec sections 3-5). Sizes are
+ORIG's (W, H) = PIL `image.size`; pinpoints are ORIG's (w, h) pairs in config order. Nothing here
+touches tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from model_runtime.config import LlavaConfig
+
+
+class LayoutError(ValueError):
+    """An image the configured layout cannot place (ORIG silently used a 2x2 grid instead)."""
+
+
+def select_best_resolution(size: tuple[int, int], candidates: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """ORIG mm_utils.select_best_resolution: most effective pixels, then least waste; ties keep
+    the earlier candidate."""
+    width, height = size
+    best: tuple[int, int] | None = None
+    best_effective, best_wasted = -1, math.inf
+    for w, h in candidates:
+        scale = min(w / width, h / height)
+        down_w, down_h = int(width * scale), int(height * scale)
+        effective = min(down_w * down_h, width * height)
+        wasted = w * h - effective
+        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
+            best, best_effective, best_wasted = (w, h), effective, wasted
+    if best is None:
+        raise LayoutError("no grid pinpoints configured")
+    return best
+
+
+def anyres_grid_shape(size: tuple[int, int], pinpoints: Sequence[tuple[int, int]], crop_side: int) -> tuple[int, int]:
+    """(nw, nh): crops across and down for an anyres image of `size` (W, H)."""
+    if size[0] < 1 or size[1] < 1:
+        raise LayoutError(f"image size {size} has an empty side")
+    w, h = select_best_resolution(size, pinpoints)
+    if w % crop_side or h % crop_side:
+        raise LayoutError(f"pinpoint {(w, h)} is not a multiple of the crop side {crop_side}")
+    return w // crop_side, h // crop_side
+
+
+def unpad_bounds(size: tuple[int, int], cur_h: int, cur_w: int) -> tuple[int, int, int, int]:
+    """ORIG unpad_image: rows [top, bottom) and cols [left, right) of a (cur_h x cur_w) feature map
+    that hold the image rather than the black anyres padding. Truncates with int() like ORIG."""
+    width, height = size
+    if width / height > cur_w / cur_h:
+        new_h = int(height * (cur_w / width))
+        pad = (cur_h - new_h) // 2
+        return pad, cur_h - pad, 0, cur_w
+    new_w = int(width * (cur_h / height))
+    pad = (cur_w - new_w) // 2
+    return 0, cur_h, pad, cur_w - pad
+
+
+def anyres_max_shape(h: int, w: int, max_crops: int, tokens_per_crop: int) -> tuple[int, int]:
+    """ORIG anyres_max_N cap: shrink an unpadded h x w map when it exceeds ~N crops' worth."""
+    t = math.sqrt(h * w / (max_crops * tokens_per_crop))
+    if t > 1.1:
+        return int(h // t), int(w // t)
+    return h, w
+
+
+def anyres_grid(cfg: LlavaConfig, size: tuple[int, int]) -> tuple[int, int]:
+    """(nw, nh) for an image of `size` (W, H) under the checkpoint's pinpoints."""
+    return anyres_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision.image_size)
+
+
+def unpadded_map_shape(cfg: LlavaConfig, size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the stitched anyres map after unpad and the anyres_max cap, before the newline column."""
+    nw, nh = anyres_grid(cfg, size)
+    p = cfg.vision.num_patches_per_side
+    top, bottom, left, right = unpad_bounds(size, nh * p, nw * p)
+    h, w = bottom - top, right - left
+    if cfg.anyres_max is not None:
+        h, w = anyres_max_shape(h, w, cfg.anyres_max, p * p)
+    return h, w
+
+
+def image_token_count(cfg: LlavaConfig, size: tuple[int, int], single_crop: bool = False) -> int:
+    """Feature rows one image contributes (spec section 5).
+
+    `single_crop`: the image was processed as one crop (pad/square mode, or any image of a
+    multi-image request) rather than anyres.
+    """
+    p = cfg.vision.num_patches_per_side
+    per_crop = p * p
+    merge = cfg.mm_patch_merge_type
+    if single_crop or not cfg.is_anyres:
+        if merge == "flat":
+            return per_crop
+        return per_crop + (1 if cfg.has_image_newline else 0)
+    nw, nh = anyres_grid(cfg, size)
+    if merge == "flat":
+        return (1 + nw * nh) * per_crop
+    base = 0 if "nobase" in merge else per_crop
+    if "maxpool2x2" in merge:
+        return base + (nh * p // 2) * (nw * p // 2)
+    if "unpad" in merge:
+        h, w = unpadded_map_shape(cfg, size)
+        return base + h * (w + 1)
+    return base + nh * p * nw * p

@@ -1,0 +1,250 @@
+"""Checkpoint and runtime configuration.
+
+`LlavaConfig` parses a LLaVA checkpoint's config.json once (ORIG key names, ORIG inference
+defaults) and validates it; everything downstream reads this object, never the raw dict.
+`EngineConfig` holds the runtime knobs of the generation engine. Neither reads the environment:
+only `server/config.py` does.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+# NOTE: OneVision configs say model_type "llava", which transformers maps to its own unrelated
+# LLaVA class; the language model is therefore chosen from `architectures`, then `model_type`.
+LANGUAGE_BY_ARCHITECTURE = {
+    "LlavaQwenForCausalLM": "qwen2",
+    "LlavaQwen2ForCausalLM": "qwen2",
+    "LlavaLlamaForCausalLM": "llama",
+    "LlavaMistralForCausalLM": "mistral",
+}
+LANGUAGE_BY_MODEL_TYPE = {
+    "llava_qwen": "qwen2",
+    "qwen2": "qwen2",
+    "llava_llama": "llama",
+    "llama": "llama",
+    "llava_mistral": "mistral",
+    "mistral": "mistral",
+}
+
+# ORIG hard-codes SigLIP-so400m-patch14-384 (llava/model/multimodal_encoder/siglip_encoder.py).
+SIGLIP_SO400M = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 384,
+    "patch_size": 14,
+    "layer_norm_eps": 1e-6,
+}
+VALID_PINPOINT_SIDES = (224, 336, 384, 448, 512)
+MERGE_TYPES = ("flat", "spatial", "spatial_unpad", "spatial_unpad_nobase", "spatial_maxpool2x2", "spatial_nobase")
+NEWLINE_POSITIONS = ("one_token", "no_token", "frame", "grid")
+POOL_MODES = ("average", "max", "bilinear")
+
+
+class ConfigError(ValueError):
+    """A checkpoint config that cannot be served; the message names the key and the value."""
+
+
+@dataclass(frozen=True)
+class VisionTowerConfig:
+    """Dimensions of the vision tower as published (ORIG drops the last layer at load)."""
+
+    kind: str  # "siglip" | "clip"
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int  # layers of the published tower, before ORIG's last-layer drop
+    num_attention_heads: int
+    image_size: int  # S: side of one crop in pixels
+    patch_size: int  # p
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def num_patches_per_side(self) -> int:  # P
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class LlavaConfig:
+    """Every multimodal key ORIG reads, with ORIG's inference defaults (spec section 2)."""
+
+    language: str  # "qwen2" | "llama" | "mistral"
+    hidden_size: int  # D
+    vision: VisionTowerConfig
+    mm_vision_tower: str
+    mm_hidden_size: int  # Cv
+    mm_projector_type: str = "linear"
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    image_aspect_ratio: str = "square"
+    image_grid_pinpoints: tuple[tuple[int, int], ...] = ()  # (w, h) pixel pairs, config order
+    mm_patch_merge_type: str = "flat"
+    mm_newline_position: str = "one_token"
+    mm_spatial_pool_mode: str = "bilinear"
+    mm_spatial_pool_stride: int | None = None
+    mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = True
+    tokenizer_model_max_length: int | None = None
+    tokenizer_padding_side: str = "right"
+    add_faster_video: bool = False
+    faster_token_stride: int = 10
+    frames_upbound: int = 0
+    force_sample: bool = False
+    add_time_instruction: bool = False
+    max_position_embeddings: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mm_patch_merge_type not in MERGE_TYPES:
+            raise ConfigError(f"mm_patch_merge_type={self.mm_patch_merge_type!r}: expected one of {MERGE_TYPES}")
+        if self.mm_newline_position not in NEWLINE_POSITIONS:
+            raise ConfigError(
+                f"mm_newline_position={self.mm_newline_position!r}: expected one of {NEWLINE_POSITIONS}"
+            )
+        if self.mm_spatial_pool_mode not in POOL_MODES:
+            raise ConfigError(f"mm_spatial_pool_mode={self.mm_spatial_pool_mode!r}: expected one of {POOL_MODES}")
+        if self.is_anyres and not self.image_grid_pinpoints:
+            raise ConfigError(f"image_aspect_ratio={self.image_aspect_ratio!r} needs image_grid_pinpoints")
+        if self.anyres_max is not None and self.anyres_max < 1:
+            raise ConfigError(f"image_aspect_ratio={self.image_aspect_ratio!r}: N must be >= 1")
+
+    # -- derived layout facts (pure functions of the keys above) --
+    @property
+    def is_anyres(self) -> bool:
+        return self.image_aspect_ratio == "anyres" or "anyres_max" in self.image_aspect_ratio
+
+    @property
+    def anyres_max(self) -> int | None:
+        m = re.match(r"anyres_max_(\d+)$", self.image_aspect_ratio)
+        return int(m.group(1)) if m else None
+
+    @property
+    def has_image_newline(self) -> bool:
+        return "unpad" in self.mm_patch_merge_type
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LlavaConfig:
+        tower = raw.get("mm_vision_tower") or raw.get("vision_tower")
+        if not tower:
+            raise ConfigError("mm_vision_tower is missing: not a LLaVA multimodal checkpoint")
+        vision = _vision_tower_config(str(tower), raw)
+        kwargs: dict[str, Any] = {
+            "language": _language(raw),
+            "hidden_size": int(raw["hidden_size"]),
+            "vision": vision,
+            "mm_vision_tower": str(tower),
+            "mm_hidden_size": int(raw.get("mm_hidden_size", vision.hidden_size)),
+            "image_grid_pinpoints": parse_pinpoints(raw.get("image_grid_pinpoints"), vision.image_size),
+            "raw": dict(raw),
+        }
+        if kwargs["mm_hidden_size"] != vision.hidden_size:
+            raise ConfigError(
+                f"mm_hidden_size={kwargs['mm_hidden_size']} differs from the vision tower's hidden size "
+                f"{vision.hidden_size}"
+            )
+        plain = {f.name for f in fields(cls)} - set(kwargs)
+        for name in plain:
+            if name in raw and raw[name] is not None:
+                kwargs[name] = raw[name]
+        if raw.get("image_aspect_ratio") is None:
+            kwargs.pop("image_aspect_ratio", None)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> LlavaConfig:
+        return cls.from_dict(read_config_dict(path))
+
+
+def read_config_dict(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"no config.json in {path}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file} is not valid JSON: {e.msg} at line {e.lineno}") from e
+    if "auto_map" in raw:
+        raise ConfigError(f"{file} has auto_map (remote code); llava-serve never runs checkpoint code")
+    return raw
+
+
+def _language(raw: dict[str, Any]) -> str:
+    for arch in raw.get("architectures") or ():
+        if arch in LANGUAGE_BY_ARCHITECTURE:
+            return LANGUAGE_BY_ARCHITECTURE[arch]
+    model_type = raw.get("model_type")
+    if model_type in LANGUAGE_BY_MODEL_TYPE:
+        return LANGUAGE_BY_MODEL_TYPE[model_type]
+    raise ConfigError(
+        f"cannot tell the language model: architectures={raw.get('architectures')!r}, "
+        f"model_type={model_type!r}"
+    )
+
+
+def _vision_tower_config(tower: str, raw: dict[str, Any]) -> VisionTowerConfig:
+    # `mm_vision_tower_config` is a llava-serve extension: ORIG hard-codes the tower dimensions,
+    # our demo checkpoints (and any non-so400m tower) state them explicitly.
+    explicit = raw.get("mm_vision_tower_config") or {}
+    kind = explicit.get("kind") or ("siglip" if "siglip" in tower.lower() else "clip")
+    if kind == "siglip":
+        dims = {**SIGLIP_SO400M, **{k: v for k, v in explicit.items() if k != "kind"}}
+    else:
+        if not explicit:
+            raise ConfigError(f"vision tower {tower!r}: CLIP towers need mm_vision_tower_config (model-core issue)")
+        dims = {k: v for k, v in explicit.items() if k != "kind"}
+    try:
+        return VisionTowerConfig(kind=kind, **dims)
+    except TypeError as e:
+        raise ConfigError(f"mm_vision_tower_config: {e}") from e
+
+
+def parse_pinpoints(value: Any, image_size: int) -> tuple[tuple[int, int], ...]:
+    """ORIG pinpoints: a list of [w, h], or range syntax "(1x1),...,(6x6)" scaled by S."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        if "x" in value:
+            if image_size not in VALID_PINPOINT_SIDES:
+                raise ConfigError(
+                    f"image_grid_pinpoints range syntax needs a tower image size in {VALID_PINPOINT_SIDES}, "
+                    f"got {image_size}"
+                )
+            groups = re.findall(r"\((\d+)x(\d+)\)", value)
+            if not groups:
+                raise ConfigError(f"image_grid_pinpoints={value!r}: no (AxB) groups")
+            (a0, b0), (a1, b1) = map(int, groups[0]), map(int, groups[-1])
+            return tuple(
+                (i * image_size, j * image_size) for i in range(a0, a1 + 1) for j in range(b0, b1 + 1)
+            )
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as e:
+            raise ConfigError(f"image_grid_pinpoints={value!r} is not a list literal") from e
+    try:
+        pairs = tuple((int(w), int(h)) for w, h in value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"image_grid_pinpoints={value!r}: expected [[w, h], ...]") from e
+    if not pairs or any(w <= 0 or h <= 0 for w, h in pairs):
+        raise ConfigError(f"image_grid_pinpoints={value!r}: expected positive [w, h] pairs")
+    return pairs
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Runtime knobs of the generation engine (not part of the checkpoint)."""
+
+    max_num_seqs: int = 32  # rows in one running batch
+    max_model_len: int | None = None  # None: the checkpoint's context length
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
