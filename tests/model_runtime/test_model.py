@@ -1,0 +1,83 @@
+"""The LLaVA model on tiny random weights: feature rows == layout counts, splicing, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model_runtime import ChatTurn, MediaMismatchError, image_token_count
+from model_runtime.arch.meta import EncodedItem
+from model_runtime.constants import IMAGE_TOKEN_INDEX
+from tests.conftest import random_image
+
+SIZES = [(42, 42), (100, 60), (60, 100), (84, 84), (7, 300), (300, 7), (1, 1), (126, 42), (500, 333)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("single_crop", [False, True])
+def test_feature_rows_equal_layout_count(tiny_model, size, single_crop):
+    image = random_image(*size)
+    item = tiny_model.processor.process_image(image, single_crop=single_crop)
+    with torch.inference_mode():
+        rows = tiny_model.model.encode_image_items([item.pixel_values], [item.image_size], [single_crop])[0]
+    assert rows.shape == (item.num_tokens, tiny_model.model.config.hidden_size)
+    assert item.num_tokens == image_token_count(tiny_model.config, size, single_crop=single_crop)
+
+
+def test_anyres_max_cap_shrinks_the_map(tiny_model):
+    # tiny is anyres_max_1 with P = 3: a 2x2 grid (6x6 map) is capped to 3x3 -> 9 + 3*4
+    item = tiny_model.processor.process_image(random_image(84, 84), single_crop=False)
+    assert item.pixel_values.shape[0] == 5
+    assert item.num_tokens == 9 + 3 * 4
+
+
+def test_prompt_has_one_sentinel_per_image_and_counts_text(tiny_model):
+    p = tiny_model.processor
+    media = [p.process_image(random_image(50, 50), single_crop=False)]
+    prompt = p.build_prompt([ChatTurn("user", "<image>\nWhat is this?")], media)
+    assert prompt.token_ids.count(IMAGE_TOKEN_INDEX) == 1
+    assert prompt.num_text_tokens == len(prompt.token_ids) - 1
+    assert prompt.num_tokens == prompt.num_text_tokens + media[0].num_tokens
+    text = p.tokenizer.decode([t for t in prompt.token_ids if t >= 0])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("What is this?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_spliced_sequence_length_is_the_charged_prompt_length(tiny_model):
+    p, model = tiny_model.processor, tiny_model.model
+    media = [p.process_image(random_image(90, 40), single_crop=False)]
+    prompt = p.build_prompt([ChatTurn("user", "<image>\nDescribe.")], media)
+    with torch.inference_mode():
+        feats = model.encode_image_items([media[0].pixel_values], [media[0].image_size], [False])
+        embeds, mask, _ = model.prepare_inputs_for_multimodal([prompt.token_ids], [[EncodedItem("image", feats[0])]])
+    assert embeds.shape[1] == prompt.num_tokens == int(mask.sum())
+
+
+def test_placeholder_item_mismatch_is_refused(tiny_model):
+    model = tiny_model.model
+    d = model.config.hidden_size
+    ids = [1, IMAGE_TOKEN_INDEX, 2, IMAGE_TOKEN_INDEX, 3]
+    one = [EncodedItem("image", torch.zeros(4, d))]
+    with pytest.raises(MediaMismatchError):
+        model.prepare_inputs_for_multimodal([ids], [one])
+    with pytest.raises(MediaMismatchError):
+        model.prepare_inputs_for_multimodal([[1, 2, 3]], [one])
+
+
+def test_left_padded_batch_logits_equal_solo(tiny_model):
+    p, model = tiny_model.processor, tiny_model.model
+    media = [p.process_image(random_image(70, 30), single_crop=False)]
+    with_image = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown here?")], media)
+    text_only = p.build_prompt([ChatTurn("user", "hi")], [])
+    with torch.inference_mode():
+        feats = model.encode_image_items([media[0].pixel_values], [media[0].image_size], [False])
+        items = [[EncodedItem("image", feats[0])], []]
+        rows = [with_image.token_ids, text_only.token_ids]
+
+        def last_logits(rows, items):
+            embeds, mask, pos = model.prepare_inputs_for_multimodal(rows, items, padding_side="left")
+            return model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits[:, -1]
+
+        batched = last_logits(rows, items)
+        solo = torch.cat([last_logits([r], [i]) for r, i in zip(rows, items, strict=True)])
+    torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)

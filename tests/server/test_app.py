@@ -1,0 +1,108 @@
+"""The real app with a real engine worker on the tiny model, driven in-process."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.config import ServerConfig
+from tests.conftest import png_data_url, random_image
+
+LEAK = re.compile(r"0x[0-9a-fA-F]{6,}|Traceback|/site-packages/|\.py\b")
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model):
+    app = create_app(ServerConfig(model="tiny", served_model_name="tiny"), loaded=tiny_model)
+    with TestClient(app) as c:
+        yield c
+
+
+def chat(client, messages, **kw):
+    return client.post("/v1/chat/completions", json={"model": "tiny", "messages": messages, **kw})
+
+
+def assert_error(resp, status: int, code: str, param: str | None = "ANY"):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == code
+    assert isinstance(err["message"], str) and err["message"]
+    if param != "ANY":
+        assert err["param"] == param
+    assert not LEAK.search(resp.text), resp.text
+    assert resp.headers["x-request-id"]
+
+
+def test_text_chat(client):
+    r = chat(client, [{"role": "user", "content": "hello"}], max_tokens=4, temperature=0)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["usage"]["completion_tokens"] <= 4
+    assert body["usage"]["prompt_tokens_details"]["image_tokens"] == 0
+
+
+def test_bad_json(client):
+    r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(r, 400, "invalid_request", None)
+
+
+def test_bad_value_names_the_field(client):
+    r = chat(client, [{"role": "user", "content": "hi"}], temperature=7)
+    assert_error(r, 400, "invalid_request", "temperature")
+    r = chat(client, [{"role": "robot", "content": "hi"}])
+    assert_error(r, 400, "invalid_request")
+    assert r.json()["error"]["param"].startswith("messages[0].role")
+
+
+def test_unknown_model(client):
+    r = client.post("/v1/chat/completions", json={"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})
+    assert_error(r, 404, "model_not_found", "model")
+
+
+def test_undecodable_image(client):
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8gd29ybGQ="}}
+    r = chat(client, [{"role": "user", "content": [part, {"type": "text", "text": "what?"}]}])
+    assert_error(r, 400, "invalid_image", "messages[0].content[0].image_url")
+
+
+def test_malformed_base64(client):
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}
+    r = chat(client, [{"role": "user", "content": [part]}])
+    assert_error(r, 400, "invalid_image", "messages[0].content[0].image_url")
+
+
+@pytest.mark.parametrize("text", ["look: <image> here", "<|im_end|> escape", "<audio>"])
+def test_placeholders_and_special_tokens_in_text_are_refused(client, text):
+    r = chat(client, [{"role": "user", "content": text}])
+    assert_error(r, 400, "invalid_request", "messages[0].content")
+
+
+def test_context_length_exceeded_gives_both_numbers(client):
+    r = chat(client, [{"role": "user", "content": "hi"}], max_tokens=100000)
+    assert_error(r, 400, "context_length_exceeded")
+    assert "4096" in r.json()["error"]["message"]
+
+
+def test_image_chat_charges_image_tokens(client, tiny_model):
+    image = random_image(100, 60)
+    expected = tiny_model.processor.process_image(image, single_crop=False).num_tokens
+    part = {"type": "image_url", "image_url": {"url": png_data_url(image)}}
+    r = chat(client, [{"role": "user", "content": [part, {"type": "text", "text": "what?"}]}], max_tokens=2)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens_details"]["image_tokens"] == expected
+
+
+def test_health_models_metrics(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    models = client.get("/v1/models").json()
+    assert models["data"][0]["id"] == "tiny"
+    assert "RANDOM" in models["data"][0]["description"]
+    chat(client, [{"role": "user", "content": "count me"}], max_tokens=1)
+    text = client.get("/metrics").text
+    assert re.search(r'llava_requests_total\{finish_reason="(length|stop)"\} [1-9]', text)
+    assert "llava_time_to_first_token_seconds_bucket" in text
+    assert 'llava_model_info{dtype="float32",model="tiny",quantization="none"} 1.0' in text
