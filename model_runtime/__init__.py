@@ -11,8 +11,9 @@ from model_runtime.config import ConfigError, EngineConfig, LlavaConfig
 from model_runtime.engine.engine import Engine, EngineStats
 from model_runtime.engine.request import FINISH_REASONS, Request, RequestOutput, RequestStatus, SamplingParams
 from model_runtime.engine.worker import EngineDeadError, EngineWorker
+from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn
-from model_runtime.processing.processor import InvalidPromptError, MediaInput, Processor, PromptInput
+from model_runtime.processing.processor import InvalidPromptError, Processor, PromptInput
 
 __all__ = [
     "DEMO_SPECS",
@@ -20,6 +21,7 @@ __all__ = [
     "ChatTurn",
     "ConfigError",
     "Engine",
+    "EncodedItem",
     "EngineConfig",
     "EngineDeadError",
     "EngineStats",

@@ -10,7 +10,6 @@ from `layout.py`. No tokenizer, no HTTP, no scheduling here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,23 +19,11 @@ from model_runtime.arch import layout
 from model_runtime.arch.projector import build_vision_projector
 from model_runtime.arch.vision import build_vision_tower
 from model_runtime.config import LlavaConfig
-from model_runtime.constants import SENTINEL_BY_MODALITY
+from model_runtime.inputs import EncodedItem, MediaInput
 
 
 class MediaMismatchError(ValueError):
     """Placeholders and media items of a row disagree (ORIG reused or dropped items silently)."""
-
-
-@dataclass(frozen=True)
-class EncodedItem:
-    """Feature rows of one media item, ready to splice."""
-
-    modality: str  # "image" | "video" | "audio"
-    features: torch.Tensor  # [n, D]
-
-    @property
-    def sentinel(self) -> int:
-        return SENTINEL_BY_MODALITY[self.modality]
 
 
 class LlavaMetaModel:
@@ -65,6 +52,18 @@ class LlavaMetaForCausalLM:
         dtype = self.model.embed_tokens.weight.dtype
         features = self.model.vision_tower(pixel_values.to(dtype))
         return self.model.mm_projector(features)
+
+    def encode_media(self, media: Sequence[MediaInput]) -> list[EncodedItem]:
+        """Items of any requests -> encoded items in the same order (one tower call per modality)."""
+        device = self.model.embed_tokens.weight.device
+        images = [m for m in media if m.modality == "image"]
+        unsupported = {m.modality for m in media} - {"image"}
+        if unsupported:
+            raise ValueError(f"modalities {sorted(unsupported)} are not supported yet")
+        features = iter(self.encode_image_items(
+            [m.data.to(device) for m in images], [m.image_size for m in images], [m.single_crop for m in images]
+        ))
+        return [EncodedItem(m.modality, next(features)) for m in media]
 
     def encode_image_items(
         self, crops: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], single_crop: Sequence[bool]

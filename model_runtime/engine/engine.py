@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from model_runtime.arch.meta import EncodedItem
 from model_runtime.config import EngineConfig
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
 from model_runtime.engine.request import FINISH_REASONS, Request, RequestOutput, RequestStatus
 from model_runtime.engine.sampler import sample
+from model_runtime.inputs import EncodedItem
 
 log = logging.getLogger(__name__)
 
@@ -156,18 +156,8 @@ class Engine:
         return out.logits[:, -1].float()
 
     def _encode_media(self, requests: list[Request]) -> list[list[EncodedItem]]:
-        images = [m for r in requests for m in r.media]
-        features = self.model.encode_image_items(
-            [m.pixel_values.to(self.device) for m in images],
-            [m.image_size for m in images],
-            [m.single_crop for m in images],
-        )
-        items: list[list[EncodedItem]] = []
-        k = 0
-        for r in requests:
-            items.append([EncodedItem(m.modality, f) for m, f in zip(r.media, features[k : k + len(r.media)], strict=True)])
-            k += len(r.media)
-        return items
+        encoded = iter(self.model.encode_media([m for r in requests for m in r.media]))
+        return [[next(encoded) for _ in r.media] for r in requests]
 
     def _append_tokens(self, logits: torch.Tensor) -> list[RequestOutput]:
         batch = self.batch

@@ -9,7 +9,8 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from model_runtime.processing.processor import MediaInput, PromptInput
+from model_runtime.inputs import MediaInput
+from model_runtime.processing.processor import PromptInput
 
 
 class RequestStatus(enum.Enum):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from PIL import Image
 
 from model_runtime.arch import layout
 from model_runtime.config import LlavaConfig
+from model_runtime.inputs import MediaInput
 from model_runtime.processing.conversation import ChatTurn, ConversationTemplate
 from model_runtime.processing.image import ImagePreprocessor
 from model_runtime.processing.prompt import contains_placeholder, tokenize_prompt
@@ -22,17 +22,6 @@ from model_runtime.processing.prompt import contains_placeholder, tokenize_promp
 
 class InvalidPromptError(ValueError):
     """User text the prompt builder must refuse (placeholders or special tokens typed as text)."""
-
-
-@dataclass(frozen=True)
-class MediaInput:
-    """One preprocessed media item of a request."""
-
-    modality: str  # "image" (video and audio come with the model-core issue)
-    pixel_values: torch.Tensor  # [k, 3, S, S] float32 crops (k = 1 + nw*nh for anyres)
-    image_size: tuple[int, int]  # source (W, H)
-    single_crop: bool  # processed as one crop (multi-image requests) instead of anyres
-    num_tokens: int  # feature rows this item becomes in the LM sequence
 
 
 @dataclass(frozen=True)
@@ -70,7 +59,7 @@ class Processor:
         image = image.convert("RGB") if image.mode != "RGB" else image
         return MediaInput(
             modality="image",
-            pixel_values=self.images.process(image, single_crop),
+            data=self.images.process(image, single_crop),
             image_size=image.size,
             single_crop=single_crop,
             num_tokens=layout.image_token_count(self.cfg, image.size, single_crop=single_crop),

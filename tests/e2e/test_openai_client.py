@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model_runtime import ChatTurn
-from model_runtime.arch.meta import EncodedItem
+from model_runtime.inputs import EncodedItem
 from tests.conftest import png_data_url, random_image
 
 
@@ -22,7 +22,7 @@ def consumed_sequence_length(tiny_model, text: str, images) -> int:
     media = [p.process_image(im, single_crop=len(images) > 1) for im in images]
     prompt = p.build_prompt([ChatTurn("user", text)], media)
     with torch.inference_mode():
-        feats = model.encode_image_items([m.pixel_values for m in media], [m.image_size for m in media],
+        feats = model.encode_image_items([m.data for m in media], [m.image_size for m in media],
                                          [m.single_crop for m in media])
         embeds, _, _ = model.prepare_inputs_for_multimodal(
             [prompt.token_ids], [[EncodedItem("image", f) for f in feats]]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from model_runtime import ChatTurn, MediaMismatchError, image_token_count
-from model_runtime.arch.meta import EncodedItem
 from model_runtime.constants import IMAGE_TOKEN_INDEX
+from model_runtime.inputs import EncodedItem
 from tests.conftest import random_image
 
 SIZES = [(42, 42), (100, 60), (60, 100), (84, 84), (7, 300), (300, 7), (1, 1), (126, 42), (500, 333)]
@@ -19,7 +19,7 @@ def test_feature_rows_equal_layout_count(tiny_model, size, single_crop):
     image = random_image(*size)
     item = tiny_model.processor.process_image(image, single_crop=single_crop)
     with torch.inference_mode():
-        rows = tiny_model.model.encode_image_items([item.pixel_values], [item.image_size], [single_crop])[0]
+        rows = tiny_model.model.encode_image_items([item.data], [item.image_size], [single_crop])[0]
     assert rows.shape == (item.num_tokens, tiny_model.model.config.hidden_size)
     assert item.num_tokens == image_token_count(tiny_model.config, size, single_crop=single_crop)
 
@@ -27,7 +27,7 @@ def test_feature_rows_equal_layout_count(tiny_model, size, single_crop):
 def test_anyres_max_cap_shrinks_the_map(tiny_model):
     # tiny is anyres_max_1 with P = 3: a 2x2 grid (6x6 map) is capped to 3x3 -> 9 + 3*4
     item = tiny_model.processor.process_image(random_image(84, 84), single_crop=False)
-    assert item.pixel_values.shape[0] == 5
+    assert item.data.shape[0] == 5
     assert item.num_tokens == 9 + 3 * 4
 
 
@@ -48,7 +48,7 @@ def test_spliced_sequence_length_is_the_charged_prompt_length(tiny_model):
     media = [p.process_image(random_image(90, 40), single_crop=False)]
     prompt = p.build_prompt([ChatTurn("user", "<image>\nDescribe.")], media)
     with torch.inference_mode():
-        feats = model.encode_image_items([media[0].pixel_values], [media[0].image_size], [False])
+        feats = model.encode_image_items([media[0].data], [media[0].image_size], [False])
         embeds, mask, _ = model.prepare_inputs_for_multimodal([prompt.token_ids], [[EncodedItem("image", feats[0])]])
     assert embeds.shape[1] == prompt.num_tokens == int(mask.sum())
 
@@ -70,7 +70,7 @@ def test_left_padded_batch_logits_equal_solo(tiny_model):
     with_image = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown here?")], media)
     text_only = p.build_prompt([ChatTurn("user", "hi")], [])
     with torch.inference_mode():
-        feats = model.encode_image_items([media[0].pixel_values], [media[0].image_size], [False])
+        feats = model.encode_image_items([media[0].data], [media[0].image_size], [False])
         items = [[EncodedItem("image", feats[0])], []]
         rows = [with_image.token_ids, text_only.token_ids]
 
