@@ -336,6 +336,8 @@ def _vision_tower_config(tower: str, raw: dict[str, Any]) -> VisionTowerConfig:
     (a local tower folder, or the hub for names we do not know)."""
     explicit = dict(raw.get("mm_vision_tower_config") or {})
     kind = explicit.pop("kind", None)
+    if kind is not None and kind not in DEFAULT_ACT:
+        raise ConfigError(f"mm_vision_tower_config.kind={kind!r}: expected one of {sorted(DEFAULT_ACT)}")
     if kind is None and tower in KNOWN_CLIP_TOWERS:
         kind = "clip"
     if kind is None and "siglip" in tower.lower() and not Path(tower).is_dir():
