@@ -8,7 +8,7 @@ from model_runtime.arch.meta import MediaMismatchError
 from model_runtime.checkpoint.demo import DEMO_SPECS, make_demo
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
 from model_runtime.config import ConfigError, EngineConfig, FaultInjection, LlavaConfig
-from model_runtime.engine.engine import Engine, EngineDeadError, EngineStats
+from model_runtime.engine.engine import Engine, EngineDeadError
 from model_runtime.engine.request import (
     FINISH_REASONS,
     MAX_TOP_LOGPROBS,
@@ -21,6 +21,7 @@ from model_runtime.engine.request import (
     SamplingParamsError,
     TokenLogprobs,
 )
+from model_runtime.engine.stats import EngineStats
 from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn

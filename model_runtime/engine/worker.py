@@ -18,8 +18,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from model_runtime.engine.engine import Engine, EngineDeadError, EngineStats
-from model_runtime.engine.request import Request, RequestOutput
+from model_runtime.engine.engine import Engine, EngineDeadError
+from model_runtime.engine.request import Request, RequestOutput, SamplingParamsError
+from model_runtime.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class EngineWorker:
         self._is_admitting = False
         self._stop.set()
         self._inbox.put(("wake", None))
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
 
     @property
     def is_alive(self) -> bool:
@@ -120,6 +122,8 @@ class EngineWorker:
             raise EngineDeadError("the engine worker is not running")
         if not self._is_admitting:
             raise EngineDrainingError("the server is shutting down")
+        if request.params.n > self.engine.config.max_num_seqs:
+            raise SamplingParamsError("n", f"{request.params.n}: at most {self.engine.config.max_num_seqs} here")
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
         with self._lock:
