@@ -224,26 +224,38 @@ def plot(results: list[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r.case.model, r.case.kind) for r in results})
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), squeeze=False)
-    for ax, (model, kind) in zip(axes[0], groups, strict=True):
-        rows = sorted((r for r in results if (r.case.model, r.case.kind) == (model, kind)),
-                      key=lambda r: r.case.concurrency)
-        x = [r.case.concurrency for r in rows]
-        ax.plot(x, [r.engine_tokens_per_s for r in rows], "o-", label="engine (continuous batching)")
-        ax.plot(x, [r.sequential_tokens_per_s for r in rows], "s--", label="sequential generate")
-        for r in rows:
-            ax.annotate(f"{r.speedup:.1f}x", (r.case.concurrency, r.engine_tokens_per_s), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=8)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(x, [str(v) for v in x])
-        ax.set_title(f"{model}, {kind} ({rows[0].case.num_output_tokens} output tokens)")
-        ax.set_xlabel("concurrent requests")
-        ax.set_ylabel("output tokens / s")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    models = list(dict.fromkeys(r.case.model for r in results))
+    kinds = [k for k in ("text", "image") if any(r.case.kind == k for r in results)]
+    fig, axes = plt.subplots(len(models), len(kinds), figsize=(5.2 * len(kinds), 3.6 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        for col, kind in enumerate(kinds):
+            ax = axes[row][col]
+            cells = sorted((r for r in results if (r.case.model, r.case.kind) == (model, kind)),
+                           key=lambda r: r.case.concurrency)
+            if not cells:
+                ax.set_visible(False)
+                continue
+            x = [r.case.concurrency for r in cells]
+            ax.plot(x, [r.engine_tokens_per_s for r in cells], "o-", label="engine (continuous batching)")
+            ax.plot(x, [r.sequential_tokens_per_s for r in cells], "s--", label="one by one, transformers generate")
+            for r in cells:
+                ax.annotate(f"{r.speedup:.1f}x", (r.case.concurrency, r.engine_tokens_per_s),
+                            textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(x, [str(v) for v in x])
+            ax.set_ylim(bottom=0, top=max(r.engine_tokens_per_s for r in cells) * 1.18)
+            ax.set_title(f"{model}: {kind}, {cells[0].case.num_output_tokens} output tokens each", fontsize=10)
+            ax.set_xlabel("concurrent requests")
+            ax.set_ylabel("output tokens / s")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def load_results(path: Path) -> list[Result]:
+    rows = json.loads(path.read_text())
+    return [Result(case=Case(**r.pop("case")), **{k: v for k, v in r.items() if k != "speedup"}) for r in rows]
 
 
 def main() -> None:
@@ -263,7 +275,13 @@ def main() -> None:
     parser.add_argument("--max-prefill-tokens", type=int, default=EngineConfig().max_prefill_tokens)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--replot", type=Path, help="only redraw the table and plot from this JSON file")
     args = parser.parse_args()
+    if args.replot:
+        results = load_results(args.replot)
+        print(table(results))
+        plot(results, args.replot.with_suffix(".png"))
+        return
     args.text_concurrency = [int(v) for v in args.text_concurrency.split(",") if v]
     args.image_concurrency = [int(v) for v in args.image_concurrency.split(",") if v]
     if args.threads:
