@@ -12,9 +12,9 @@ import logging
 import sys
 
 from server.config import (
-    MiB,
     FetchPolicy,
     MediaLimits,
+    MiB,
     ServerConfig,
     env_default,
     env_flag,

@@ -173,15 +173,15 @@ class MediaFetcher:
         if not parts.hostname or "%" in parts.hostname:
             raise blocked("the media URL has no valid host")
         host = parse_host(parts.hostname)
-        if self.policy.allowed_domains:
-            if not isinstance(host, str) or not any(
-                host == d or host.endswith("." + d) for d in self.policy.allowed_domains
-            ):
-                raise blocked("the media URL's host is not in this server's allowed media domains")
+        if self.policy.allowed_domains and not self._is_allowed_domain(host):
+            raise blocked("the media URL's host is not in this server's allowed media domains")
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
         return _Target(scheme, host, port or (443 if scheme == "https" else 80), path)
+
+    def _is_allowed_domain(self, host) -> bool:
+        return isinstance(host, str) and any(host == d or host.endswith("." + d) for d in self.policy.allowed_domains)
 
     async def _resolve(self, target: _Target) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         if not isinstance(target.host, str):
