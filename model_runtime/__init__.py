@@ -7,11 +7,22 @@ from model_runtime.arch.layout import LayoutError, audio_token_count, image_toke
 from model_runtime.arch.meta import MediaMismatchError
 from model_runtime.checkpoint.demo import DEMO_SPECS, make_demo
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
-from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, LlavaConfig
+from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
 from model_runtime.constants import AUDIO_SAMPLE_RATE
-from model_runtime.engine.engine import Engine, EngineStats
-from model_runtime.engine.request import FINISH_REASONS, Request, RequestOutput, RequestStatus, SamplingParams
-from model_runtime.engine.worker import EngineDeadError, EngineWorker
+from model_runtime.engine.engine import Engine, EngineDeadError, EngineStats
+from model_runtime.engine.request import (
+    FINISH_REASONS,
+    MAX_TOP_LOGPROBS,
+    Logprob,
+    Request,
+    RequestMetrics,
+    RequestOutput,
+    RequestStatus,
+    SamplingParams,
+    SamplingParamsError,
+    TokenLogprobs,
+)
+from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn
 from model_runtime.processing.processor import InvalidMediaError, InvalidPromptError, Processor, PromptInput
@@ -23,27 +34,35 @@ __all__ = [
     "DEMO_SPECS",
     "FINISH_REASONS",
     "FramePlan",
+    "MAX_TOP_LOGPROBS",
     "ChatTurn",
     "ConfigError",
     "Engine",
     "EncodedItem",
     "EngineConfig",
     "EngineDeadError",
+    "EngineDrainingError",
     "EngineStats",
     "EngineWorker",
+    "FaultInjection",
     "InvalidMediaError",
     "InvalidPromptError",
     "LayoutError",
     "LlavaConfig",
     "LoadedModel",
+    "Logprob",
     "MediaInput",
     "MediaMismatchError",
     "Processor",
     "PromptInput",
     "Request",
+    "RequestMetrics",
     "RequestOutput",
     "RequestStatus",
     "SamplingParams",
+    "SamplingParamsError",
+    "TokenLogprobs",
+    "WorkerHealth",
     "audio_token_count",
     "image_token_count",
     "load_pretrained_model",
