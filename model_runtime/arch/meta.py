@@ -1,7 +1,8 @@
 """LLaVA meta mixins: towers + projector on the base model, media encoding and splicing.
 
-`LlavaMetaModel` adds ORIG's `vision_tower`, `mm_projector` and `image_newline` to a transformers
-base model (so checkpoint keys load unchanged). `LlavaMetaForCausalLM` encodes media items into
+`LlavaMetaModel` adds ORIG's `vision_tower`, `mm_projector` and `image_newline` (and, with a
+`speech_encoder` key, EgoGPT's `speech_encoder` + `speech_projector`) to a transformers base model
+(so checkpoint keys load unchanged). `LlavaMetaForCausalLM` encodes media items into
 feature rows (ORIG llava_arch.py: encode_images + the spatial merge) and splices them into the
 token embeddings at sentinel positions (`prepare_inputs_for_multimodal`). Every row count comes
 from `layout.py`. No tokenizer, no HTTP, no scheduling here.
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_runtime.arch import layout
-from model_runtime.arch.projector import build_vision_projector
+from model_runtime.arch.audio import build_audio_tower
+from model_runtime.arch.projector import SpeechProjector, build_vision_projector
 from model_runtime.arch.vision import build_vision_tower
 from model_runtime.config import LlavaConfig
 from model_runtime.inputs import EncodedItem, MediaInput
@@ -37,6 +39,9 @@ class LlavaMetaModel:
         if self.llava_config.has_image_newline:
             # ORIG training init (randn / sqrt(D)); a checkpoint's value replaces it at load
             self.image_newline = nn.Parameter(torch.randn(config.hidden_size) * config.hidden_size**-0.5)
+        if self.llava_config.audio is not None:
+            self.speech_encoder = build_audio_tower(self.llava_config)
+            self.speech_projector = SpeechProjector(self.llava_config)
 
 
 class LlavaMetaForCausalLM:
@@ -56,14 +61,43 @@ class LlavaMetaForCausalLM:
     def encode_media(self, media: Sequence[MediaInput]) -> list[EncodedItem]:
         """Items of any requests -> encoded items in the same order (one tower call per modality)."""
         device = self.model.embed_tokens.weight.device
-        images = [m for m in media if m.modality == "image"]
-        unsupported = {m.modality for m in media} - {"image"}
+        encoders = {"image": self._encode_image_inputs, "audio": self.encode_audio_items}
+        unsupported = {m.modality for m in media} - set(encoders)
         if unsupported:
             raise ValueError(f"modalities {sorted(unsupported)} are not supported yet")
-        features = iter(self.encode_image_items(
+        rows: list[torch.Tensor | None] = [None] * len(media)
+        for modality, encode in encoders.items():
+            picked = [i for i, m in enumerate(media) if m.modality == modality]
+            if picked:
+                for i, features in zip(picked, encode([media[i] for i in picked], device), strict=True):
+                    rows[i] = features
+        return [EncodedItem(m.modality, r) for m, r in zip(media, rows, strict=True)]
+
+    def _encode_image_inputs(self, images: Sequence[MediaInput], device) -> list[torch.Tensor]:
+        return self.encode_image_items(
             [m.data.to(device) for m in images], [m.image_size for m in images], [m.single_crop for m in images]
-        ))
-        return [EncodedItem(m.modality, next(features)) for m in media]
+        )
+
+    def encode_audio_items(self, items: Sequence[MediaInput], device) -> list[torch.Tensor]:
+        """Audio items (each [C_i, n_mels, 3000] mel chunks) -> rows [n_i, D], one tower call.
+
+        Each chunk gives (3000 + 1) // 2 encoder frames -> // k projector rows; every chunk keeps
+        the rows `layout.audio_chunk_token_counts` gives it (all of them unless the checkpoint trims
+        the padding of the last chunk), chunks in time order.
+        """
+        if self.llava_config.audio is None:
+            raise ValueError("this checkpoint has no audio tower")
+        mel = torch.cat([m.data for m in items], dim=0).to(device)  # [sum C_i, n_mels, 3000]
+        frames = self.model.speech_encoder.encode(mel)  # [sum C_i, 1500, Ca]
+        projected = self.model.speech_projector(frames.to(self.model.speech_projector.linear1.weight.dtype))
+        projected = projected.to(self.model.embed_tokens.weight.dtype)  # [sum C_i, 1500 // k, D]
+        out = []
+        for item, chunks in zip(items, torch.split(projected, [m.data.shape[0] for m in items]), strict=True):
+            counts = layout.audio_chunk_token_counts(self.llava_config, item.num_samples)
+            if len(counts) != chunks.shape[0]:
+                raise layout.LayoutError(f"{chunks.shape[0]} mel chunks for audio of {item.num_samples} samples")
+            out.append(torch.cat([c[:n] for c, n in zip(chunks, counts, strict=True)], dim=0))
+        return out
 
     def encode_image_items(
         self, crops: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], single_crop: Sequence[bool]
