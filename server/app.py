@@ -31,6 +31,7 @@ from model_runtime import (
     Engine,
     EngineConfig,
     EngineWorker,
+    FaultInjection,
     LoadedModel,
     SamplingParams,
     SamplingParamsError,
@@ -98,14 +99,17 @@ class EventStream(StreamingResponse):
 
 
 def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
-               load: Callable[[], LoadedModel] | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+               load: Callable[[], LoadedModel] | None = None, clock: Callable[[], float] = time.time,
+               fault_injection: FaultInjection | None = None) -> FastAPI:
     """`loaded`: an already loaded checkpoint; `load`: how to load one (tests); else `config.model` is loaded.
+    `clock` and `fault_injection` (engine faults on chosen request ids) are for tests.
 
     `app.state.lifecycle` is the server's state; `app.state.request_exit` (set by the runner) is
     called when the engine dies so the process can exit non-zero.
     """
     lifecycle = Lifecycle(config.max_queued_requests, config.shutdown_timeout, config.ready_stall_seconds, clock)
     state: dict[str, Runtime] = {}
+    engine_ids: set[str] = set()  # ids of the requests in flight: a client's x-request-id names its request
 
     def stats():
         return state["rt"].worker.stats() if "rt" in state else None
@@ -126,7 +130,8 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             model = await asyncio.to_thread(load_model)
             context_len = min(config.max_model_len or model.context_len, model.context_len)
             engine = Engine(model.model, model.tokenizer, model.eos_token_ids,
-                            EngineConfig(max_num_seqs=config.max_num_seqs, max_model_len=context_len))
+                            EngineConfig(max_num_seqs=config.max_num_seqs, max_model_len=context_len,
+                                         fault_injection=fault_injection))
             worker = EngineWorker(engine)
             worker.start()
         except Exception as e:
@@ -280,14 +285,22 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             metrics.rejected.labels(reason="queue_full" if e.status == 429 else "shutting_down").inc()
             raise
         is_streaming = False
+        request_id = "chatcmpl-" + request.state.request_id
+        if request_id in engine_ids:
+            request_id = "chatcmpl-" + uuid.uuid4().hex
+        engine_ids.add(request_id)
         try:
-            engine_request, loaded_media = await until_disconnect(request, prepare(rt, body), ticket)
+            engine_request, loaded_media = await until_disconnect(request, prepare(rt, body, request_id), ticket)
             gen = Generation(engine_request, loaded_media.reports, loaded_media.owners, config.served_model_name,
                              arrival, metrics, ticket)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 is_streaming = True
-                return EventStream(stream(gen, rt.worker, include_usage), on_close=gen.record,
+                def on_close() -> None:
+                    gen.record()
+                    engine_ids.discard(request_id)
+
+                return EventStream(stream(gen, rt.worker, include_usage), on_close=on_close,
                                    media_type="text/event-stream",
                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             completion = await until_disconnect(request, collect(gen, rt.worker), None)
@@ -299,8 +312,9 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
         finally:
             if not is_streaming:
                 ticket.close()
+                engine_ids.discard(request_id)
 
-    async def prepare(rt: Runtime, body: ChatCompletionRequest):
+    async def prepare(rt: Runtime, body: ChatCompletionRequest, request_id: str):
         processor = rt.loaded.processor
         rendered = chat.render(body.messages, processor, config.limits)
         loaded_media = await rt.media.load(rendered.media)
@@ -329,7 +343,6 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             )
         except SamplingParamsError as e:
             raise InvalidRequest(str(e), param=e.param) from e
-        request_id = "chatcmpl-" + uuid.uuid4().hex
         return EngineRequest(request_id, prompt, loaded_media.inputs, params), loaded_media
 
     async def until_disconnect(request: Request, work: Awaitable, ticket: Ticket | None):
