@@ -14,7 +14,7 @@ import soundfile
 from PIL import Image
 
 # a memory address, a traceback, a Python file or a filesystem path in a response body is a leak
-LEAK = re.compile(r"0x[0-9a-fA-F]{4,}|Traceback|\.py\b|/(tmp|work|root|home|usr|etc|proc|site-packages)/")
+LEAK = re.compile(r"\b0x[0-9a-fA-F]{4,}|Traceback|\.py\b|/(tmp|work|root|home|usr|etc|proc|site-packages)/")
 
 
 def assert_no_leak(text: str) -> None:
