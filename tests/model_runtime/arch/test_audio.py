@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_runtime import ConfigError, LlavaConfig, audio_token_count, load_pretrained_model
+from model_runtime import ChatTurn, ConfigError, LlavaConfig, audio_token_count, load_pretrained_model
 from model_runtime.arch.layout import audio_chunk_frames, audio_chunk_token_counts
 from model_runtime.constants import AUDIO_CHUNK_SAMPLES, AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX
 from model_runtime.inputs import EncodedItem
@@ -174,3 +174,36 @@ def test_egogpt_checkpoint_with_openai_whisper_names_loads(tiny_audio_checkpoint
     for key in reference:
         assert torch.equal(loaded[key], reference[key]), key
 
+def test_mixed_batch_logits_equal_each_row_alone(tiny_audio_model):
+    p, model = tiny_audio_model.processor, tiny_audio_model.model
+    frames = [random_image(50, 30, seed=i) for i in range(3)]
+    video = p.process_video(frames, [0.0, 1.0, 2.0], duration=3.0)
+    track = p.process_audio(random_waveform(3.0, seed=5))  # the video's own audio track
+    requests = [
+        ([ChatTurn("user", "hi there")], []),
+        ([ChatTurn("user", "<image>\nWhat is shown?")], [p.process_image(random_image(70, 30), single_crop=False)]),
+        ([ChatTurn("user", "<video>\nWhat happens?")], [video]),
+        ([ChatTurn("user", "<audio>\nWhat is said?")], [p.process_audio(random_waveform(12.0, seed=6))]),
+        ([ChatTurn("user", "<video>\n<audio>\nDescribe it.")], [video, track]),
+        ([ChatTurn("user", "<audio>\n<image>\nBoth?")], [p.process_audio(random_waveform(0.5)),
+                                                        p.process_image(random_image(40, 90), single_crop=False)]),
+    ]
+    prompts = [p.build_prompt(turns, media) for turns, media in requests]
+    with torch.inference_mode():
+        encoded = model.encode_media([m for _, media in requests for m in media])
+        it = iter(encoded)
+        items = [[next(it) for _ in media] for _, media in requests]
+        rows = [pr.token_ids for pr in prompts]
+
+        def last_logits(rows, items):
+            embeds, mask, pos = model.prepare_inputs_for_multimodal(rows, items, padding_side="left")
+            assert mask.sum(dim=1).tolist() == [len(r) - sum(t < 0 for t in r) + sum(i.features.shape[0] for i in its)
+                                                for r, its in zip(rows, items, strict=True)]
+            return model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits[:, -1]
+
+        batched = last_logits(rows, items)
+        solo = torch.cat([last_logits([r], [i]) for r, i in zip(rows, items, strict=True)])
+    assert [pr.num_tokens for pr in prompts] == [
+        len(r) - sum(t < 0 for t in r) + sum(i.features.shape[0] for i in its) for r, its in zip(rows, items, strict=True)
+    ]
+    torch.testing.assert_close(batched, solo, rtol=1e-5, atol=1e-5)

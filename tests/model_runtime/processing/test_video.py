@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model_runtime import ChatTurn, InvalidMediaError, MediaInput, Processor, plan_video_frames
+from model_runtime.arch import layout
 from model_runtime.processing.prompt import tokenize_prompt
 from tests.conftest import random_image
 
@@ -106,6 +107,16 @@ def test_each_video_gets_its_own_time_instruction(tiny_model):
     assert "located at 0.00s.Please answer the following questions related to this video.\n and " in text
     assert "The video lasts for 2.50 seconds, and 2 frames" in text and "0.00s,2.00s.Please" in text
     assert text.count("The video lasts") == 2 and text.count("\n\n") == 0
+
+
+def test_process_video_squashes_each_frame_and_counts_tokens(tiny_model):
+    frames = [random_image(64, 36, seed=i) for i in range(5)]
+    item = tiny_model.processor.process_video(frames, [0.0, 1.0, 2.0, 3.0, 4.0], duration=4.5)
+    s = tiny_model.config.vision.image_size
+    assert item.modality == "video" and item.data.shape == (5, 3, s, s)
+    torch.testing.assert_close(item.data[2], tiny_model.processor.images.to_tensor([frames[2]])[0])
+    assert item.num_tokens == layout.video_token_count(tiny_model.config, 5)
+    assert item.timestamps == (0.0, 1.0, 2.0, 3.0, 4.0) and item.duration == 4.5 and item.image_size == (64, 36)
 
 
 def test_process_video_refuses_missing_frames(tiny_model):
