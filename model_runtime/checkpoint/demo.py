@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from model_runtime.arch.language import LlavaQwenConfig, LlavaQwenForCausalLM
+from model_runtime.arch.language import LANGUAGE_MODELS
+from model_runtime.config import LlavaConfig
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>", "<audio>")
 # Qwen2's pre-tokenizer split (contractions, letters, single digits, punctuation runs, newlines)
@@ -115,8 +116,13 @@ projector (EgoGPT's `speech_*` config keys), so `input_audio` parts and videos' 
 """
 
 
-def make_demo(size: str, out: str | Path, seed: int = 0, audio: bool | None = None) -> Path:
-    """Write a demo checkpoint; `audio` None: the size's default (`DemoSpec.has_audio`)."""
+def make_demo(
+    size: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None, audio: bool | None = None
+) -> Path:
+    """Write a demo checkpoint; `overrides` replace config.json keys (e.g. a Llama LM via
+    `architectures`, a CLIP tower via `mm_vision_tower` + `mm_vision_tower_config`, other merge
+    modes) and the random weights follow the resulting architecture. `audio` adds or leaves out
+    the audio tower (None: the size's default, `DemoSpec.has_audio`)."""
     if size not in DEMO_SPECS:
         raise ValueError(f"unknown demo size {size!r}; choose from {sorted(DEMO_SPECS)}")
     spec = DEMO_SPECS[size]
@@ -127,7 +133,7 @@ def make_demo(size: str, out: str | Path, seed: int = 0, audio: bool | None = No
     tokenizer = build_tokenizer(spec.bpe_vocab, seed)
     vocab_size = tokenizer.get_vocab_size()
     save_tokenizer(tokenizer, out)
-    config = demo_config(spec, vocab_size, tokenizer)
+    config = {**demo_config(spec, vocab_size, tokenizer), **(overrides or {})}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": config["bos_token_id"], "eos_token_id": [config["eos_token_id"],
@@ -138,6 +144,8 @@ def make_demo(size: str, out: str | Path, seed: int = 0, audio: bool | None = No
     card = MODEL_CARD.format(size=size, seed=seed)
     if spec.has_audio:
         card += AUDIO_CARD
+    if overrides:
+        card += f"\nConfig keys changed from the {size} demo: {', '.join(sorted(overrides))}.\n"
     (out / "README.md").write_text(card)
     return out
 
@@ -217,9 +225,10 @@ def demo_audio_config(spec: DemoSpec) -> dict[str, Any]:
 
 def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed: int) -> None:
     torch.manual_seed(seed)
-    hf_config = LlavaQwenConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    config_cls, model_cls = LANGUAGE_MODELS[LlavaConfig.from_dict(config).language]
+    hf_config = config_cls(**{k: v for k, v in config.items() if k != "model_type"})
     dtype = getattr(torch, spec.dtype)
-    model = LlavaQwenForCausalLM(hf_config)
+    model = model_cls(hf_config)
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     if spec.tie_embeddings:
         state.pop("lm_head.weight")  # tied 0.5B checkpoints ship no lm_head (spec 9.1)
