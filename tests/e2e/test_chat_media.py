@@ -116,7 +116,10 @@ def test_streamed_text_equals_non_streamed_with_media(client, origin):
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert text == full.choices[0].message.content
     assert finish == [full.choices[0].finish_reason]
-    assert chunks[-1].usage == full.usage and chunks[-1].choices == []
+    usage = chunks[-1].usage
+    assert chunks[-1].choices == [] and usage.completion_tokens == full.usage.completion_tokens
+    assert usage.prompt_tokens == full.usage.prompt_tokens
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - usage.prompt_tokens_details.text_tokens
     assert chunks[-1].model_extra["media"][1]["tokens"] == full.model_extra["media"][1]["tokens"]
 
 

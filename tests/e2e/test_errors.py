@@ -7,7 +7,15 @@ import httpx
 import openai
 import pytest
 
-from tests.media import assert_no_leak, b64, data_url, image_bytes, long_silent_flac, png_header_only, video_bytes
+from tests.media import (
+    assert_no_leak,
+    b64,
+    data_url,
+    image_bytes,
+    long_silent_flac,
+    png_header_only,
+    video_bytes,
+)
 
 pytestmark = pytest.mark.xdist_group("local")
 
@@ -116,3 +124,14 @@ def test_request_ids_and_headers(local_server, client):
     ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}],
                                         max_tokens=1)
     assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+def test_redirect_to_a_refused_address(local_server, origin):
+    """On the local-use server (loopback allowed) a redirect to a private or metadata address is refused."""
+    with local_server.client() as client:
+        for target in ("http://169.254.169.254/latest/meta-data/", "http://10.1.1.1/x", "file:///etc/passwd"):
+            origin.redirect("/hop-ssrf", target)
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="tiny", max_tokens=1, messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": origin.url("/hop-ssrf")}}]}])
+            assert e.value.code == "blocked_media_url"
