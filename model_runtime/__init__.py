@@ -3,11 +3,12 @@
 Knows torch and transformers; knows nothing of HTTP. `server/` imports only the names below.
 """
 
-from model_runtime.arch.layout import LayoutError, image_token_count
+from model_runtime.arch.layout import LayoutError, audio_token_count, image_token_count
 from model_runtime.arch.meta import MediaMismatchError
 from model_runtime.checkpoint.demo import DEMO_SPECS, make_demo
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
-from model_runtime.config import ConfigError, EngineConfig, FaultInjection, LlavaConfig
+from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
+from model_runtime.constants import AUDIO_SAMPLE_RATE
 from model_runtime.engine.engine import Engine, EngineDeadError, EngineStats
 from model_runtime.engine.request import (
     FINISH_REASONS,
@@ -24,11 +25,15 @@ from model_runtime.engine.request import (
 from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn
-from model_runtime.processing.processor import InvalidPromptError, Processor, PromptInput
+from model_runtime.processing.processor import InvalidMediaError, InvalidPromptError, Processor, PromptInput
+from model_runtime.processing.video import FramePlan, plan_video_frames
 
 __all__ = [
+    "AUDIO_SAMPLE_RATE",
+    "AudioTowerConfig",
     "DEMO_SPECS",
     "FINISH_REASONS",
+    "FramePlan",
     "MAX_TOP_LOGPROBS",
     "ChatTurn",
     "ConfigError",
@@ -40,6 +45,7 @@ __all__ = [
     "EngineStats",
     "EngineWorker",
     "FaultInjection",
+    "InvalidMediaError",
     "InvalidPromptError",
     "LayoutError",
     "LlavaConfig",
@@ -57,7 +63,9 @@ __all__ = [
     "SamplingParamsError",
     "TokenLogprobs",
     "WorkerHealth",
+    "audio_token_count",
     "image_token_count",
     "load_pretrained_model",
     "make_demo",
+    "plan_video_frames",
 ]

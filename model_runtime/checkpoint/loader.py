@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
 from model_runtime.config import ConfigError, LlavaConfig, read_config_dict
 from model_runtime.processing.conversation import template_for
@@ -76,11 +77,13 @@ def load_pretrained_model(model_path: str, dtype: str = "auto", device: str = "c
     torch_dtype = resolve_dtype(dtype, raw)
     hf_config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
     model = model_cls.from_pretrained(
-        path, config=hf_config, dtype=torch_dtype, device_map=device, attn_implementation="sdpa"
+        path, config=hf_config, dtype=torch_dtype, device_map=device, attn_implementation="sdpa",
+        # EgoGPT/Ola store the Whisper encoder under openai-whisper names
+        key_mapping=OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, config=hf_config)
-    template = template_for(cfg.language, raw.get("conversation_template"))
+    template = template_for(cfg.language, cfg.conversation_template, tokenizer)
     context_len = int(
         raw.get("max_sequence_length")
         or raw.get("max_position_embeddings")
