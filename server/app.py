@@ -86,7 +86,9 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model = loaded
         if model is None:
-            model = await asyncio.to_thread(load_pretrained_model, config.model, config.dtype, config.device)
+            model = await asyncio.to_thread(
+                load_pretrained_model, config.model, model_base=config.model_base, dtype=config.dtype,
+                device=config.device, device_map=config.device_map, quantization=config.quantization)
         engine = _Engine(model.model, model.tokenizer, model.eos_token_ids, EngineConfig(max_num_seqs=config.max_num_seqs))
         worker = EngineWorker(engine)
         worker.start()
@@ -94,7 +96,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None) -> FastA
         metrics.model_info.info({
             "model": config.served_model_name,
             "dtype": str(model.dtype).removeprefix("torch."),
-            "quantization": "none",
+            "quantization": model.quantization,
         })
         log.info("serving %s (%s) on http://%s:%d", config.served_model_name, config.model, config.host, config.port)
         try:

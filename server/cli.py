@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from server.config import ServerConfig, env_default, env_name
+from server.checkpoint_commands import add_checkpoint_commands, run_checkpoint_command
+from server.config import QUANTIZATIONS, ServerConfig, env_default, env_name
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, help: str, default=None, **kwargs) -> None:
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve, "--dtype", "weights dtype: auto (the checkpoint's), float32, bfloat16, float16", "auto",
           choices=["auto", "float32", "bfloat16", "float16"])
     _flag(serve, "--device", "torch device for the model", "cpu")
+    _flag(serve, "--device-map", "spread the model over devices: auto, or one device (wins over --device)")
+    _flag(serve, "--quantization", "bitsandbytes quantization of the language model", "none", choices=QUANTIZATIONS)
+    _flag(serve, "--model-base", "base model under a LoRA or projector-only --model (folder or hub id)")
     _flag(serve, "--max-num-seqs", "rows in one running batch", "32", type=int)
     _flag(serve, "--log-level", "log level", "info", choices=["debug", "info", "warning", "error"])
 
@@ -39,11 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny: unit tests; small: `make serve`; realistic: llava-onevision-qwen2-0.5b-ov dimensions")
     demo.add_argument("--out", required=True, help="folder to write")
     demo.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer corpus")
+    add_checkpoint_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "run"):
+        return run_checkpoint_command(args)
     if args.command == "make-demo":
         from model_runtime import make_demo
 
@@ -69,6 +76,9 @@ def serve(args: argparse.Namespace) -> int:
             port=args.port,
             dtype=args.dtype,
             device=args.device,
+            device_map=args.device_map,
+            quantization=args.quantization,
+            model_base=args.model_base,
             max_num_seqs=args.max_num_seqs,
             log_level=args.log_level,
         )

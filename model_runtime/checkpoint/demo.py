@@ -13,6 +13,7 @@ are random. Same seed -> same files. Sizes:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -102,10 +103,15 @@ tests; serve a real checkpoint (e.g. lmms-lab/llava-onevision-qwen2-0.5b-ov) for
 """
 
 
-def make_demo(size: str, out: str | Path, seed: int = 0) -> Path:
+def make_demo(
+    size: str, out: str | Path, seed: int = 0, max_shard_bytes: int = SHARD_BYTES,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """`max_shard_bytes`: split the weights into shards of at most this size (tools tests);
+    `overrides`: DemoSpec fields to change (e.g. {"num_layers": 8})."""
     if size not in DEMO_SPECS:
         raise ValueError(f"unknown demo size {size!r}; choose from {sorted(DEMO_SPECS)}")
-    spec = DEMO_SPECS[size]
+    spec = dataclasses.replace(DEMO_SPECS[size], **(overrides or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(spec.bpe_vocab, seed)
@@ -118,7 +124,7 @@ def make_demo(size: str, out: str | Path, seed: int = 0) -> Path:
                     tokenizer.token_to_id("<|endoftext|>")], "pad_token_id": tokenizer.token_to_id("<|endoftext|>")},
                    indent=2) + "\n"
     )
-    save_random_weights(config, spec, out, seed)
+    save_random_weights(config, spec, out, seed, max_shard_bytes)
     (out / "README.md").write_text(MODEL_CARD.format(size=size, seed=seed))
     return out
 
@@ -176,7 +182,9 @@ def demo_config(spec: DemoSpec, vocab_size: int, tokenizer: Tokenizer) -> dict[s
     return config
 
 
-def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed: int) -> None:
+def save_random_weights(
+    config: dict[str, Any], spec: DemoSpec, out: Path, seed: int, max_shard_bytes: int = SHARD_BYTES
+) -> None:
     torch.manual_seed(seed)
     hf_config = LlavaQwenConfig(**{k: v for k, v in config.items() if k != "model_type"})
     dtype = getattr(torch, spec.dtype)
@@ -189,7 +197,7 @@ def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed:
     used = 0
     for name in sorted(state):
         nbytes = state[name].numel() * state[name].element_size()
-        if shards[-1] and used + nbytes > SHARD_BYTES:
+        if shards[-1] and used + nbytes > max_shard_bytes:
             shards.append({})
             used = 0
         shards[-1][name] = state[name]
