@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny: unit tests; small: `make serve`; realistic: llava-onevision-qwen2-0.5b-ov dimensions")
     demo.add_argument("--out", required=True, help="folder to write")
     demo.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer corpus")
+    demo.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None,
+                      help="add (or leave out) a Whisper audio tower; default: small has one, tiny and realistic not")
     add_checkpoint_commands(sub)
     return parser
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-demo":
         from model_runtime import make_demo
 
-        path = make_demo(args.size, args.out, seed=args.seed)
+        path = make_demo(args.size, args.out, seed=args.seed, audio=args.audio)
         print(f"wrote {args.size} demo checkpoint (RANDOM weights) to {path}")
         return 0
     if args.command == "serve":

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
+from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
 from model_runtime.checkpoint.delta import DELTA_KEY
 from model_runtime.checkpoint.folder import CheckpointFiles, inspect_checkpoint, resolve_checkpoint
@@ -109,6 +110,8 @@ def load_pretrained_model(
         attn_implementation="sdpa",
         use_safetensors=True,
         output_loading_info=True,
+        # EgoGPT/Ola store the Whisper encoder under openai-whisper names
+        key_mapping=OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
     )
     missing = set(info["missing_keys"])
     if info.get("mismatched_keys"):
@@ -123,6 +126,7 @@ def load_pretrained_model(
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(files.path, base), config=hf_config)
     add_special_tokens(tokenizer, model, cfg)
     model.eval()
+    template = template_for(cfg.language, cfg.conversation_template, tokenizer)
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     eos |= _generation_eos(files.path) or (_generation_eos(base) if base is not None else set())
     log.info("loaded %s checkpoint %s%s (%s, quantization %s)", files.kind, files.path,
@@ -131,7 +135,7 @@ def load_pretrained_model(
         tokenizer=tokenizer,
         model=model,
         config=cfg,
-        processor=Processor(cfg, tokenizer, template_for(cfg.language, raw.get("conversation_template"))),
+        processor=Processor(cfg, tokenizer, template),
         context_len=context_length(raw),
         dtype=torch_dtype,
         is_demo="llava_serve_demo" in raw,

@@ -64,8 +64,6 @@ class ModelRunner:
         self._faults = config.fault_injection
         self._phase = ""
         self._row_ids: Sequence[str] = ()
-        if self._faults is not None:
-            self.model.model.layers[-1].register_forward_pre_hook(self._inject_fault)
 
     # -- prefill ----------------------------------------------------------------------------
     def prefill(self, requests: Sequence[Request]) -> tuple[torch.Tensor, BatchCache, list[MediaReport]]:
@@ -136,6 +134,8 @@ class ModelRunner:
     # -- internals --------------------------------------------------------------------------
     def _forward(self, phase: str, row_ids: Sequence[str], **inputs) -> torch.Tensor:
         self._phase, self._row_ids = phase, row_ids
+        # NOTE: the fault hook lives only for this call: the model may be shared with other engines
+        hook = self.model.model.layers[-1].register_forward_pre_hook(self._inject_fault) if self._faults else None
         start = time.perf_counter()
         try:
             out = self.model(**inputs)
@@ -143,6 +143,8 @@ class ModelRunner:
         finally:
             self.forward_seconds += self._elapsed(start)
             self._phase, self._row_ids = "", ()
+            if hook is not None:
+                hook.remove()
         return logits
 
     def _elapsed(self, start: float) -> float:

@@ -21,8 +21,8 @@ from tests.model_runtime.checkpoint.conftest import language_model_only, logits_
 def bf16_pair(tmp_path_factory):
     """A bfloat16 LLaVA target and an independent plain-LM base of the same shapes."""
     root = tmp_path_factory.mktemp("delta")
-    target = make_demo("tiny", root / "target", seed=0, overrides={"dtype": "bfloat16"})
-    other = make_demo("tiny", root / "other", seed=1, overrides={"dtype": "bfloat16"})
+    target = make_demo("tiny", root / "target", seed=0, overrides={"torch_dtype": "bfloat16"})
+    other = make_demo("tiny", root / "other", seed=1, overrides={"torch_dtype": "bfloat16"})
     return language_model_only(other, root / "base"), target
 
 
@@ -144,7 +144,7 @@ def test_apply_delta_peak_memory_stays_near_one_shard(tmp_path):
     # 16 layers of a 256-wide LM: ~31 MiB in bfloat16, ~61 MiB as a float32 delta in shards of <= 4 MiB;
     # measured growth: 16-18 MiB + ~1.7 x the largest delta shard
     target = make_demo("tiny", tmp_path / "target", max_shard_bytes=2 * MiB, overrides={
-        "dtype": "bfloat16", "num_layers": 16, "hidden_size": 256, "intermediate_size": 1024})
+        "torch_dtype": "bfloat16", "num_hidden_layers": 16, "hidden_size": 256, "intermediate_size": 1024})
     base = write_checkpoint(target, tmp_path / "base", {
         n: (t.float() * 0.99).to(torch.bfloat16) for n, t in read_all(target).items() if is_language_model_key(n)
     }, max_shard_bytes=2 * MiB)

@@ -67,7 +67,7 @@ def test_lora_refusals(lora_folder, tiny_checkpoint, tmp_path):
     folder, _ = lora_folder
     with pytest.raises(ConfigError, match="pass model_base"):
         load_pretrained_model(folder)
-    other = make_demo("tiny", tmp_path / "other", overrides={"num_layers": 3})
+    other = make_demo("tiny", tmp_path / "other", overrides={"num_hidden_layers": 3})
     with pytest.raises(ConfigError, match="num_hidden_layers: checkpoint 2 vs base 3"):
         load_pretrained_model(folder, model_base=other)
     with pytest.raises(ConfigError, match="full checkpoint"):

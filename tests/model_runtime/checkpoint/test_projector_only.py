@@ -52,7 +52,7 @@ def test_projector_refusals(tiny_checkpoint, tmp_path):
     base, projector, tower = split_checkpoint(Path(tiny_checkpoint), tmp_path)
     with pytest.raises(ConfigError, match="pass model_base"):
         load_pretrained_model(projector)
-    wide = make_demo("tiny", tmp_path / "wide", overrides={"hidden_size": 96, "num_heads": 4})
+    wide = make_demo("tiny", tmp_path / "wide", overrides={"hidden_size": 96})
     with pytest.raises(ConfigError, match="hidden_size: checkpoint 64 vs base 96"):
         load_pretrained_model(projector, model_base=language_model_only(wide, tmp_path / "wide_base"))
     (tower / "model.safetensors").unlink()
