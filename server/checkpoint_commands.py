@@ -32,21 +32,19 @@ def add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", metavar="DST", help="folder to write (SRC itself to convert in place)")
     p.set_defaults(run=_convert_bin)
 
-    p = sub.add_parser("apply-delta", formatter_class=fmt, help="rebuild a model: target = base + delta",
-                       description="Add a weight delta (from make-delta, or an original LLaVA delta converted with "
-                                   "convert-bin) to its base language model, shard by shard.")
-    p.add_argument("--base", required=True, help="the original language model (folder or hub id)")
-    p.add_argument("--delta", required=True, help="the delta checkpoint (folder or hub id)")
-    p.add_argument("--out", required=True, help="new folder for the rebuilt model")
-    p.set_defaults(run=_apply_delta)
-
-    p = sub.add_parser("make-delta", formatter_class=fmt, help="write delta = target - base (float32)",
-                       description="Write the difference between a LLaVA model and its base language model, "
-                                   "in float32, so that apply-delta rebuilds a 16-bit target bit for bit.")
-    p.add_argument("--base", required=True, help="the original language model (folder or hub id)")
-    p.add_argument("--target", required=True, help="the LLaVA model (folder or hub id)")
-    p.add_argument("--out", required=True, help="new folder for the delta")
-    p.set_defaults(run=_make_delta)
+    for name, other, summary, description in (
+        ("apply-delta", "delta", "rebuild a model: target = base + delta",
+         "Add a weight delta (from make-delta, or an original LLaVA delta converted with convert-bin) to its "
+         "base language model, shard by shard."),
+        ("make-delta", "target", "write delta = target - base (float32)",
+         "Write the difference between a LLaVA model and its base language model, in float32, so that "
+         "apply-delta rebuilds a 16-bit target bit for bit."),
+    ):
+        p = sub.add_parser(name, formatter_class=fmt, help=summary, description=description)
+        p.add_argument("--base", required=True, help="the original language model (folder or hub id)")
+        p.add_argument(f"--{other}", required=True, help=f"the {other} checkpoint (folder or hub id)")
+        p.add_argument("--out", required=True, help="new folder to write")
+        p.set_defaults(run=_apply_delta if name == "apply-delta" else _make_delta)
 
     p = sub.add_parser("upgrade", formatter_class=fmt, help="upgrade an old LLaVA checkpoint's config and weights",
                        description="Rewrite an old config (a plain Llama/Mistral/Qwen2 architecture with mm_* keys) "

@@ -71,12 +71,18 @@ class _Checkpoint:
         return sorted(n for n in self.where if not is_language_model_key(n))
 
 
-def make_delta(base: str | Path, target: str | Path, out: str | Path) -> DeltaReport:
+def _open_checked(base: str | Path, other: str | Path, role: str, out: str | Path) -> tuple[_Checkpoint, _Checkpoint, Path]:
+    """Both checkpoints from their headers, every check done before anything is written."""
     base_ckpt = _Checkpoint(resolve_checkpoint(base), "base")
-    target_ckpt = _Checkpoint(resolve_checkpoint(target), "target")
+    other_ckpt = _Checkpoint(resolve_checkpoint(other), role)
     out = _check_out(Path(out))
     _check_base_is_plain(base_ckpt)
-    _check_pairing(base_ckpt, target_ckpt)
+    _check_pairing(base_ckpt, other_ckpt)
+    return base_ckpt, other_ckpt, out
+
+
+def make_delta(base: str | Path, target: str | Path, out: str | Path) -> DeltaReport:
+    base_ckpt, target_ckpt, out = _open_checked(base, target, "target", out)
     num_float64 = num_copied = 0
 
     def shards():
@@ -105,11 +111,7 @@ def make_delta(base: str | Path, target: str | Path, out: str | Path) -> DeltaRe
 
 
 def apply_delta(base: str | Path, delta: str | Path, out: str | Path) -> DeltaReport:
-    base_ckpt = _Checkpoint(resolve_checkpoint(base), "base")
-    delta_ckpt = _Checkpoint(resolve_checkpoint(delta), "delta")
-    out = _check_out(Path(out))
-    _check_base_is_plain(base_ckpt)
-    _check_pairing(base_ckpt, delta_ckpt)
+    base_ckpt, delta_ckpt, out = _open_checked(base, delta, "delta", out)
     num_copied = 0
 
     def shards():
