@@ -111,7 +111,8 @@ class Processor:
     def process_video(
         self, frames: Sequence[Image.Image], timestamps: Sequence[float], duration: float
     ) -> MediaInput:
-        """Planned frames (RGB, in time order) -> [F, 3, S, S], each squashed by the tower processor."""
+        """Planned frames (RGB, in time order) -> [F, 3, S, S] through the tower processor one by one
+        (SigLIP squashes, CLIP resizes the shortest edge and centre-crops)."""
         if not frames:
             raise InvalidMediaError("a video needs at least one frame")
         if len(timestamps) != len(frames):

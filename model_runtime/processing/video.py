@@ -2,7 +2,7 @@
 process_video_with_decord, docs/LLaVA_Video_1003.md; spec 3.5).
 
 `plan_video_frames` decides WHICH frames a video contributes before any frame is decoded, so a
-decoder only decodes those. Frames are then squashed through the tower processor one by one
+decoder only decodes those. Frames then go through the tower processor one by one
 (Processor.process_video). Knows nothing of containers, codecs or HTTP.
 """
 

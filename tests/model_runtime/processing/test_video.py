@@ -119,6 +119,20 @@ def test_process_video_squashes_each_frame_and_counts_tokens(tiny_model):
     assert item.timestamps == (0.0, 1.0, 2.0, 3.0, 4.0) and item.duration == 4.5 and item.image_size == (64, 36)
 
 
+
+def test_video_rows_equal_token_counts_for_random_frame_counts(tiny_model):
+    gen = torch.Generator().manual_seed(7)
+    counts = [1, 2] + torch.randint(3, 40, (4,), generator=gen).tolist()
+    items = []
+    for n in counts:
+        frames = [random_image(30 + n, 20 + 2 * n, seed=100 * n + i) for i in range(n)]
+        items.append(tiny_model.processor.process_video(frames, [i / 2 for i in range(n)], duration=n / 2))
+    with torch.inference_mode():
+        encoded = tiny_model.model.encode_media(items)  # every frame of every video in one tower call
+    for n, item, out in zip(counts, items, encoded, strict=True):
+        assert out.features.shape == (item.num_tokens, tiny_model.model.config.hidden_size)
+        assert item.num_tokens == layout.video_token_count(tiny_model.config, n)
+
 def test_process_video_refuses_missing_frames(tiny_model):
     with pytest.raises(InvalidMediaError):
         tiny_model.processor.process_video([], [], duration=1.0)
