@@ -335,6 +335,9 @@ class LlavaConfig:
                 "(ORIG would fail on the first video)"
             )
         cfg = cls(**kwargs)
+        if cfg.mm_use_im_start_end:
+            log_once("mm_use_im_start_end is set: prompts are NOT wrapped in <im_start>/<im_end> (no released "
+                     "checkpoint of the supported families sets it)")
         if cfg.add_faster_video and not cfg.is_faster_video:
             log_once("add_faster_video is ignored: ORIG reads it only with a spatial merge and grid newlines")
         return cfg

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from model_runtime.arch.layout import (
@@ -171,3 +174,13 @@ def test_clip_cls_patch_and_pooler_tokens_per_crop():
 ])
 def test_v16_merge_variants(merge, tokens):
     assert image_token_count(v16_config(mm_patch_merge_type=merge), (640, 480)) == tokens
+
+
+def test_docs_token_table_is_what_layout_computes():
+    root = Path(__file__).resolve().parents[3]
+    spec = importlib.util.spec_from_file_location("token_table", root / "bench" / "token_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.markdown()
+    assert "| LLaVA-OneVision (Qwen2) | video, 32 frames | 6273 |" in table  # spec 5's worked value
+    assert table in (root / "docs" / "MODEL.md").read_text()
