@@ -64,7 +64,10 @@ def anyres_max_shape(h: int, w: int, max_crops: int, tokens_per_crop: int) -> tu
     """ORIG anyres_max_N cap: shrink an unpadded h x w map when it exceeds ~N crops' worth."""
     t = math.sqrt(h * w / (max_crops * tokens_per_crop))
     if t > 1.1:
-        return int(h // t), int(w // t)
+        target = int(h // t), int(w // t)
+        if min(target) < 1:  # ORIG's bilinear resize would fail on an empty side
+            raise LayoutError(f"a {h}x{w} feature map cannot be capped to {max_crops} crops without losing a side")
+        return target
     return h, w
 
 

@@ -10,6 +10,7 @@ import pytest
 from model_runtime.arch.layout import (
     LayoutError,
     anyres_grid,
+    anyres_max_shape,
     image_token_count,
     pooled_side,
     select_best_resolution,
@@ -184,3 +185,9 @@ def test_docs_token_table_is_what_layout_computes():
     table = module.markdown()
     assert "| LLaVA-OneVision (Qwen2) | video, 32 frames | 6273 |" in table  # spec 5's worked value
     assert table in (root / "docs" / "MODEL.md").read_text()
+
+
+def test_anyres_max_cap_that_would_empty_a_side_is_an_error():
+    assert anyres_max_shape(6, 6, 1, 9) == (3, 3)
+    with pytest.raises(LayoutError, match="losing a side"):
+        anyres_max_shape(1, 60, 1, 9)  # t = sqrt(60 / 9) > 1: int(1 // t) == 0

@@ -105,24 +105,6 @@ def test_video_item_rows_and_charged_count_must_agree(tiny_model):
             model.encode_media([bad])
 
 
-def test_mixed_batch_logits_equal_each_row_alone(tiny_model):
-    p, model = tiny_model.processor, tiny_model.model
-    image = p.process_image(random_image(64, 40), single_crop=False)
-    video = video_item(tiny_model.config, 3, seed=1)
-    rows = [[11, 12, 13], [21, IMAGE_TOKEN_INDEX, 22, 23], [31, 32, IMAGE_TOKEN_INDEX, 33]]
-    with torch.inference_mode():
-        image_item, video_item_ = model.encode_media([image, video])
-        items = [[], [image_item], [video_item_]]
-
-        def last(rows, items):
-            embeds, mask, pos = model.prepare_inputs_for_multimodal(rows, items, padding_side="left")
-            return model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits[:, -1]
-
-        batched = last(rows, items)
-        solo = torch.cat([last([r], [i]) for r, i in zip(rows, items, strict=True)])
-    torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)
-
-
 # -- training-mode splice ---------------------------------------------------------------------------
 def test_training_splice_ignores_media_rows_and_padding(tiny_model):
     model = tiny_model.model
