@@ -5,8 +5,13 @@ Knows torch and transformers; knows nothing of HTTP. `server/` imports only the 
 
 from model_runtime.arch.layout import LayoutError, audio_token_count, image_token_count
 from model_runtime.arch.meta import MediaMismatchError
+from model_runtime.checkpoint.convert import convert_bin
+from model_runtime.checkpoint.delta import apply_delta, make_delta
 from model_runtime.checkpoint.demo import DEMO_SPECS, make_demo
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
+from model_runtime.checkpoint.lora import merge_lora
+from model_runtime.checkpoint.quantize import QUANTIZATIONS
+from model_runtime.checkpoint.upgrade import upgrade_checkpoint
 from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
 from model_runtime.constants import AUDIO_SAMPLE_RATE
 from model_runtime.engine.engine import Engine, EngineDeadError, EngineStats
@@ -55,6 +60,7 @@ __all__ = [
     "MediaMismatchError",
     "Processor",
     "PromptInput",
+    "QUANTIZATIONS",
     "Request",
     "RequestMetrics",
     "RequestOutput",
@@ -63,9 +69,14 @@ __all__ = [
     "SamplingParamsError",
     "TokenLogprobs",
     "WorkerHealth",
+    "apply_delta",
+    "convert_bin",
     "audio_token_count",
     "image_token_count",
     "load_pretrained_model",
+    "make_delta",
     "make_demo",
+    "merge_lora",
+    "upgrade_checkpoint",
     "plan_video_frames",
 ]

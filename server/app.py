@@ -123,7 +123,9 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             return loaded
         if load is not None:
             return load()
-        return load_pretrained_model(config.model, config.dtype, config.device)
+        return load_pretrained_model(config.model, model_base=config.model_base, dtype=config.dtype,
+                                     device=config.device, device_map=config.device_map,
+                                     quantization=config.quantization)
 
     async def start_runtime() -> None:
         try:
@@ -144,7 +146,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
         metrics.model_info.info({
             "model": config.served_model_name,
             "dtype": str(model.dtype).removeprefix("torch."),
-            "quantization": str(getattr(model, "quantization", None) or "none"),
+            "quantization": model.quantization,
         })
         lifecycle.mark_ready(worker)
         log.info("serving %s on http://%s:%d", config.served_model_name, config.host, config.port)
@@ -250,7 +252,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             "version": metadata.version("llava-serve"),
             "model": config.served_model_name,
             "dtype": str(rt.loaded.dtype).removeprefix("torch.") if rt else None,
-            "quantization": str(getattr(rt.loaded, "quantization", None) or "none") if rt else None,
+            "quantization": rt.loaded.quantization if rt else None,
             "is_demo": rt.loaded.is_demo if rt else None,
             "phase": lifecycle.phase.value,
         })

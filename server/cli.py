@@ -11,7 +11,9 @@ import argparse
 import logging
 import sys
 
+from server.checkpoint_commands import add_checkpoint_commands, run_checkpoint_command
 from server.config import (
+    QUANTIZATIONS,
     FetchPolicy,
     MediaLimits,
     MiB,
@@ -44,6 +46,9 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     _flag(model, "--dtype", "weights dtype: auto (the checkpoint's), float32, bfloat16, float16", "auto",
           choices=["auto", "float32", "bfloat16", "float16"])
     _flag(model, "--device", "torch device for the model", "cpu")
+    _flag(model, "--device-map", "spread the model over devices: auto, or one device (wins over --device)")
+    _flag(model, "--quantization", "bitsandbytes quantization of the language model", "none", choices=QUANTIZATIONS)
+    _flag(model, "--model-base", "base model under a LoRA or projector-only --model (folder or hub id)")
     _flag(model, "--max-model-len", "context length (prompt + output tokens); default: the checkpoint's", type=int)
     _flag(model, "--max-num-seqs", "rows in one running batch", "32", type=int)
 
@@ -112,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed for weights and tokenizer corpus")
     demo.add_argument("--audio", action=argparse.BooleanOptionalAction, default=None,
                       help="add (or leave out) a Whisper audio tower; default: small has one, tiny and realistic not")
+    add_checkpoint_commands(sub)
     return parser
 
 
@@ -141,8 +147,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         model=args.model,
         served_model_name=args.served_model_name or ServerConfig.default_served_name(args.model),
-        host=args.host, port=args.port, dtype=args.dtype, device=args.device,
-        max_num_seqs=args.max_num_seqs,
+        host=args.host, port=args.port, dtype=args.dtype, device=args.device, device_map=args.device_map,
+        quantization=args.quantization, model_base=args.model_base, max_num_seqs=args.max_num_seqs,
         max_model_len=int(args.max_model_len) if args.max_model_len is not None else None,
         log_level=args.log_level,
         api_keys=tuple(args.api_key or env_list("--api-key")),
@@ -157,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "run"):
+        return run_checkpoint_command(args)
     if args.command == "make-demo":
         from model_runtime import make_demo
 

@@ -15,6 +15,7 @@ from pathlib import Path
 ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
 MODALITIES = ("image", "video", "audio")
+QUANTIZATIONS = ("none", "bitsandbytes-8bit", "bitsandbytes-4bit")  # model_runtime's load_pretrained_model
 
 
 def env_name(flag: str) -> str:
@@ -153,6 +154,9 @@ class ServerConfig:
     port: int = 8000
     dtype: str = "auto"
     device: str = "cpu"
+    device_map: str | None = None  # "auto" or one device; wins over `device`
+    quantization: str = "none"  # one of QUANTIZATIONS
+    model_base: str | None = None  # base under a LoRA / projector-only checkpoint
     max_num_seqs: int = 32
     max_model_len: int | None = None
     log_level: str = "info"
@@ -173,6 +177,8 @@ class ServerConfig:
             raise ValueError(f"port={self.port}: must be 0..65535")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
         if self.max_model_len is not None and self.max_model_len < 16:

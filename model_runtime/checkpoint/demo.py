@@ -117,12 +117,14 @@ projector (EgoGPT's `speech_*` config keys), so `input_audio` parts and videos' 
 
 
 def make_demo(
-    size: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None, audio: bool | None = None
+    size: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None, audio: bool | None = None,
+    max_shard_bytes: int = SHARD_BYTES,
 ) -> Path:
     """Write a demo checkpoint; `overrides` replace config.json keys (e.g. a Llama LM via
     `architectures`, a CLIP tower via `mm_vision_tower` + `mm_vision_tower_config`, other merge
-    modes) and the random weights follow the resulting architecture. `audio` adds or leaves out
-    the audio tower (None: the size's default, `DemoSpec.has_audio`)."""
+    modes, `torch_dtype`) and the random weights follow the resulting architecture. `audio` adds or
+    leaves out the audio tower (None: the size's default, `DemoSpec.has_audio`). `max_shard_bytes`
+    splits the weights into shards of at most that size (checkpoint-tools tests)."""
     if size not in DEMO_SPECS:
         raise ValueError(f"unknown demo size {size!r}; choose from {sorted(DEMO_SPECS)}")
     spec = DEMO_SPECS[size]
@@ -140,7 +142,7 @@ def make_demo(
                     tokenizer.token_to_id("<|endoftext|>")], "pad_token_id": tokenizer.token_to_id("<|endoftext|>")},
                    indent=2) + "\n"
     )
-    save_random_weights(config, spec, out, seed)
+    save_random_weights(config, spec, out, seed, max_shard_bytes)
     card = MODEL_CARD.format(size=size, seed=seed)
     if spec.has_audio:
         card += AUDIO_CARD
@@ -223,11 +225,13 @@ def demo_audio_config(spec: DemoSpec) -> dict[str, Any]:
     return config
 
 
-def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed: int) -> None:
+def save_random_weights(
+    config: dict[str, Any], spec: DemoSpec, out: Path, seed: int, max_shard_bytes: int = SHARD_BYTES
+) -> None:
     torch.manual_seed(seed)
     config_cls, model_cls = LANGUAGE_MODELS[LlavaConfig.from_dict(config).language]
     hf_config = config_cls(**{k: v for k, v in config.items() if k != "model_type"})
-    dtype = getattr(torch, spec.dtype)
+    dtype = getattr(torch, config["torch_dtype"])  # spec.dtype unless overridden
     model = model_cls(hf_config)
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     if spec.tie_embeddings:
@@ -237,7 +241,7 @@ def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed:
     used = 0
     for name in sorted(state):
         nbytes = state[name].numel() * state[name].element_size()
-        if shards[-1] and used + nbytes > SHARD_BYTES:
+        if shards[-1] and used + nbytes > max_shard_bytes:
             shards.append({})
             used = 0
         shards[-1][name] = state[name]
