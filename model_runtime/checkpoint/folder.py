@@ -105,7 +105,8 @@ def weight_files(path: str | Path) -> tuple[Path, ...]:
     if files:
         return files
     _refuse_pickle_only(path, pickled_files(path))
-    raise ConfigError(f"{path} holds no .safetensors weights")
+    raise ConfigError(f"{path} holds no .safetensors weights (hub ids are fetched without .bin files: download "
+                      "a .bin-only release to a folder and run `llava-serve convert-bin` on it)")
 
 
 def pickled_files(path: Path) -> list[Path]:

@@ -67,7 +67,7 @@ def merge_lora(base: str | Path, adapter: str | Path, out: str | Path, dtype: st
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
     out.mkdir(parents=True, exist_ok=True)
-    save_state_dict(state, out, max_shard_bytes)
+    save_state_dict(state, out, max_shard_bytes, progress="merge-lora: writing")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     loaded.tokenizer.save_pretrained(out)
     base_path = resolve_checkpoint(base)
