@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint demo clean
+.PHONY: serve test lint demo clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ demo: $(DEMO)/config.json
 serve: $(STAMP) $(DEMO)/config.json
 	$(BIN)/llava-serve serve --model $(DEMO) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# Debian packages the tests run: `prometheus` (prometheus + promtool). Installed once, only when missing.
+system-packages:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+
+test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
