@@ -1,20 +1,28 @@
 """A live `llava-serve serve` on the tiny model answers the deployment's probes and exports every metric
-that the Grafana dashboard, the autoscaler and its adapter rule name."""
+that the Grafana dashboard, the autoscaler and its adapter rule name; a real Prometheus, configured
+like docker/prometheus/prometheus.yml, scrapes it and answers every dashboard query with the
+labels its legend shows."""
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
 
-from tests.conftest import png_data_url, random_image
+from tests.conftest import random_image
 from tests.deploy.artifacts import (
     DOCKER,
     K8S,
+    as_plain_promql,
     dockerfile_instructions,
     grafana_exprs,
     k8s_documents,
@@ -29,26 +37,107 @@ SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
-    s = start_server(tiny_checkpoint, tmp_path_factory.mktemp("deploy-server"))
-    yield s
-    stop_server(s)
+def image_origin():
+    """A media origin on loopback serving one PNG, so the fetch stage of the pipeline runs too."""
+    buf = io.BytesIO()
+    random_image(64, 48, seed=1).save(buf, format="PNG")
+    png = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args):
+            pass
+
+    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{origin.server_address[1]}/image.png"
+    origin.shutdown()
+    origin.server_close()
 
 
 @pytest.fixture(scope="module")
-def scrape(server) -> str:
-    """/metrics after one streamed chat with an image, so that labelled series have samples too."""
+def server(tiny_checkpoint, tmp_path_factory):
+    s = start_server(tiny_checkpoint, tmp_path_factory.mktemp("deploy-server"),
+                     "--allow-http-media", "--allow-loopback-media")
+    try:
+        assert wait_for(lambda: httpx.get(s.base_url + "/ready", timeout=2).status_code == 200, 60), s.log()
+        yield s
+    finally:
+        stop_server(s)
+
+
+@pytest.fixture(scope="module")
+def prometheus(server, tmp_path_factory):
+    """Prometheus on loopback scraping the live server every second with the compose job's settings."""
+    work = tmp_path_factory.mktemp("prometheus")
+    config = load_yaml(DOCKER / "prometheus" / "prometheus.yml")
+    config["global"]["scrape_interval"] = "1s"
+    [job] = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [server.base_url.removeprefix("http://")]}]
+    (work / "prometheus.yml").write_text(json.dumps(config))
+    port = free_port()
+    with open(work / "prometheus.log", "w") as log:
+        process = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: query(base, f'up{{job="{job["job_name"]}"}}') == ["1"], 30), (
+            "Prometheus never scraped the server:\n" + (work / "prometheus.log").read_text())
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def scrape(server, prometheus, image_origin) -> str:
+    """/metrics after one streamed chat with a fetched image and one refused request, sent once
+    Prometheus scrapes (so that rates rise and every labelled series the dashboard shows exists)."""
     body = {"model": "tiny", "stream": True, "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": png_data_url(random_image(64, 48, seed=1))}},
+        {"type": "image_url", "image_url": {"url": image_origin}},
         {"type": "text", "text": "What is this?"},
     ]}]}
     with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200, r.read()
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "data: [DONE]"
+    assert events[-1] == "data: [DONE]" and not any('"error"' in e for e in events), events
+    unknown = httpx.post(server.base_url + "/v1/chat/completions", json={**body, "model": "nope"}, timeout=10)
+    assert unknown.status_code == 404
     r = httpx.get(server.base_url + "/metrics", timeout=10)
     assert r.status_code == 200
     return r.text
+
+
+def query(base: str, expr: str) -> list:
+    """The values of an instant query (empty while Prometheus is not up yet)."""
+    try:
+        r = httpx.get(base + "/api/v1/query", params={"query": expr}, timeout=5)
+    except httpx.HTTPError:
+        return []
+    if r.status_code == 503:  # still starting
+        return []
+    body = r.json()
+    assert body["status"] == "success", (expr, body)
+    return [sample["value"][1] for sample in body["data"]["result"]]
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    return False
 
 
 def exported_series(text: str) -> set[str]:
@@ -111,3 +200,17 @@ def test_autoscaling_metric_is_exported(scrape):
     hpa = k8s_documents()["HorizontalPodAutoscaler"]["spec"]
     named = metric_names([rule["seriesQuery"], rule["metricsQuery"], hpa["metrics"][0]["pods"]["metric"]["name"]])
     assert named and not named - exported_series(scrape)
+
+
+def test_prometheus_answers_every_dashboard_query(scrape, prometheus):
+    dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "llava-serve.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = as_plain_promql(target["expr"])
+            # a series born with the traffic needs two scrapes before rate() sees it
+            assert wait_for(lambda e=expr: query(prometheus, e), 10), f"{panel['title']}: no series for {expr}"
+            result = httpx.get(prometheus + "/api/v1/query", params={"query": expr}, timeout=5).json()["data"]["result"]
+            for label in re.findall(r"\{\{(\w+)\}\}", target.get("legendFormat", "")):
+                assert all(label in s["metric"] for s in result), f"{panel['title']}: no label {label!r} in {result}"
+    rate = as_plain_promql("sum(rate(llava_requests_total[$__rate_interval]))")
+    assert wait_for(lambda: any(float(v) > 0 for v in query(prometheus, rate)), 10), "the traffic shows in the rate"
