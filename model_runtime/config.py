@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,11 +42,47 @@ SIGLIP_SO400M = {
     "image_size": 384,
     "patch_size": 14,
     "layer_norm_eps": 1e-6,
+    "hidden_act": "gelu_pytorch_tanh",
 }
+# ORIG reads CLIP dimensions from the hub; these are the published configs of the CLIP towers LLaVA
+# checkpoints name, so they load offline. Other names fall back to transformers' config loading.
+_CLIP_L14 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "layer_norm_eps": 1e-5,
+    "hidden_act": "quick_gelu",
+}
+KNOWN_CLIP_TOWERS = {
+    "openai/clip-vit-large-patch14-336": {**_CLIP_L14, "image_size": 336},
+    "openai/clip-vit-large-patch14": {**_CLIP_L14, "image_size": 224},
+}
+DEFAULT_ACT = {"siglip": "gelu_pytorch_tanh", "clip": "quick_gelu"}
 VALID_PINPOINT_SIDES = (224, 336, 384, 448, 512)
 MERGE_TYPES = ("flat", "spatial", "spatial_unpad", "spatial_unpad_nobase", "spatial_maxpool2x2", "spatial_nobase")
 NEWLINE_POSITIONS = ("one_token", "no_token", "frame", "grid")
 POOL_MODES = ("average", "max", "bilinear")
+SELECT_FEATURES = (
+    "patch", "cls_patch", "slicefour_patch", "slicefour_cls_patch", "slice_m25811_f6_patch", "slice_m25811_f6_cls_patch",
+)
+SLICE_M25811_F6_LAYERS = (-2, -5, -8, -11, 6)
+PROJECTOR_PATTERNS = (r"linear", r"identity", r"pooler", r"mlp[1-9]\d*x_gelu", r"mlp[1-9]\d*x_res\d+x_gelu")
+# Built by ORIG but never applied by its inference path (spec 2.3): accepted, ignored.
+RESAMPLER_TYPES = (None, "spatial_pool", "masked_drop", "perceiver", "qformer")
+PADDING_SIDES = ("left", "right")
+VIDEO_POOL_STRIDE = 2  # ORIG HEAD pools videos with stride 2 whatever mm_spatial_pool_stride says
+
+log = logging.getLogger(__name__)
+_logged_once: set[str] = set()
+
+
+def log_once(message: str) -> None:
+    """Log a configuration fallback once per process, not once per model construction."""
+    if message not in _logged_once:
+        _logged_once.add(message)
+        log.warning(message)
 
 
 class ConfigError(ValueError):
@@ -54,7 +91,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class VisionTowerConfig:
-    """Dimensions of the vision tower as published (ORIG drops the last layer at load)."""
+    """Dimensions of the vision tower as published (ORIG drops SigLIP's last layer at load)."""
 
     kind: str  # "siglip" | "clip"
     hidden_size: int
@@ -64,6 +101,17 @@ class VisionTowerConfig:
     image_size: int  # S: side of one crop in pixels
     patch_size: int  # p
     layer_norm_eps: float = 1e-6
+    hidden_act: str = ""  # "" -> the kind's default (gelu_pytorch_tanh / quick_gelu)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEFAULT_ACT:
+            raise ConfigError(f"mm_vision_tower_config.kind={self.kind!r}: expected one of {sorted(DEFAULT_ACT)}")
+        if not self.hidden_act:
+            object.__setattr__(self, "hidden_act", DEFAULT_ACT[self.kind])
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                     "patch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"vision tower {name}={getattr(self, name)!r}: must be >= 1")
 
     @property
     def num_patches_per_side(self) -> int:  # P
@@ -78,41 +126,88 @@ class LlavaConfig:
     hidden_size: int  # D
     vision: VisionTowerConfig
     mm_vision_tower: str
-    mm_hidden_size: int  # Cv
+    mm_hidden_size: int = 0  # Cv: width of the selected tower features (x4/x5 for CLIP slice); 0 -> derived
+    # 2.1 vision tower
+    mm_vision_select_layer: int = -2  # CLIP only: index into hidden_states (0 = embeddings)
+    mm_vision_select_feature: str = "patch"  # CLIP only
+    # 2.2 projector (2.3 resampler: built by ORIG, never applied)
     mm_projector_type: str = "linear"
-    mm_vision_select_layer: int = -2
-    mm_vision_select_feature: str = "patch"
+    mm_resampler_type: str | None = None
+    # 2.4 image layout
     image_aspect_ratio: str = "square"
     image_grid_pinpoints: tuple[tuple[int, int], ...] = ()  # (w, h) pixel pairs, config order
     mm_patch_merge_type: str = "flat"
-    mm_newline_position: str = "one_token"
-    mm_spatial_pool_mode: str = "bilinear"
-    mm_spatial_pool_stride: int | None = None
     mm_use_im_start_end: bool = False
     mm_use_im_patch_token: bool = True
-    tokenizer_model_max_length: int | None = None
-    tokenizer_padding_side: str = "right"
+    # 2.5 video
+    mm_newline_position: str = "one_token"
+    mm_spatial_pool_mode: str = "bilinear"  # absent: training default, logged once (spec 13)
+    mm_spatial_pool_stride: int | None = None  # read only by faster video (slow stride; None -> 2)
     add_faster_video: bool = False
     faster_token_stride: int = 10
     frames_upbound: int = 0
+    video_fps: int = 1
     force_sample: bool = False
     add_time_instruction: bool = False
+    # 2.6 sequence / LM
+    tokenizer_model_max_length: int | None = None  # NOT used to truncate: over-long prompts are refused
+    tokenizer_padding_side: str = "right"  # training side; batched generation always pads left
+    use_pos_skipping: bool = False  # training mode only
+    pos_skipping_range: int = 4096
+    rope_scaling: dict[str, Any] | None = None  # kept for Llama/Mistral; ORIG's Qwen wrapper forces None
     max_position_embeddings: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.mm_patch_merge_type not in MERGE_TYPES:
-            raise ConfigError(f"mm_patch_merge_type={self.mm_patch_merge_type!r}: expected one of {MERGE_TYPES}")
-        if self.mm_newline_position not in NEWLINE_POSITIONS:
+        _check_choice("mm_patch_merge_type", self.mm_patch_merge_type, MERGE_TYPES)
+        _check_choice("mm_newline_position", self.mm_newline_position, NEWLINE_POSITIONS)
+        _check_choice("mm_spatial_pool_mode", self.mm_spatial_pool_mode, POOL_MODES)
+        _check_choice("mm_vision_select_feature", self.mm_vision_select_feature, SELECT_FEATURES)
+        _check_choice("mm_resampler_type", self.mm_resampler_type, RESAMPLER_TYPES)
+        _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, PADDING_SIDES)
+        if not any(re.fullmatch(p, self.mm_projector_type) for p in PROJECTOR_PATTERNS):
             raise ConfigError(
-                f"mm_newline_position={self.mm_newline_position!r}: expected one of {NEWLINE_POSITIONS}"
+                f"mm_projector_type={self.mm_projector_type!r}: expected linear, identity, pooler, mlpNx_gelu "
+                "or mlpNx_resMx_gelu"
             )
-        if self.mm_spatial_pool_mode not in POOL_MODES:
-            raise ConfigError(f"mm_spatial_pool_mode={self.mm_spatial_pool_mode!r}: expected one of {POOL_MODES}")
+        aspect = self.image_aspect_ratio
+        if aspect not in ("square", "pad", "anyres") and not re.fullmatch(r"anyres_max_[1-9]\d*", aspect):
+            raise ConfigError(
+                f"image_aspect_ratio={aspect!r}: expected square, pad, anyres or anyres_max_N with N >= 1 "
+                "(legacy highres/crop_split are not supported)"
+            )
         if self.is_anyres and not self.image_grid_pinpoints:
-            raise ConfigError(f"image_aspect_ratio={self.image_aspect_ratio!r} needs image_grid_pinpoints")
-        if self.anyres_max is not None and self.anyres_max < 1:
-            raise ConfigError(f"image_aspect_ratio={self.image_aspect_ratio!r}: N must be >= 1")
+            raise ConfigError(f"image_aspect_ratio={aspect!r} needs image_grid_pinpoints")
+        for name, low in (("faster_token_stride", 1), ("video_fps", 1), ("pos_skipping_range", 0), ("frames_upbound", 0)):
+            if int(getattr(self, name)) < low:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= {low}")
+        if self.mm_spatial_pool_stride is not None and self.mm_spatial_pool_stride < 1:
+            raise ConfigError(f"mm_spatial_pool_stride={self.mm_spatial_pool_stride!r}: must be >= 1")
+        self._check_feature_width()
+        if self.is_anyres and self.mm_patch_merge_type.startswith("spatial") and not self.has_square_patch_map:
+            raise ConfigError(
+                f"mm_patch_merge_type={self.mm_patch_merge_type!r} with image_aspect_ratio={aspect!r} needs a "
+                f"square P x P patch map per crop; mm_projector_type={self.mm_projector_type!r} / "
+                f"mm_vision_select_feature={self.mm_vision_select_feature!r} do not give one (ORIG asserts too)"
+            )
+
+    def _check_feature_width(self) -> None:
+        """mm_hidden_size must be the width of the selected tower features (derived when absent)."""
+        width = self.vision.hidden_size
+        if self.vision.kind == "clip":
+            width *= len(self.clip_feature_layers)
+        if not self.mm_hidden_size:
+            object.__setattr__(self, "mm_hidden_size", width)
+        if self.mm_hidden_size != width:
+            raise ConfigError(
+                f"mm_hidden_size={self.mm_hidden_size} differs from the width of the selected vision features "
+                f"({width}: tower hidden size {self.vision.hidden_size}, mm_vision_select_feature="
+                f"{self.mm_vision_select_feature!r})"
+            )
+        if self.mm_projector_type == "identity" and width != self.hidden_size:
+            raise ConfigError(
+                f"mm_projector_type='identity' needs mm_hidden_size == hidden_size, got {width} != {self.hidden_size}"
+            )
 
     # -- derived layout facts (pure functions of the keys above) --
     @property
@@ -128,37 +223,84 @@ class LlavaConfig:
     def has_image_newline(self) -> bool:
         return "unpad" in self.mm_patch_merge_type
 
+    @property
+    def has_cls_token(self) -> bool:
+        """CLIP keeps its CLS token in front of the patch tokens (`*cls_patch` select features)."""
+        return self.vision.kind == "clip" and self.mm_vision_select_feature.endswith("cls_patch")
+
+    @property
+    def has_square_patch_map(self) -> bool:
+        """Each crop becomes a P x P map of rows (what spatial merges and video pooling need)."""
+        return not self.has_cls_token and self.mm_projector_type != "pooler"
+
+    @property
+    def is_faster_video(self) -> bool:
+        """SlowFast video (spec 4.4): ORIG reads add_faster_video only in a spatial merge with grid newlines."""
+        return (
+            self.add_faster_video and self.mm_newline_position == "grid" and self.mm_patch_merge_type.startswith("spatial")
+        )
+
+    @property
+    def clip_feature_layers(self) -> tuple[int, ...]:
+        """Indices into CLIP's hidden_states (length L = layers + 1) concatenated on channels (ORIG
+        clip_encoder.feature_select)."""
+        num_states = self.vision.num_hidden_layers + 1
+        feature = self.mm_vision_select_feature
+        if feature.startswith("slicefour_"):
+            every = num_states // 4
+            layers = tuple(range(every + self.mm_vision_select_layer, num_states, every)) if every else ()
+        elif feature.startswith("slice_m25811_f6_"):
+            layers = SLICE_M25811_F6_LAYERS
+        else:
+            layers = (self.mm_vision_select_layer,)
+        if not layers or any(not -num_states <= i < num_states for i in layers):
+            raise ConfigError(
+                f"mm_vision_select_layer={self.mm_vision_select_layer} / mm_vision_select_feature={feature!r} select "
+                f"layers {list(layers)} outside the tower's {num_states} hidden states"
+            )
+        return layers
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> LlavaConfig:
         tower = raw.get("mm_vision_tower") or raw.get("vision_tower")
         if not tower:
             raise ConfigError("mm_vision_tower is missing: not a LLaVA multimodal checkpoint")
+        if raw.get("s2"):
+            raise ConfigError("s2=true (CLIP-S2 multi-scale tower) is not supported")
         vision = _vision_tower_config(str(tower), raw)
+        language = _language(raw)
         kwargs: dict[str, Any] = {
-            "language": _language(raw),
+            "language": language,
             "hidden_size": int(raw["hidden_size"]),
             "vision": vision,
             "mm_vision_tower": str(tower),
-            "mm_hidden_size": int(raw.get("mm_hidden_size", vision.hidden_size)),
             "image_grid_pinpoints": parse_pinpoints(raw.get("image_grid_pinpoints"), vision.image_size),
             "raw": dict(raw),
         }
-        if kwargs["mm_hidden_size"] != vision.hidden_size:
-            raise ConfigError(
-                f"mm_hidden_size={kwargs['mm_hidden_size']} differs from the vision tower's hidden size "
-                f"{vision.hidden_size}"
-            )
         plain = {f.name for f in fields(cls)} - set(kwargs)
         for name in plain:
-            if name in raw and raw[name] is not None:
+            if raw.get(name) is not None:
                 kwargs[name] = raw[name]
-        if raw.get("image_aspect_ratio") is None:
-            kwargs.pop("image_aspect_ratio", None)
-        return cls(**kwargs)
+        if language == "qwen2":
+            kwargs.pop("rope_scaling", None)  # ORIG's Qwen wrapper forces rope_scaling = None (spec 2.6)
+        if raw.get("mm_spatial_pool_mode") is None:
+            log_once(
+                "config has no mm_spatial_pool_mode: videos use the training default 'bilinear' "
+                "(ORIG would fail on the first video)"
+            )
+        cfg = cls(**kwargs)
+        if cfg.add_faster_video and not cfg.is_faster_video:
+            log_once("add_faster_video is ignored: ORIG reads it only with a spatial merge and grid newlines")
+        return cfg
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> LlavaConfig:
         return cls.from_dict(read_config_dict(path))
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: expected one of {choices}")
 
 
 def read_config_dict(path: str | Path) -> dict[str, Any]:
@@ -188,20 +330,48 @@ def _language(raw: dict[str, Any]) -> str:
 
 
 def _vision_tower_config(tower: str, raw: dict[str, Any]) -> VisionTowerConfig:
-    # `mm_vision_tower_config` is a llava-serve extension: ORIG hard-codes the tower dimensions,
-    # our demo checkpoints (and any non-so400m tower) state them explicitly.
-    explicit = raw.get("mm_vision_tower_config") or {}
-    kind = explicit.get("kind") or ("siglip" if "siglip" in tower.lower() else "clip")
+    """Tower dimensions without the hub where possible: the explicit `mm_vision_tower_config`
+    (a llava-serve extension; demo checkpoints use it), then ORIG's hard-coded SigLIP so400m for
+    any name containing "siglip", then the built-in CLIP table, then transformers' config loading
+    (a local tower folder, or the hub for names we do not know)."""
+    explicit = dict(raw.get("mm_vision_tower_config") or {})
+    kind = explicit.pop("kind", None)
+    if kind is not None and kind not in DEFAULT_ACT:
+        raise ConfigError(f"mm_vision_tower_config.kind={kind!r}: expected one of {sorted(DEFAULT_ACT)}")
+    if kind is None and tower in KNOWN_CLIP_TOWERS:
+        kind = "clip"
+    if kind is None and "siglip" in tower.lower() and not Path(tower).is_dir():
+        kind = "siglip"
     if kind == "siglip":
-        dims = {**SIGLIP_SO400M, **{k: v for k, v in explicit.items() if k != "kind"}}
+        base = SIGLIP_SO400M
+    elif kind == "clip":
+        base = KNOWN_CLIP_TOWERS.get(tower, {})
     else:
-        if not explicit:
-            raise ConfigError(f"vision tower {tower!r}: CLIP towers need mm_vision_tower_config (model-core issue)")
-        dims = {k: v for k, v in explicit.items() if k != "kind"}
+        kind, base = _pretrained_tower_dims(tower)
     try:
-        return VisionTowerConfig(kind=kind, **dims)
+        return VisionTowerConfig(kind=kind, **{**base, **explicit})
     except TypeError as e:
-        raise ConfigError(f"mm_vision_tower_config: {e}") from e
+        raise ConfigError(f"vision tower {tower!r}: incomplete or unknown dimensions in mm_vision_tower_config ({e})") from e
+
+
+def _pretrained_tower_dims(tower: str) -> tuple[str, dict[str, Any]]:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(tower)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"vision tower {tower!r} is not built in and its config could not be loaded; state its dimensions in "
+            "mm_vision_tower_config"
+        ) from e
+    vision = getattr(config, "vision_config", None) or config
+    model_type = str(getattr(vision, "model_type", ""))
+    kind = "siglip" if "siglip" in model_type else "clip" if "clip" in model_type else None
+    if kind is None:
+        raise ConfigError(f"vision tower {tower!r} has model_type {model_type!r}; expected a CLIP or SigLIP tower")
+    names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+             "patch_size", "layer_norm_eps", "hidden_act")
+    return kind, {name: getattr(vision, name) for name in names}
 
 
 def parse_pinpoints(value: Any, image_size: int) -> tuple[tuple[int, int], ...]:
@@ -236,15 +406,36 @@ def parse_pinpoints(value: Any, image_size: int) -> tuple[tuple[int, int], ...]:
 
 
 @dataclass(frozen=True)
+class FaultInjection:
+    """TESTS ONLY: make the engine's LM forward fail on purpose (fault-isolation tests).
+
+    The fault is raised inside the model (before its last decoder layer), so earlier layers have
+    already written to the KV cache, as a real mid-forward failure would.
+    """
+
+    poison_request_ids: frozenset[str] = frozenset()  # a forward whose batch holds one of these raises
+    poison_phases: frozenset[str] = frozenset({"prefill", "decode"})  # where the poison acts
+    oom_over_rows: int | None = None  # a forward over more rows than this raises torch.OutOfMemoryError
+    fatal_at_step: int | None = None  # the forward of this engine step (from 1) raises a fatal device error
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Runtime knobs of the generation engine (not part of the checkpoint)."""
 
-    max_num_seqs: int = 32  # rows in one running batch
+    max_num_seqs: int = 32  # rows in one running batch (each of a request's n choices is a row)
     max_model_len: int | None = None  # None: the checkpoint's context length
-    seed: int = 0
+    seed: int = 0  # seeds the choice of seeds for requests that give none
+    max_prefill_tokens: int = 8192  # padded prompt tokens (rows x longest) prefilled in one step
+    encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
+    fault_injection: FaultInjection | None = None  # tests only
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
+        if self.max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens={self.max_prefill_tokens}: must be >= 1")
+        if self.encoder_cache_bytes < 0:
+            raise ValueError(f"encoder_cache_bytes={self.encoder_cache_bytes}: must be >= 0")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from model_runtime.config import LlavaConfig
+from model_runtime.config import VIDEO_POOL_STRIDE, LlavaConfig
 
 
 class LayoutError(ValueError):
@@ -83,6 +83,15 @@ def unpadded_map_shape(cfg: LlavaConfig, size: tuple[int, int]) -> tuple[int, in
     return h, w
 
 
+def tokens_per_crop(cfg: LlavaConfig) -> int:
+    """Feature rows one S x S crop gives after the projector: P*P, +1 with CLIP's CLS
+    (`*cls_patch`), (P//2)^2 through the pooler projector."""
+    p = cfg.vision.num_patches_per_side
+    if cfg.mm_projector_type == "pooler":
+        return (p // 2) ** 2
+    return p * p + (1 if cfg.has_cls_token else 0)
+
+
 def image_token_count(cfg: LlavaConfig, size: tuple[int, int], single_crop: bool = False) -> int:
     """Feature rows one image contributes (spec section 5).
 
@@ -90,7 +99,7 @@ def image_token_count(cfg: LlavaConfig, size: tuple[int, int], single_crop: bool
     multi-image request) rather than anyres.
     """
     p = cfg.vision.num_patches_per_side
-    per_crop = p * p
+    per_crop = tokens_per_crop(cfg)
     merge = cfg.mm_patch_merge_type
     if single_crop or not cfg.is_anyres:
         if merge == "flat":
@@ -106,3 +115,68 @@ def image_token_count(cfg: LlavaConfig, size: tuple[int, int], single_crop: bool
         h, w = unpadded_map_shape(cfg, size)
         return base + h * (w + 1)
     return base + nh * p * nw * p
+
+
+def pooled_side(num_patches_per_side: int, stride: int, mode: str) -> int:
+    """Side of a P x P map after ORIG get_2dPool: bilinear resizes to ceil(P/stride), average and
+    max pool with kernel = stride (floor)."""
+    if mode == "bilinear":
+        return math.ceil(num_patches_per_side / stride)
+    return num_patches_per_side // stride
+
+
+def video_pool_sides(cfg: LlavaConfig) -> tuple[int, int]:
+    """(slow, fast) pooled frame sides. ORIG HEAD pools every frame with stride 2; faster video
+    (spec 4.4) pools slow frames with mm_spatial_pool_stride (default 2) and fast ones with twice it."""
+    p, mode = cfg.vision.num_patches_per_side, cfg.mm_spatial_pool_mode
+    if not cfg.is_faster_video:
+        side = pooled_side(p, VIDEO_POOL_STRIDE, mode)
+        return side, side
+    stride = cfg.mm_spatial_pool_stride or VIDEO_POOL_STRIDE
+    return pooled_side(p, stride, mode), pooled_side(p, 2 * stride, mode)
+
+
+def is_slow_frame(cfg: LlavaConfig, frame: int) -> bool:
+    return frame % cfg.faster_token_stride == 0
+
+
+def check_video_layout(cfg: LlavaConfig) -> None:
+    """Refuse video layouts ORIG cannot build (it would crash mid-request)."""
+    if not cfg.has_square_patch_map:
+        raise LayoutError(
+            f"this checkpoint cannot take videos: pooling needs a P x P patch map, which "
+            f"mm_projector_type={cfg.mm_projector_type!r} / mm_vision_select_feature="
+            f"{cfg.mm_vision_select_feature!r} do not give"
+        )
+    if min(video_pool_sides(cfg)) < 1:
+        raise LayoutError(
+            f"this checkpoint cannot take videos: a {cfg.vision.num_patches_per_side}-patch frame pooled with "
+            f"mode {cfg.mm_spatial_pool_mode!r} leaves no tokens"
+        )
+    needs_newline = cfg.mm_newline_position in ("grid", "frame") and cfg.mm_patch_merge_type != "flat"
+    if needs_newline and not cfg.has_image_newline:
+        raise LayoutError(
+            f"this checkpoint cannot take videos: mm_newline_position={cfg.mm_newline_position!r} needs "
+            f"image_newline, which mm_patch_merge_type={cfg.mm_patch_merge_type!r} does not have"
+        )
+
+
+def video_token_count(cfg: LlavaConfig, num_frames: int) -> int:
+    """Feature rows a video of `num_frames` sampled frames contributes (spec sections 4.3-4.4, 5)."""
+    if num_frames < 1:
+        raise LayoutError(f"a video needs at least one frame, got {num_frames}")
+    check_video_layout(cfg)
+    slow, fast = video_pool_sides(cfg)
+    if cfg.mm_patch_merge_type == "flat":
+        return num_frames * slow * slow
+    position = cfg.mm_newline_position
+    if cfg.is_faster_video:
+        num_slow = sum(1 for f in range(num_frames) if is_slow_frame(cfg, f))
+        return num_slow * slow * (slow + 1) + (num_frames - num_slow) * fast * (fast + 1) + num_frames
+    if position == "grid":
+        return num_frames * slow * (slow + 1)
+    if position == "frame":
+        return num_frames * (slow * slow + 1)
+    if position == "one_token":
+        return num_frames * slow * slow + (1 if cfg.has_image_newline else 0)
+    return num_frames * slow * slow  # no_token

@@ -1,25 +1,29 @@
 """LLaVA meta mixins: towers + projector on the base model, media encoding and splicing.
 
-`LlavaMetaModel` adds ORIG's `vision_tower`, `mm_projector` and `image_newline` to a transformers
-base model (so checkpoint keys load unchanged). `LlavaMetaForCausalLM` encodes media items into
-feature rows (ORIG llava_arch.py: encode_images + the spatial merge) and splices them into the
-token embeddings at sentinel positions (`prepare_inputs_for_multimodal`). Every row count comes
-from `layout.py`. No tokenizer, no HTTP, no scheduling here.
+`LlavaMetaModel` adds ORIG's `vision_tower`, `mm_projector`, `image_newline` and `faster_token`
+to a transformers base model (so checkpoint keys load unchanged). `LlavaMetaForCausalLM` encodes
+media items into feature rows (ORIG llava_arch.py: one tower + projector call, then the per-item
+merge of `merge.py`) and splices them into the token embeddings at sentinel positions
+(`prepare_inputs_for_multimodal`; `prepare_inputs_for_training` adds labels). Every row count is
+checked against `layout.py`. No tokenizer, no HTTP, no scheduling here.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from model_runtime.arch import layout
+from model_runtime.arch import layout, merge
 from model_runtime.arch.projector import build_vision_projector
 from model_runtime.arch.vision import build_vision_tower
 from model_runtime.config import LlavaConfig
+from model_runtime.constants import IGNORE_INDEX
 from model_runtime.inputs import EncodedItem, MediaInput
+
+VISUAL_MODALITIES = ("image", "video")
 
 
 class MediaMismatchError(ValueError):
@@ -34,9 +38,12 @@ class LlavaMetaModel:
         self.llava_config = LlavaConfig.from_dict(config.to_dict())
         self.vision_tower = build_vision_tower(self.llava_config)
         self.mm_projector = build_vision_projector(self.llava_config)
+        scale = config.hidden_size**-0.5  # ORIG training init (randn / sqrt(D)); checkpoints replace it
         if self.llava_config.has_image_newline:
-            # ORIG training init (randn / sqrt(D)); a checkpoint's value replaces it at load
-            self.image_newline = nn.Parameter(torch.randn(config.hidden_size) * config.hidden_size**-0.5)
+            self.image_newline = nn.Parameter(torch.randn(config.hidden_size) * scale)
+        if self.llava_config.add_faster_video:
+            # ORIG creates it only in training setup, so its checkpoints' value could not load (spec 13)
+            self.faster_token = nn.Parameter(torch.randn(config.hidden_size) * scale)
 
 
 class LlavaMetaForCausalLM:
@@ -48,22 +55,37 @@ class LlavaMetaForCausalLM:
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # pixel_values: [N, 3, S, S] -> [N, P*P, D]
+        # pixel_values: [N, 3, S, S] -> [N, T, D] (T = layout.tokens_per_crop)
         dtype = self.model.embed_tokens.weight.dtype
         features = self.model.vision_tower(pixel_values.to(dtype))
         return self.model.mm_projector(features)
 
     def encode_media(self, media: Sequence[MediaInput]) -> list[EncodedItem]:
-        """Items of any requests -> encoded items in the same order (one tower call per modality)."""
-        device = self.model.embed_tokens.weight.device
-        images = [m for m in media if m.modality == "image"]
-        unsupported = {m.modality for m in media} - {"image"}
+        """Items of any requests -> encoded items in the same order (one tower call for all
+        images and video frames). Each item's rows must equal its `num_tokens`."""
+        unsupported = {m.modality for m in media} - set(VISUAL_MODALITIES)
         if unsupported:
             raise ValueError(f"modalities {sorted(unsupported)} are not supported yet")
-        features = iter(self.encode_image_items(
-            [m.data.to(device) for m in images], [m.image_size for m in images], [m.single_crop for m in images]
-        ))
-        return [EncodedItem(m.modality, next(features)) for m in media]
+        rows = self.encode_visual_items(media)
+        for m, r in zip(media, rows, strict=True):
+            if r.shape[0] != m.num_tokens:
+                raise layout.LayoutError(f"{m.modality} item: {r.shape[0]} rows but {m.num_tokens} tokens charged")
+        return [EncodedItem(m.modality, r) for m, r in zip(media, rows, strict=True)]
+
+    def encode_visual_items(self, media: Sequence[MediaInput]) -> list[torch.Tensor]:
+        """Images ([k, 3, S, S] crops) and videos ([F, 3, S, S] frames) -> rows [n_i, D] each."""
+        if not media:
+            return []
+        device = self.model.embed_tokens.weight.device
+        features = self.encode_images(torch.cat([m.data.to(device) for m in media], dim=0))
+        per_item = torch.split(features, [m.data.shape[0] for m in media], dim=0)
+        out = []
+        for m, f in zip(media, per_item, strict=True):
+            if m.modality == "video":
+                out.append(self.merge_video_features(f))
+            else:
+                out.append(self.merge_image_features(f, m.image_size, m.single_crop))
+        return out
 
     def encode_image_items(
         self, crops: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], single_crop: Sequence[bool]
@@ -79,53 +101,23 @@ class LlavaMetaForCausalLM:
         ]
 
     def merge_image_features(self, features: torch.Tensor, size: tuple[int, int], single_crop: bool) -> torch.Tensor:
-        """ORIG spatial merge of one image's crops: features [k, P*P, D] -> rows [n, D]."""
+        """ORIG spatial merge of one image's crops: features [k, T, D] -> rows [n, D]."""
         cfg = self.llava_config
-        merge = cfg.mm_patch_merge_type
-        if merge == "flat":
-            rows = features.flatten(0, 1)
-        elif features.shape[0] == 1:
-            rows = features[0]
-            if cfg.has_image_newline:
-                rows = torch.cat([rows, self.model.image_newline[None].to(rows.dtype)], dim=0)
-        else:
-            rows = self._merge_anyres(features, size)
+        rows = merge.merge_image(cfg, features, size, getattr(self.model, "image_newline", None))
         expected = layout.image_token_count(cfg, size, single_crop=single_crop)
         if rows.shape[0] != expected:
             raise layout.LayoutError(f"image rows {rows.shape[0]} != layout count {expected} for size {size}")
         return rows
 
-    def _merge_anyres(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def merge_video_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pool and merge one video's projected frames [F, P*P, D] -> rows [n, D]."""
         cfg = self.llava_config
-        merge = cfg.mm_patch_merge_type
-        p = cfg.vision.num_patches_per_side
-        d = features.shape[-1]
-        base, crops = features[0], features[1:]
-        if not cfg.is_anyres:
-            raise layout.LayoutError(f"{features.shape[0]} crops for image_aspect_ratio={cfg.image_aspect_ratio!r}")
-        nw, nh = layout.anyres_grid(cfg, size)
-        if crops.shape[0] != nw * nh:
-            raise layout.LayoutError(f"{crops.shape[0]} crops for a {nw}x{nh} grid")
-        # stitch crops row-major into one map [D, nh*P, nw*P]
-        grid = crops.view(nh, nw, p, p, d).permute(4, 0, 2, 1, 3).reshape(d, nh * p, nw * p)
-        if "maxpool2x2" in merge:
-            grid = F.max_pool2d(grid[None], 2)[0]
-            rows = grid.flatten(1).transpose(0, 1)
-        elif "unpad" in merge:
-            top, bottom, left, right = layout.unpad_bounds(size, nh * p, nw * p)
-            grid = grid[:, top:bottom, left:right]
-            if cfg.anyres_max is not None:
-                h, w = grid.shape[1:]
-                target = layout.anyres_max_shape(h, w, cfg.anyres_max, p * p)
-                if target != (h, w):
-                    grid = F.interpolate(grid[None], size=target, mode="bilinear")[0]
-            newline = self.model.image_newline.to(grid.dtype)[:, None, None].expand(d, grid.shape[1], 1)
-            grid = torch.cat([grid, newline], dim=2)
-            rows = grid.flatten(1).transpose(0, 1)
-        else:
-            rows = grid.flatten(1).transpose(0, 1)
-        if "nobase" not in merge:
-            rows = torch.cat([base, rows], dim=0)
+        rows = merge.merge_video(
+            cfg, frames, getattr(self.model, "image_newline", None), getattr(self.model, "faster_token", None)
+        )
+        expected = layout.video_token_count(cfg, frames.shape[0])
+        if rows.shape[0] != expected:
+            raise layout.LayoutError(f"video rows {rows.shape[0]} != layout count {expected} for {frames.shape[0]} frames")
         return rows
 
     # -- splicing ---------------------------------------------------------------------------
@@ -142,28 +134,65 @@ class LlavaMetaForCausalLM:
         sentinels takes none. Returns inputs_embeds [B, L, D], attention_mask [B, L] (long) and
         position_ids [B, L] (0.. over real tokens, 0 on padding).
         """
+        embeds, mask, positions, _ = self._assemble(rows, items, None, padding_side)
+        return embeds, mask, positions
+
+    def prepare_inputs_for_training(
+        self,
+        rows: Sequence[Sequence[int]],
+        items: Sequence[Sequence[EncodedItem]],
+        labels: Sequence[Sequence[int]],
+        padding_side: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As `prepare_inputs_for_multimodal`, plus labels [B, L]: each row's labels (aligned with
+        its ids) with IGNORE_INDEX at media rows and padding. Padding side defaults to the
+        checkpoint's `tokenizer_padding_side`. Position skipping (`use_pos_skipping`) applies only
+        here and only in training mode (ORIG step 9): positions become one arange(L) shared by all
+        rows, shifted by a random left/right offset around a random split."""
+        side = padding_side or self.llava_config.tokenizer_padding_side
+        embeds, mask, positions, out_labels = self._assemble(rows, items, labels, side)
+        cfg = self.llava_config
+        if self.training and cfg.use_pos_skipping:
+            length = embeds.shape[1]
+            positions = torch.arange(length, device=embeds.device)
+            split = random.randint(0, length)
+            left_add = random.randint(0, cfg.pos_skipping_range)
+            right_add = random.randint(left_add, cfg.pos_skipping_range)
+            positions[:split] += left_add
+            positions[split:] += right_add
+            positions = positions[None].expand(embeds.shape[0], length).clone()
+        return embeds, mask, positions, out_labels
+
+    def _assemble(self, rows, items, labels, padding_side: str):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}")
         embed = self.model.embed_tokens
         device = embed.weight.device
-        sequences: list[torch.Tensor] = []
-        for b, (ids, row_items) in enumerate(zip(rows, items, strict=True)):
-            sequences.append(self._splice_row(b, list(ids), list(row_items), embed, device))
-        max_len = max(s.shape[0] for s in sequences)
-        dim = sequences[0].shape[1]
-        batch = len(sequences)
+        label_rows = labels if labels is not None else [None] * len(rows)
+        spliced = [
+            self._splice_row(b, list(ids), list(row_items), row_labels, embed, device)
+            for b, (ids, row_items, row_labels) in enumerate(zip(rows, items, label_rows, strict=True))
+        ]
+        max_len = max(seq.shape[0] for seq, _ in spliced)
+        batch, dim = len(spliced), spliced[0][0].shape[1]
         embeds = torch.zeros(batch, max_len, dim, dtype=embed.weight.dtype, device=device)
         mask = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
-        for b, seq in enumerate(sequences):
+        out_labels = torch.full((batch, max_len), IGNORE_INDEX, dtype=torch.long, device=device)
+        for b, (seq, row_labels) in enumerate(spliced):
             n = seq.shape[0]
             start = max_len - n if padding_side == "left" else 0
             embeds[b, start : start + n] = seq
             mask[b, start : start + n] = 1
             positions[b, start : start + n] = torch.arange(n, device=device)
-        return embeds, mask, positions
+            if row_labels is not None:
+                out_labels[b, start : start + n] = row_labels
+        return embeds, mask, positions, (out_labels if labels is not None else None)
 
-    def _splice_row(self, b: int, ids: list[int], items: list[EncodedItem], embed: nn.Module, device) -> torch.Tensor:
+    def _splice_row(self, b: int, ids: list[int], items: list[EncodedItem], labels, embed: nn.Module, device):
+        """One row -> (embeds [n, D], labels [n] or None)."""
+        if labels is not None and len(labels) != len(ids):
+            raise ValueError(f"row {b}: {len(labels)} labels for {len(ids)} ids")
         queues: dict[int, list[torch.Tensor]] = {}
         for item in items:
             queues.setdefault(item.sentinel, []).append(item.features)
@@ -177,16 +206,24 @@ class LlavaMetaForCausalLM:
         text_ids = torch.tensor([t for t in ids if t >= 0], dtype=torch.long, device=device)
         text_embeds = embed(text_ids)
         pieces: list[torch.Tensor] = []
+        label_pieces: list[torch.Tensor] = []
+        label_tensor = torch.tensor(list(labels), dtype=torch.long, device=device) if labels is not None else None
         cursor = 0  # index into text_embeds
         start = 0  # index into ids
         taken = dict.fromkeys(queues, 0)
         for pos, sentinel in slots:
             n_text = pos - start
             pieces.append(text_embeds[cursor : cursor + n_text])
-            cursor += n_text
             feature = queues[sentinel][taken[sentinel]]
             taken[sentinel] += 1
             pieces.append(feature.to(device=device, dtype=text_embeds.dtype))
+            if label_tensor is not None:
+                label_pieces.append(label_tensor[start:pos])
+                label_pieces.append(torch.full((feature.shape[0],), IGNORE_INDEX, dtype=torch.long, device=device))
+            cursor += n_text
             start = pos + 1
         pieces.append(text_embeds[cursor:])
-        return torch.cat(pieces, dim=0)
+        if label_tensor is None:
+            return torch.cat(pieces, dim=0), None
+        label_pieces.append(label_tensor[start:])
+        return torch.cat(pieces, dim=0), torch.cat(label_pieces)

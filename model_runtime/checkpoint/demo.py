@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from model_runtime.arch.language import LlavaQwenConfig, LlavaQwenForCausalLM
+from model_runtime.arch.language import LANGUAGE_MODELS
+from model_runtime.config import LlavaConfig
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>", "<audio>")
 # Qwen2's pre-tokenizer split (contractions, letters, single digits, punctuation runs, newlines)
@@ -102,7 +103,10 @@ tests; serve a real checkpoint (e.g. lmms-lab/llava-onevision-qwen2-0.5b-ov) for
 """
 
 
-def make_demo(size: str, out: str | Path, seed: int = 0) -> Path:
+def make_demo(size: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None) -> Path:
+    """Write a demo checkpoint; `overrides` replace config.json keys (e.g. a Llama LM via
+    `architectures`, a CLIP tower via `mm_vision_tower` + `mm_vision_tower_config`, other merge
+    modes) and the random weights follow the resulting architecture."""
     if size not in DEMO_SPECS:
         raise ValueError(f"unknown demo size {size!r}; choose from {sorted(DEMO_SPECS)}")
     spec = DEMO_SPECS[size]
@@ -111,7 +115,7 @@ def make_demo(size: str, out: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer(spec.bpe_vocab, seed)
     vocab_size = tokenizer.get_vocab_size()
     save_tokenizer(tokenizer, out)
-    config = demo_config(spec, vocab_size, tokenizer)
+    config = {**demo_config(spec, vocab_size, tokenizer), **(overrides or {})}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": config["bos_token_id"], "eos_token_id": [config["eos_token_id"],
@@ -119,7 +123,10 @@ def make_demo(size: str, out: str | Path, seed: int = 0) -> Path:
                    indent=2) + "\n"
     )
     save_random_weights(config, spec, out, seed)
-    (out / "README.md").write_text(MODEL_CARD.format(size=size, seed=seed))
+    card = MODEL_CARD.format(size=size, seed=seed)
+    if overrides:
+        card += f"\nConfig keys changed from the {size} demo: {', '.join(sorted(overrides))}.\n"
+    (out / "README.md").write_text(card)
     return out
 
 
@@ -178,9 +185,10 @@ def demo_config(spec: DemoSpec, vocab_size: int, tokenizer: Tokenizer) -> dict[s
 
 def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed: int) -> None:
     torch.manual_seed(seed)
-    hf_config = LlavaQwenConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    config_cls, model_cls = LANGUAGE_MODELS[LlavaConfig.from_dict(config).language]
+    hf_config = config_cls(**{k: v for k, v in config.items() if k != "model_type"})
     dtype = getattr(torch, spec.dtype)
-    model = LlavaQwenForCausalLM(hf_config)
+    model = model_cls(hf_config)
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     if spec.tie_embeddings:
         state.pop("lm_head.weight")  # tied 0.5B checkpoints ship no lm_head (spec 9.1)

@@ -1,21 +1,123 @@
-"""Incremental detokenisation that never emits half a multi-byte character."""
+"""Incremental detokenisation: complete UTF-8 characters only, stop strings across token boundaries.
+
+`IncrementalDetokenizer` decodes a short window of recent ids per token (never the whole output),
+waits while the tail is an incomplete multi-byte character, finds stop strings anywhere in the
+text (also when split over several tokens) and holds back a tail that could still become a stop
+string. `TokenTexts` gives each token's own text and raw bytes for logprobs. Knows a tokenizer,
+not the model.
+"""
 
 from __future__ import annotations
 
+import re
+
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback pieces
+
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer, stop: tuple[str, ...] = (), skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.stop = stop
         self.skip_special_tokens = skip_special_tokens
+        self.max_stop_len = max((len(s) for s in stop), default=0)
         self.ids: list[int] = []
-        self.emitted = ""
+        self.text = ""  # all complete text so far (cut at a matched stop string)
+        self.stop_string: str | None = None  # the stop string that matched
+        self._prefix_offset = 0  # ids[prefix:read] decode to text already counted
+        self._read_offset = 0
+        self._num_emitted = 0  # characters of `text` returned by take()
 
-    def push(self, token_ids: list[int]) -> str:
-        """Add tokens; return the text that is now complete and not yet returned."""
-        self.ids.extend(token_ids)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
-        if text.endswith("\ufffd"):
-            return ""  # an incomplete UTF-8 sequence: wait for the next token
-        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else text
-        self.emitted = text
+    def add(self, token_id: int) -> None:
+        """Append one generated token (not called for stop tokens: they carry no text)."""
+        if self.stop_string is not None:
+            return
+        self.ids.append(token_id)
+        new = self._decode_new()
+        if not new:
+            return
+        self.text += new
+        if self.stop:
+            self._find_stop(len(new))
+
+    def take(self, is_final: bool = False) -> str:
+        """Text not returned yet; withholds a tail that may start a stop string unless final."""
+        end = len(self.text)
+        if not is_final and self.stop_string is None:
+            end -= self._num_held_back()
+        if end <= self._num_emitted:
+            return ""
+        delta = self.text[self._num_emitted : end]
+        self._num_emitted = end
         return delta
+
+    def _decode_new(self) -> str:
+        # NOTE: decoding a window (not one id) keeps tokenizers that strip a leading space or merge
+        # byte pieces right: the window's prefix is decoded the same way and subtracted.
+        decode = self.tokenizer.decode
+        skip = self.skip_special_tokens
+        prefix = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=skip)
+        full = decode(self.ids[self._prefix_offset :], skip_special_tokens=skip)
+        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+            return ""  # nothing new, or an incomplete UTF-8 sequence: wait for the next token
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self.ids)
+        return full[len(prefix) :]
+
+    def _find_stop(self, num_new: int) -> None:
+        start = max(0, len(self.text) - num_new - self.max_stop_len + 1)
+        found: tuple[int, str] | None = None
+        for s in self.stop:
+            i = self.text.find(s, start)
+            if i != -1 and (found is None or i < found[0]):
+                found = (i, s)
+        if found is not None:
+            self.text = self.text[: found[0]]
+            self.stop_string = found[1]
+
+    def _num_held_back(self) -> int:
+        for k in range(min(self.max_stop_len - 1, len(self.text)), 0, -1):
+            tail = self.text[-k:]
+            if any(s.startswith(tail) for s in self.stop):
+                return k
+        return 0
+
+
+class TokenTexts:
+    """Each token's own text and raw bytes (OpenAI logprobs `token` / `bytes`), cached per id."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._byte_of_char = _byte_level_alphabet()
+        self._cache: dict[int, tuple[str, tuple[int, ...]]] = {}
+
+    def get(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        hit = self._cache.get(token_id)
+        if hit is None:
+            raw = self._bytes(token_id)
+            hit = (raw.decode("utf-8", errors="replace"), tuple(raw))
+            self._cache[token_id] = hit
+        return hit
+
+    def _bytes(self, token_id: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return b""
+        match = _BYTE_TOKEN.fullmatch(piece)
+        if match:
+            return bytes([int(match.group(1), 16)])
+        if all(c in self._byte_of_char for c in piece):
+            # byte-level BPE (GPT-2 / Qwen2): each character stands for one byte
+            return bytes(self._byte_of_char[c] for c in piece)
+        return piece.replace("\u2581", " ").encode("utf-8")  # SentencePiece word boundary
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte value (GPT-2's published mapping)."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    char_of_byte = {b: chr(b) for b in kept}
+    shifted = 0
+    for b in range(256):
+        if b not in char_of_byte:
+            char_of_byte[b] = chr(256 + shifted)
+            shifted += 1
+    return {c: b for b, c in char_of_byte.items()}

@@ -1,8 +1,10 @@
 """Image preprocessing: PIL RGB image -> crop tensors, exactly as ORIG feeds the tower.
 
 Reproduces ORIG `llava/mm_utils.py` (process_anyres_image, resize_and_pad_image, expand2square)
-and the hard-coded SigLIP processor of `siglip_encoder.py` (squash-resize to S x S, bicubic,
-x/255, mean 0.5 / std 0.5). Takes decoded RGB images; knows nothing of files or HTTP.
+and the towers' processors: SigLIP's hard-coded one (`siglip_encoder.py`: squash-resize to S x S,
+bicubic, x/255, mean 0.5 / std 0.5) and transformers' CLIPImageProcessor as ORIG loads it
+(shortest edge -> S, bicubic, centre crop S x S, x/255, OpenAI CLIP mean/std). Video frames go
+through the same tower processor (`to_tensor`). Takes decoded images; knows nothing of files or HTTP.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from model_runtime.config import LlavaConfig
 
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImagePreprocessor:
@@ -26,14 +30,19 @@ class ImagePreprocessor:
     def __init__(self, cfg: LlavaConfig) -> None:
         self.cfg = cfg
         self.side = cfg.vision.image_size
-        self.mean = np.asarray(SIGLIP_MEAN, dtype=np.float32)
-        self.std = np.asarray(SIGLIP_STD, dtype=np.float32)
+        self.is_clip = cfg.vision.kind == "clip"
+        self.mean = np.asarray(CLIP_MEAN if self.is_clip else SIGLIP_MEAN, dtype=np.float32)
+        self.std = np.asarray(CLIP_STD if self.is_clip else SIGLIP_STD, dtype=np.float32)
 
     def to_tensor(self, images: list[Image.Image]) -> torch.Tensor:
-        """Tower processor on each image -> [n, 3, S, S] float32."""
+        """The tower's processor on each image or video frame -> [n, 3, S, S] float32."""
         arrays = []
         for image in images:
-            resized = image.resize((self.side, self.side), Image.Resampling.BICUBIC)
+            image = image.convert("RGB") if image.mode != "RGB" else image
+            if self.is_clip:
+                resized = center_crop(resize_shortest_edge(image, self.side), self.side)
+            else:
+                resized = image.resize((self.side, self.side), Image.Resampling.BICUBIC)
             x = (np.asarray(resized, dtype=np.float64) * (1 / 255)).astype(np.float32)
             x = (x - self.mean) / self.std
             arrays.append(x.transpose(2, 0, 1))
@@ -53,11 +62,13 @@ class ImagePreprocessor:
         return self.to_tensor([base, *crops])
 
     def pad(self, image: Image.Image) -> torch.Tensor:
-        """Letterbox onto a square canvas of the processor's mean colour -> [1, 3, S, S]."""
+        """Letterbox onto a square canvas of the processor's mean colour ((127,127,127) SigLIP,
+        (122,116,104) CLIP) -> [1, 3, S, S]."""
         fill = tuple(int(255 * m) for m in self.mean)
         return self.to_tensor([expand_to_square(image, fill)])
 
     def square(self, image: Image.Image) -> torch.Tensor:
+        """The tower processor on the raw image (SigLIP squashes; CLIP resizes and centre-crops)."""
         return self.to_tensor([image])
 
     def process(self, image: Image.Image, single_crop: bool) -> torch.Tensor:
@@ -94,3 +105,19 @@ def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     canvas = Image.new(image.mode, (side, side), fill)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+def resize_shortest_edge(image: Image.Image, side: int) -> Image.Image:
+    """CLIPImageProcessor resize: shortest edge -> `side`, the other int(side * long / short), bicubic."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = int(side * long / short)
+    size = (side, new_long) if width <= height else (new_long, side)
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def center_crop(image: Image.Image, side: int) -> Image.Image:
+    """CLIPImageProcessor centre crop to side x side (offsets floor((dim - side) / 2))."""
+    width, height = image.size
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from model_runtime.arch.layout import LayoutError, anyres_grid, image_token_count, select_best_resolution
+from model_runtime.arch.layout import (
+    LayoutError,
+    anyres_grid,
+    image_token_count,
+    pooled_side,
+    select_best_resolution,
+    tokens_per_crop,
+    video_pool_sides,
+    video_token_count,
+)
 from model_runtime.config import ConfigError, LlavaConfig, parse_pinpoints
 
 
@@ -19,16 +28,16 @@ def ov_config(**overrides) -> LlavaConfig:
     return LlavaConfig.from_dict(raw)
 
 
-def v16_config() -> LlavaConfig:
-    return LlavaConfig.from_dict({
+def v16_config(**overrides) -> LlavaConfig:
+    # the CLIP tower's dimensions come from the built-in table: no hub, no extension key
+    raw = {
         "architectures": ["LlavaLlamaForCausalLM"], "hidden_size": 4096,
         "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 1024,
-        "mm_vision_tower_config": {"kind": "clip", "hidden_size": 1024, "intermediate_size": 4096,
-                                   "num_hidden_layers": 24, "num_attention_heads": 16,
-                                   "image_size": 336, "patch_size": 14},
         "image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
         "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
-    })
+    }
+    raw.update(overrides)
+    return LlavaConfig.from_dict(raw)
 
 
 @pytest.mark.parametrize(
@@ -91,3 +100,74 @@ def test_empty_image_side_is_an_error_not_a_2x2_fallback():
 def test_config_refuses_unknown_merge_type():
     with pytest.raises(ConfigError, match="mm_patch_merge_type"):
         ov_config(mm_patch_merge_type="spatial_sideways")
+
+
+# -- videos (spec 4.3-4.4 and the worked values of section 5) -----------------------------------
+def test_onevision_video_worked_value():
+    cfg = ov_config(mm_newline_position="one_token", mm_spatial_pool_mode="bilinear")
+    assert video_token_count(cfg, 32) == 32 * 196 + 1 == 6273
+
+
+def test_faster_video_worked_value():
+    cfg = ov_config(mm_newline_position="grid", mm_spatial_pool_mode="average", mm_spatial_pool_stride=2,
+                    add_faster_video=True, faster_token_stride=10)
+    assert video_pool_sides(cfg) == (13, 6)
+    assert video_token_count(cfg, 64) == 7 * 183 + 57 * 43 == 3732
+
+
+@pytest.mark.parametrize(("mode", "side"), [("bilinear", 14), ("average", 13), ("max", 13)])
+def test_video_pooling_rounds_per_mode(mode, side):
+    cfg = ov_config(mm_spatial_pool_mode=mode, mm_newline_position="no_token")
+    assert pooled_side(27, 2, mode) == side
+    assert video_token_count(cfg, 5) == 5 * side * side
+
+
+@pytest.mark.parametrize(
+    ("merge", "position", "tokens"),
+    [
+        ("spatial_unpad", "one_token", 3 * 144 + 1),
+        ("spatial", "one_token", 3 * 144),  # no image_newline without unpad
+        ("spatial_unpad", "no_token", 3 * 144),
+        ("spatial_unpad", "frame", 3 * 145),
+        ("spatial_unpad", "grid", 3 * 12 * 13),
+        ("flat", "grid", 3 * 144),  # flat ignores the newline position
+    ],
+)
+def test_video_newline_positions(merge, position, tokens):
+    cfg = v16_config(mm_patch_merge_type=merge, mm_newline_position=position, mm_spatial_pool_mode="average")
+    assert video_token_count(cfg, 3) == tokens
+
+
+def test_faster_video_only_with_grid_newlines_as_orig():
+    cfg = ov_config(mm_newline_position="one_token", add_faster_video=True, mm_spatial_pool_mode="average")
+    assert not cfg.is_faster_video
+    assert video_token_count(cfg, 4) == 4 * 169 + 1
+
+
+def test_video_layouts_orig_cannot_build_are_refused():
+    with pytest.raises(LayoutError, match="image_newline"):
+        video_token_count(v16_config(mm_patch_merge_type="spatial", mm_newline_position="grid"), 2)
+    with pytest.raises(LayoutError, match="P x P"):
+        video_token_count(v16_config(image_aspect_ratio="pad", mm_projector_type="pooler"), 2)
+    with pytest.raises(LayoutError, match="at least one frame"):
+        video_token_count(ov_config(), 0)
+
+
+# -- CLIP select features and the pooler projector change tokens per crop ------------------------
+def test_clip_cls_patch_and_pooler_tokens_per_crop():
+    cls = v16_config(image_aspect_ratio="pad", mm_vision_select_feature="cls_patch", mm_patch_merge_type="flat")
+    assert tokens_per_crop(cls) == 577
+    assert image_token_count(cls, (640, 480)) == 577
+    pooler = v16_config(image_aspect_ratio="pad", mm_projector_type="pooler", mm_patch_merge_type="spatial_unpad")
+    assert tokens_per_crop(pooler) == 144
+    assert image_token_count(pooler, (640, 480)) == 145
+    flat_anyres = v16_config(mm_projector_type="pooler", mm_patch_merge_type="flat")
+    assert image_token_count(flat_anyres, (640, 480)) == 5 * 144
+
+
+@pytest.mark.parametrize(("merge", "tokens"), [
+    ("spatial", 576 + 48 * 48), ("spatial_nobase", 48 * 48), ("spatial_maxpool2x2", 576 + 24 * 24),
+    ("spatial_unpad_nobase", 2340 - 576),
+])
+def test_v16_merge_variants(merge, tokens):
+    assert image_token_count(v16_config(mm_patch_merge_type=merge), (640, 480)) == tokens

@@ -1,61 +1,151 @@
-"""The engine on the tiny model: batched greedy output equals solo output; stops; sampling seeds."""
+"""The engine on the tiny model: continuous batching equals solo generation; n; abort; stops; stats."""
 
 from __future__ import annotations
 
-from model_runtime import ChatTurn, Engine, Request, SamplingParams
-from tests.conftest import random_image
+import torch
+
+from model_runtime.inputs import EncodedItem
+from tests.model_runtime.engine.conftest import collect, images, run
 
 
-def run(engine: Engine, requests: list[Request]) -> dict[str, list[int]]:
-    for r in requests:
-        engine.add_request(r)
-    out: dict[str, list[int]] = {}
-    finish: dict[str, str] = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            out.setdefault(o.request_id, []).extend(o.new_token_ids)
-            if o.finished:
-                finish[o.request_id] = o.finish_reason
-    assert set(finish) == {r.request_id for r in requests}
-    return out
-
-
-def make_requests(tiny_model, **params):
-    p = tiny_model.processor
-    specs = [
-        ("img-wide", "<image>\nWhat is in the picture?", [random_image(120, 40, seed=1)], 9),
-        ("text", "Tell me a story about a cat.", [], 5),
-        ("img-tall", "<image>\nDescribe.", [random_image(30, 90, seed=2)], 12),
-    ]
+def staggered_requests(make_request):
+    """16 requests: text and images (one or two, anyres or single crop), prompts of 1-9 words, 2-14 tokens."""
     requests = []
-    for rid, text, images, max_tokens in specs:
-        media = [p.process_image(im, single_crop=False) for im in images]
-        prompt = p.build_prompt([ChatTurn("user", text)], media)
-        requests.append(Request(rid, prompt, media, SamplingParams(max_tokens=max_tokens, **params)))
+    for i in range(16):
+        text = " ".join(["word"] * (1 + i % 9)) + f" question {i}?"
+        if i % 4 == 0:
+            media = images((30 + 9 * i, 40 + 5 * i), seed=i)
+        elif i % 4 == 1:
+            media = images((50, 20 + 3 * i), (25, 60), seed=i)
+        else:
+            media = []
+        requests.append(make_request(f"r{i}", text, media, single_crop=len(media) > 1, max_tokens=2 + (5 * i) % 13))
     return requests
 
 
-def test_batched_greedy_equals_solo(tiny_model):
-    engine = Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids)
-    batched = run(engine, make_requests(tiny_model, temperature=0, ignore_eos=True))
-    for request in make_requests(tiny_model, temperature=0, ignore_eos=True):
-        solo = run(engine, [request])
-        assert solo[request.request_id] == batched[request.request_id]
-    assert [len(batched[k]) for k in ("img-wide", "text", "img-tall")] == [9, 5, 12]
-    assert engine.stats().num_running == 0
+def test_sixteen_staggered_requests_equal_their_solo_runs(new_engine, make_request):
+    engine = new_engine(max_num_seqs=6, max_prefill_tokens=160)
+    requests = staggered_requests(make_request)
+    arrivals = [i // 2 * 3 for i in range(16)]  # two new requests every three steps
+    joined_mid_decode = 0
+    max_batch = 0
+    results = {}
+    pending = sorted(zip(arrivals, range(16), requests, strict=True))
+    step = 0
+    while pending or engine.has_unfinished():
+        while pending and pending[0][0] <= step:
+            engine.add_request(pending.pop(0)[2])
+        before = engine.stats()
+        collect(engine.step(), results)
+        after = engine.stats()
+        joined_mid_decode += after.num_prefill_steps > before.num_prefill_steps and before.batch_size > 0
+        max_batch = max(max_batch, after.batch_size)
+        step += 1
+    assert joined_mid_decode >= 3 and max_batch == 6  # rows really joined a running batch, up to the cap
+    assert engine.stats().kv_cache_bytes == 0
+    for request in staggered_requests(make_request):
+        solo = run(engine, [request])[request.request_id]
+        assert solo.ids == results[request.request_id].ids, request.request_id
+        assert len(solo.ids) == request.params.max_tokens
+        assert results[request.request_id].final.finish_reason == "length"
 
 
-def test_seeded_sampling_is_reproducible(tiny_model):
-    engine = Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids)
-    a = run(engine, make_requests(tiny_model, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True))
-    b = run(engine, make_requests(tiny_model, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True))
-    assert a == b
+def test_solo_generation_equals_recomputing_without_a_cache(tiny_model, new_engine, make_request):
+    model = tiny_model.model
+    for request in (make_request("img", "What is here?", images((70, 40)), max_tokens=5),
+                    make_request("txt", "Tell me a story.", max_tokens=5)):
+        got = run(new_engine(), [request])[request.request_id].ids
+        with torch.inference_mode():
+            items = [EncodedItem(i.modality, f) for i, f in zip(request.media, model.encode_image_items(
+                [m.data for m in request.media], [m.image_size for m in request.media], [False] * len(request.media)),
+                strict=True)]
+            embeds, _, _ = model.prepare_inputs_for_multimodal([request.prompt.token_ids], [items])
+            expected = []
+            for _ in range(5):
+                logits = model(inputs_embeds=embeds).logits[0, -1]
+                expected.append(int(logits.argmax()))
+                next_embed = model.get_input_embeddings()(torch.tensor([[expected[-1]]]))
+                embeds = torch.cat([embeds, next_embed], dim=1)
+        assert got == expected
 
 
-def test_stop_on_eos(tiny_model):
-    engine = Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids)
-    greedy = run(engine, make_requests(tiny_model, temperature=0, ignore_eos=True))["text"]
-    # make the first greedy token a stop token: generation must end right after it
-    requests = [r for r in make_requests(tiny_model, temperature=0, stop_token_ids=(greedy[0],)) if r.request_id == "text"]
-    out = run(engine, requests)
-    assert out["text"] == [greedy[0]]
+def test_n_choices_share_one_prefill(new_engine, make_request):
+    engine = new_engine()
+    request = make_request("n3", "Hello there.", images((40, 40)), temperature=0.9, seed=11, n=3, max_tokens=8)
+    result = run(engine, [request])["n3"]
+    assert sorted(result.finals) == [0, 1, 2]
+    assert all(len(result.token_ids[i]) == 8 for i in range(3))
+    assert len({tuple(result.token_ids[i]) for i in range(3)}) == 3  # three different samples
+    assert engine.stats().num_prefill_tokens == request.num_prompt_tokens  # the prompt ran once
+    single = run(engine, [make_request("n1", "Hello there.", images((40, 40)), temperature=0.9, seed=11,
+                                       max_tokens=8)])["n1"]
+    assert single.ids == result.token_ids[0]  # choice 0 of a seed equals the same seed with n=1
+    greedy = run(engine, [make_request("g3", "Hello there.", n=3, max_tokens=4)])["g3"]
+    assert greedy.token_ids[0] == greedy.token_ids[1] == greedy.token_ids[2]
+
+
+def test_abort_frees_the_row_and_the_cache(new_engine, make_request):
+    def short():
+        return make_request("short", "Hi.", max_tokens=12)
+
+    engine = new_engine()
+    engine.add_request(short())
+    engine.add_request(make_request("long", "A much longer prompt " * 6, images((90, 90)), max_tokens=50))
+    for _ in range(4):
+        engine.step()
+    assert engine.stats().batch_size == 2
+    outputs = engine.abort_request("long")
+    assert [(o.finished, o.finish_reason) for o in outputs] == [(True, "abort")]
+    assert engine.abort_request("long") == []
+    stats = engine.stats()
+    assert stats.batch_size == 1 and stats.num_running == 1
+    # the short row alone, at the same point, holds exactly the same cache
+    alone = new_engine()
+    alone.add_request(short())
+    for _ in range(4):
+        alone.step()
+    assert alone.stats().kv_cache_bytes == stats.kv_cache_bytes
+    assert alone.stats().num_kv_slots == stats.num_kv_slots == stats.num_kv_tokens
+    rest = run(engine, [])
+    assert "long" not in rest
+    engine.abort_request("short")
+    assert engine.stats().kv_cache_bytes == 0 and not engine.has_unfinished()
+
+
+def test_abort_of_a_waiting_request_and_deadlines(new_engine, make_request):
+    engine = new_engine(max_num_seqs=1)
+    engine.add_request(make_request("first", max_tokens=3))
+    expired = make_request("late", max_tokens=3)
+    expired.deadline = 0.0
+    engine.add_request(expired)
+    engine.add_request(make_request("queued", max_tokens=3))
+    out = engine.abort_request("queued")
+    assert [(o.request_id, o.finish_reason, o.metrics.scheduled_time) for o in out] == [("queued", "abort", None)]
+    results = run(engine, [])
+    assert results["late"].final.finish_reason == "abort"
+    assert results["first"].final.finish_reason == "length"
+
+
+def test_eos_and_stop_token_ids_end_generation(new_engine, make_request, tiny_model):
+    engine = new_engine()
+    greedy = run(engine, [make_request("g", max_tokens=6)])["g"].ids
+    stopped = run(engine, [make_request("s", max_tokens=6, stop_token_ids=(greedy[2],))])["s"]
+    assert stopped.ids == greedy[:3] and stopped.final.finish_reason == "stop"
+    assert stopped.final.stop_reason == greedy[2]
+    eos_engine = type(engine)(tiny_model.model, tiny_model.tokenizer, (greedy[1],), engine.config)
+    assert run(eos_engine, [make_request("e", max_tokens=6, ignore_eos=False)])["e"].ids == greedy[:2]
+    assert run(eos_engine, [make_request("i", max_tokens=6, ignore_eos=True)])["i"].ids == greedy
+
+
+def test_stats_and_request_metrics(new_engine, make_request):
+    engine = new_engine()
+    result = run(engine, [make_request("m", "Look.", images((40, 40)), max_tokens=4)])["m"]
+    metrics = result.final.metrics
+    assert metrics.media_cache_hits == (False,)
+    assert set(metrics.encoder_seconds) == {"image"}
+    assert metrics.arrival_time <= metrics.scheduled_time <= metrics.first_token_time <= metrics.finished_time
+    assert metrics.queue_time >= 0 and metrics.prefill_time > 0 and metrics.decode_time > 0
+    stats = engine.stats()
+    assert stats.num_generation_tokens == 4 and stats.num_prefill_steps == 1 and stats.num_decode_steps == 3
+    assert stats.forward_seconds + stats.encoder_seconds <= stats.step_seconds
+    assert stats.last_step_time > 0 and not stats.is_dead

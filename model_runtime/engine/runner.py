@@ -1,0 +1,162 @@
+"""The model runner: media encoding through the encoder cache, LEFT-padded splicing, the LM forward.
+
+`prefill(requests)` encodes the requests' media (cache misses grouped into one `encode_media`
+call per modality), splices them with `prepare_inputs_for_multimodal(padding_side="left")` and
+runs the LM over a fresh cache; `decode(batch, token_ids)` runs one token for every row. A failed
+forward leaves the batch cache as it was before the call, so the engine can retry rows. The
+runner never touches scheduler state and knows nothing of sampling or text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from model_runtime.config import EngineConfig, FaultInjection
+from model_runtime.engine.encoder_cache import EncoderCache, media_key
+from model_runtime.engine.kv import BatchCache
+from model_runtime.engine.request import Request
+from model_runtime.inputs import EncodedItem, MediaInput
+
+# Messages of accelerator errors after which the device state cannot be trusted.
+_FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "unspecified launch failure",
+                  "NCCL error", "HIP error")
+
+
+class FatalDeviceError(RuntimeError):
+    """An unrecoverable accelerator error: the engine cannot continue."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+def is_fatal(error: BaseException) -> bool:
+    if isinstance(error, FatalDeviceError):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    return (isinstance(error, RuntimeError) and not is_out_of_memory(error)
+            and any(m in str(error) for m in _FATAL_MARKERS))
+
+
+@dataclass
+class MediaReport:
+    """What encoding did for one request."""
+
+    cache_hits: list[bool] = field(default_factory=list)  # per media item, request order
+    encoder_seconds: dict[str, float] = field(default_factory=dict)  # modality -> encoder calls waited on
+
+
+class ModelRunner:
+    def __init__(self, model, config: EngineConfig) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.encoder_cache = EncoderCache(config.encoder_cache_bytes)
+        self.forward_seconds = 0.0  # LM forwards, cumulative
+        self.encoder_seconds = 0.0  # media encoder calls, cumulative
+        self.step_index = 0  # set by the engine; fault injection counts steps with it
+        self._faults = config.fault_injection
+        self._phase = ""
+        self._row_ids: Sequence[str] = ()
+
+    # -- prefill ----------------------------------------------------------------------------
+    def prefill(self, requests: Sequence[Request]) -> tuple[torch.Tensor, BatchCache, list[MediaReport]]:
+        """Requests' prompts -> logits at each last position [R, V] float32, their cache, media reports."""
+        items, reports = self.encode(requests)
+        embeds, mask, positions = self.model.prepare_inputs_for_multimodal(
+            [r.prompt.token_ids for r in requests], items, padding_side="left"
+        )
+        # embeds: [R, L, D]; mask, positions: [R, L] (positions = cumsum(mask) - 1 on real tokens)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(
+            "prefill", [r.request_id for r in requests],
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+            logits_to_keep=1,
+        )
+        return logits, BatchCache(cache, mask), reports
+
+    def encode(self, requests: Sequence[Request]) -> tuple[list[list[EncodedItem]], list[MediaReport]]:
+        """Each request's media items encoded, in request order; misses encoded once per modality."""
+        cache = self.encoder_cache
+        keys = [[media_key(m) for m in r.media] for r in requests]
+        found: dict[str, EncodedItem] = {}
+        missing: dict[str, MediaInput] = {}
+        reports = [MediaReport() for _ in requests]
+        for request, request_keys, report in zip(requests, keys, reports, strict=True):
+            for item, key in zip(request.media, request_keys, strict=True):
+                hit = cache.get(key)
+                is_hit = hit is not None or key in missing
+                if hit is not None:
+                    found[key] = hit
+                elif key in missing:
+                    cache.count_hit()
+                else:
+                    missing[key] = item
+                report.cache_hits.append(is_hit)
+        for modality in dict.fromkeys(m.modality for m in missing.values()):
+            group = [(k, m) for k, m in missing.items() if m.modality == modality]
+            start = time.perf_counter()
+            encoded = self.model.encode_media([m for _, m in group])
+            seconds = self._elapsed(start)
+            self.encoder_seconds += seconds
+            for (key, _), item in zip(group, encoded, strict=True):
+                found[key] = item
+                cache.put(key, item)
+            group_keys = {k for k, _ in group}
+            for request_keys, report in zip(keys, reports, strict=True):
+                if group_keys.intersection(request_keys):
+                    report.encoder_seconds[modality] = report.encoder_seconds.get(modality, 0.0) + seconds
+        return [[found[k] for k in request_keys] for request_keys in keys], reports
+
+    # -- decode -----------------------------------------------------------------------------
+    def decode(self, batch: BatchCache, token_ids: Sequence[int], row_ids: Sequence[str]) -> torch.Tensor:
+        """One new token per row -> next-token logits [B, V] float32; on failure `batch` is unchanged."""
+        num_columns = batch.num_columns
+        positions = batch.next_positions()  # [B, 1]
+        batch.append_column()
+        input_ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)[:, None]  # [B, 1]
+        try:
+            return self._forward(
+                "decode", row_ids,
+                input_ids=input_ids, attention_mask=batch.mask, position_ids=positions, cache=batch.cache,
+                use_cache=True,
+            )
+        except BaseException:
+            batch.restore(num_columns)
+            raise
+
+    # -- internals --------------------------------------------------------------------------
+    def _forward(self, phase: str, row_ids: Sequence[str], **inputs) -> torch.Tensor:
+        self._phase, self._row_ids = phase, row_ids
+        # NOTE: the fault hook lives only for this call: the model may be shared with other engines
+        hook = self.model.model.layers[-1].register_forward_pre_hook(self._inject_fault) if self._faults else None
+        start = time.perf_counter()
+        try:
+            out = self.model(**inputs)
+            logits = out.logits[:, -1].float()  # [B, V]
+        finally:
+            self.forward_seconds += self._elapsed(start)
+            self._phase, self._row_ids = "", ()
+            if hook is not None:
+                hook.remove()
+        return logits
+
+    def _elapsed(self, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def _inject_fault(self, module, args) -> None:
+        faults: FaultInjection = self._faults
+        if faults.fatal_at_step is not None and self.step_index == faults.fatal_at_step:
+            raise FatalDeviceError("CUDA error: injected fatal device error")
+        if faults.oom_over_rows is not None and len(self._row_ids) > faults.oom_over_rows:
+            raise torch.OutOfMemoryError(f"injected out of memory for {len(self._row_ids)} rows")
+        if self._phase in faults.poison_phases and faults.poison_request_ids.intersection(self._row_ids):
+            raise RuntimeError("injected fault for a poisoned request")
