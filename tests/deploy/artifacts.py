@@ -75,16 +75,12 @@ def parse_serve(args: list[str], env: dict[str, str]) -> argparse.Namespace:
         except SystemExit as e:
             raise AssertionError(f"llava-serve serve {shlex.join(args)} refused: {stderr.getvalue()}") from e
     actions = serve_actions()
+    given = {a.split("=")[0] for a in args if a.startswith("--")}
     for var, value in env.items():
         action = actions[flags[var]]
-        if action.choices is not None and action.dest not in _given(args, action):
-            parsed = getattr(ns, action.dest)
-            assert parsed in action.choices, f"{var}={value!r}: not one of {list(action.choices)}"
+        if action.choices is not None and flags[var] not in given:
+            assert getattr(ns, action.dest) in action.choices, f"{var}={value!r}: not one of {list(action.choices)}"
     return ns
-
-
-def _given(args: list[str], action: argparse.Action) -> set[str]:
-    return {action.dest} if any(a.split("=")[0] in action.option_strings for a in args) else set()
 
 
 # -- Dockerfile --------------------------------------------------------------------------------

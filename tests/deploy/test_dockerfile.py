@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from server.app import create_app
-from server.config import ServerConfig
+from server.config import ServerConfig, env_name
 from tests.deploy.artifacts import (
     ROOT,
     dockerfile_env,
@@ -26,6 +26,7 @@ from tests.deploy.artifacts import (
     image_server_env,
     parse_serve,
     run,
+    serve_actions,
     serve_parser,
     tool,
 )
@@ -115,6 +116,12 @@ def test_port_and_environment_agree_with_the_serve_flags(instructions):
     assert int(expose.value) == args.port
     assert args.host == "0.0.0.0", "reachable through the published port"
     assert args.device.startswith("cuda")
+
+
+def test_every_serve_flag_has_an_environment_variable():
+    help_text = " ".join(serve_parser().format_help().split())
+    for flag in serve_actions():
+        assert f"[env {env_name(flag)}" in help_text, f"`llava-serve serve --help` names no variable for {flag}"
 
 
 def test_healthcheck_asks_ready_on_the_served_port(instructions):
