@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint demo clean system-packages
+.PHONY: serve test lint demo clean prometheus
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +26,14 @@ demo: $(DEMO)/config.json
 serve: $(STAMP) $(DEMO)/config.json
 	$(BIN)/llava-serve serve --model $(DEMO) --host $(HOST) --port $(PORT)
 
-# Debian packages the tests run: `prometheus` (prometheus + promtool). Installed once, only when missing.
-system-packages:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }
+# Debian's prometheus package: a real Prometheus server and promtool for the metrics and deploy tests.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
-test: $(STAMP) system-packages
+test: $(STAMP) prometheus
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
