@@ -5,15 +5,14 @@ labels its legend shows."""
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
+from unittest import mock
 
 import httpx
 import pytest
@@ -23,6 +22,7 @@ from tests.deploy.artifacts import (
     DOCKER,
     K8S,
     as_plain_promql,
+    container_env,
     dockerfile_instructions,
     grafana_exprs,
     k8s_documents,
@@ -32,7 +32,10 @@ from tests.deploy.artifacts import (
     tool,
 )
 from tests.e2e.conftest import free_port, start_server, stop_server
+from tests.origin import Origin
 
+API_KEY = "deploy-check-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
 
 
@@ -41,35 +44,21 @@ def image_origin():
     """A media origin on loopback serving one PNG, so the fetch stage of the pipeline runs too."""
     buf = io.BytesIO()
     random_image(64, 48, seed=1).save(buf, format="PNG")
-    png = buf.getvalue()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(png)))
-            self.end_headers()
-            self.wfile.write(png)
-
-        def log_message(self, *args):
-            pass
-
-    origin = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=origin.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{origin.server_address[1]}/image.png"
-    origin.shutdown()
-    origin.server_close()
+    origin = Origin()
+    yield origin.add("/image.png", buf.getvalue(), headers={"Content-Type": "image/png"})
+    origin.close()
 
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    s = start_server(tiny_checkpoint, tmp_path_factory.mktemp("deploy-server"),
-                     "--allow-http-media", "--allow-loopback-media")
-    try:
-        assert wait_for(lambda: httpx.get(s.base_url + "/ready", timeout=2).status_code == 200, 60), s.log()
-        yield s
-    finally:
-        stop_server(s)
+    """The server with the Deployment's environment and an API key, as in the cluster."""
+    [container] = k8s_documents()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {**container_env(container), "LLAVA_SERVE_API_KEY": API_KEY}
+    with mock.patch.dict(os.environ, env):
+        s = start_server(tiny_checkpoint, tmp_path_factory.mktemp("deploy-server"),
+                         "--allow-http-media", "--allow-loopback-media")
+    yield s
+    stop_server(s)
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +93,16 @@ def scrape(server, prometheus, image_origin) -> str:
         {"type": "image_url", "image_url": {"url": image_origin}},
         {"type": "text", "text": "What is this?"},
     ]}]}
-    with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=60) as r:
+    with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
         assert r.status_code == 200, r.read()
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and not any('"error"' in e for e in events), events
-    unknown = httpx.post(server.base_url + "/v1/chat/completions", json={**body, "model": "nope"}, timeout=10)
+    unknown = httpx.post(server.base_url + "/v1/chat/completions", json={**body, "model": "nope"}, headers=AUTH,
+                         timeout=10)
     assert unknown.status_code == 404
+    assert httpx.get(server.base_url + "/v1/models", timeout=10).status_code == 401, "the key protects the API"
     r = httpx.get(server.base_url + "/metrics", timeout=10)
-    assert r.status_code == 200
+    assert r.status_code == 200, "the Deployment's environment makes /metrics public for the PodMonitor"
     return r.text
 
 
