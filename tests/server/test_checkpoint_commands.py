@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -50,6 +52,9 @@ def test_serve_flags_and_their_environment_fallbacks(monkeypatch):
 def test_lifespan_loads_quantized_and_reports_it(tiny_checkpoint):
     config = ServerConfig(model=tiny_checkpoint, served_model_name="tiny", quantization="bitsandbytes-8bit")
     with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 60  # the model loads in the background; /ready says when
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         metrics = client.get("/metrics").text
         reply = client.post("/v1/chat/completions", json={
             "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
