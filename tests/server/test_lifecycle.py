@@ -4,6 +4,7 @@ worker (fake clock, the edge), and an engine fault on one request (the engine's 
 from __future__ import annotations
 
 import threading
+import time
 
 import openai
 import pytest
@@ -46,7 +47,6 @@ def test_ready_only_after_loading(tiny_model):
 
 def test_stalled_and_dead_worker(tiny_model):
     now = [0.0]
-    import time
 
     def clock() -> float:
         return time.time() + now[0]
