@@ -29,7 +29,7 @@ from model_runtime.checkpoint.folder import (
     weight_files,
 )
 from model_runtime.checkpoint.safetensors_io import INDEX_NAME, SafetensorsFile, TensorInfo, write_shards
-from model_runtime.config import ConfigError
+from model_runtime.config import ConfigError, read_config_dict
 
 DELTA_KEY = "llava_serve_delta"  # in config.json and in each shard's metadata
 TARGET_DTYPES_KEY = "target_dtypes"  # shard metadata: JSON {tensor name: torch dtype name}
@@ -75,6 +75,7 @@ def _open_checked(base: str | Path, other: str | Path, role: str, out: str | Pat
     """Both checkpoints from their headers, every check done before anything is written."""
     base_ckpt = _Checkpoint(resolve_checkpoint(base), "base")
     other_ckpt = _Checkpoint(resolve_checkpoint(other), role)
+    read_config_dict(other_ckpt.path)  # its config.json is copied to the output: it must exist (no auto_map)
     out = _check_out(Path(out))
     _check_base_is_plain(base_ckpt)
     _check_pairing(base_ckpt, other_ckpt)

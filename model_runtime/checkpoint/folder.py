@@ -65,7 +65,8 @@ def resolve_checkpoint(model_path: str | Path) -> Path:
         raise ConfigError(f"{model_path!r} is not in the local hub cache and the hub cannot be reached") from e
 
 
-def inspect_checkpoint(path: Path) -> CheckpointFiles:
+def inspect_checkpoint(path: str | Path) -> CheckpointFiles:
+    path = Path(path)
     if (path / ADAPTER_CONFIG).exists():
         adapter = _require_safetensors(path, ADAPTER_WEIGHTS, "LoRA adapter weights")
         non_lora = path / NON_LORA_WEIGHTS
@@ -82,8 +83,9 @@ def inspect_checkpoint(path: Path) -> CheckpointFiles:
     raise ConfigError(f"{path}: the .safetensors files hold no tensors")
 
 
-def weight_files(path: Path) -> tuple[Path, ...]:
+def weight_files(path: str | Path) -> tuple[Path, ...]:
     """The model's safetensors files: the index's shards, model.safetensors, or any *.safetensors."""
+    path = Path(path)
     index = path / INDEX_NAME
     if index.exists():
         try:
@@ -103,7 +105,8 @@ def weight_files(path: Path) -> tuple[Path, ...]:
     if files:
         return files
     _refuse_pickle_only(path, pickled_files(path))
-    raise ConfigError(f"{path} holds no .safetensors weights")
+    raise ConfigError(f"{path} holds no .safetensors weights (hub ids are fetched without .bin files: download "
+                      "a .bin-only release to a folder and run `llava-serve convert-bin` on it)")
 
 
 def pickled_files(path: Path) -> list[Path]:

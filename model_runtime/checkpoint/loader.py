@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
@@ -101,21 +103,26 @@ def load_pretrained_model(
     hf_config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
 
     weights_path = files.path if files.kind == "full" else base
-    model, info = model_cls.from_pretrained(
-        weights_path,
-        config=hf_config,
-        dtype=torch_dtype,
-        device_map=device_map if device_map is not None else device,
-        quantization_config=bitsandbytes_config(quantization, torch_dtype),
-        attn_implementation="sdpa",
-        use_safetensors=True,
-        output_loading_info=True,
-        # EgoGPT/Ola store the Whisper encoder under openai-whisper names
-        key_mapping=OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
-    )
+    with _transformers_quiet():  # its load report calls the weights we fill below "newly initialized"
+        model, info = model_cls.from_pretrained(
+            weights_path,
+            config=hf_config,
+            dtype=torch_dtype,
+            device_map=device_map if device_map is not None else device,
+            quantization_config=bitsandbytes_config(quantization, torch_dtype),
+            attn_implementation="sdpa",
+            use_safetensors=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below as a ConfigError
+            # EgoGPT/Ola store the Whisper encoder under openai-whisper names
+            key_mapping=OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
+        )
+    if info["mismatched_keys"]:
+        raise ConfigError(f"{weights_path}: tensor shapes differ from what its config describes: "
+                          f"{_names(info['mismatched_keys'])}")
+    if info["unexpected_keys"]:
+        log.warning("%s: tensors this model does not use: %s", weights_path, _names(info["unexpected_keys"]))
     missing = set(info["missing_keys"])
-    if info.get("mismatched_keys"):
-        raise ConfigError(f"{weights_path}: tensors whose shapes differ from the config: {_names(info['mismatched_keys'])}")
     missing -= load_tensors(model, _extra_tensors(files))
     if files.kind == "lora":
         model = merge_adapter(model, files.path)
@@ -179,6 +186,16 @@ def _tokenizer_path(path: Path, base: Path | None) -> Path:
     if base is None or any((path / name).exists() for name in TOKENIZER_FILES):
         return path
     return base
+
+
+@contextmanager
+def _transformers_quiet():
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
 
 
 def _generation_eos(path: Path) -> set[int]:

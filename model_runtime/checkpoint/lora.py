@@ -38,6 +38,8 @@ def merge_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
     with warnings.catch_warnings():
         # peft calls a transformers method that transformers 5 deprecates; nothing for us to change
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # merging into bitsandbytes layers re-quantizes them: documented (docs/CHECKPOINTS.md), not news
+        warnings.filterwarnings("ignore", message="Merge lora module to .*-bit linear", category=UserWarning)
         try:
             wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         except (ValueError, KeyError, RuntimeError) as e:
@@ -65,7 +67,7 @@ def merge_lora(base: str | Path, adapter: str | Path, out: str | Path, dtype: st
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
     out.mkdir(parents=True, exist_ok=True)
-    save_state_dict(state, out, max_shard_bytes)
+    save_state_dict(state, out, max_shard_bytes, progress="merge-lora: writing")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     loaded.tokenizer.save_pretrained(out)
     base_path = resolve_checkpoint(base)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from model_runtime.config import ConfigError
 
@@ -157,11 +158,13 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], file: Path, metadata: Mapp
 
 def save_state_dict(
     state: Mapping[str, torch.Tensor], out: str | Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    metadata: Mapping[str, str] | None = None,
+    metadata: Mapping[str, str] | None = None, progress: str | None = None,
 ) -> list[Path]:
-    """A whole in-memory state dict -> sharded safetensors."""
+    """A whole in-memory state dict -> sharded safetensors (`progress`: a tqdm bar's label)."""
     plan = plan_shards({k: v.numel() * v.element_size() for k, v in state.items()}, max_shard_bytes)
     groups = (({k: state[k] for k in names}, metadata or {}) for names in plan)
+    if progress:
+        groups = tqdm(groups, total=len(plan), desc=progress, unit="shard")
     return write_shards(out, groups, len(plan))
 
 

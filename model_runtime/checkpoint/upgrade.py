@@ -15,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+from tqdm import tqdm
+
 from model_runtime.checkpoint.convert import convert_bin
 from model_runtime.checkpoint.folder import PICKLE_SUFFIXES, pickled_files
 from model_runtime.config import ConfigError, read_config_dict
@@ -57,9 +59,9 @@ def upgrade_checkpoint(src: str | Path, dst: str | Path | None = None) -> list[s
         if target.exists() and any(target.iterdir()):
             raise ConfigError(f"{target} is not empty; choose a new folder")
         target.mkdir(parents=True)
-        for file in sorted(src.iterdir()):
-            if file.is_file() and file.suffix not in PICKLE_SUFFIXES:
-                shutil.copyfile(file, target / file.name)
+        files = [f for f in sorted(src.iterdir()) if f.is_file() and f.suffix not in PICKLE_SUFFIXES]
+        for file in tqdm(files, desc="upgrade: copying", unit="file"):
+            shutil.copyfile(file, target / file.name)
         changes.insert(0, f"copied {src} to {target}")
     if needs_conversion:
         report = convert_bin(src, target)

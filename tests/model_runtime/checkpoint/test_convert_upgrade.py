@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_runtime import ConfigError, load_pretrained_model
+from model_runtime import ConfigError, load_pretrained_model, make_demo
 from server.cli import main as cli
 from tests.model_runtime.checkpoint.conftest import logits_of, read_all
 
@@ -71,11 +71,11 @@ def test_auto_map_config_is_refused(tiny_checkpoint, tmp_path):
     assert cli(["upgrade", str(folder)]) == 2
 
 
-def old_style(src: Path, out: Path) -> Path:
+def old_style(src: Path, out: Path, model_type: str, architecture: str) -> Path:
     """A checkpoint from before the LLaVA classes: plain LM architecture, pickled weights."""
     legacy = pickled_copy(src, out, num_shards=1)
     config = json.loads((legacy / "config.json").read_text())
-    config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"])
+    config.update(model_type=model_type, architectures=[architecture])
     (legacy / "config.json").write_text(json.dumps(config))
     os.rename(legacy / "pytorch_model-00001-of-00001.bin", legacy / "pytorch_model.bin")
     (legacy / "pytorch_model.bin.index.json").unlink()
@@ -86,27 +86,30 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
     return {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in sorted(folder.iterdir())}
 
 
-def test_upgrade_makes_an_old_checkpoint_load_and_is_idempotent(tiny_checkpoint, tmp_path, capsys):
-    legacy = old_style(Path(tiny_checkpoint), tmp_path / "old")
+@pytest.mark.parametrize(("model_type", "old", "new"), [
+    ("llama", "LlamaForCausalLM", "LlavaLlamaForCausalLM"),  # ORIG auto_upgrade's case (LLaVA v0)
+    ("qwen2", "Qwen2ForCausalLM", "LlavaQwenForCausalLM"),
+])
+def test_upgrade_makes_an_old_checkpoint_load_and_is_idempotent(tmp_path, capsys, model_type, old, new):
+    current = make_demo("tiny", tmp_path / "current", overrides={"architectures": [new], "model_type": "llava"})
+    legacy = old_style(current, tmp_path / "old", model_type, old)
     with pytest.raises(ConfigError, match="convert-bin"):
         load_pretrained_model(legacy)
     before = snapshot(legacy)
     assert cli(["upgrade", str(legacy), str(tmp_path / "new")]) == 0
     printed = capsys.readouterr().out
-    assert "architectures[0]: 'Qwen2ForCausalLM' -> 'LlavaQwenForCausalLM'" in printed
-    assert "model_type: 'qwen2' -> 'llava'" in printed
+    assert f"architectures[0]: '{old}' -> '{new}'" in printed
+    assert f"model_type: '{model_type}' -> 'llava'" in printed
     assert "pytorch_model.bin -> model.safetensors" in printed
     assert snapshot(legacy) == before  # SRC untouched when DST is given
-    new = tmp_path / "new"
-    config = json.loads((new / "config.json").read_text())
-    assert config["architectures"] == ["LlavaQwenForCausalLM"] and config["model_type"] == "llava"
-    expected = load_pretrained_model(tiny_checkpoint, dtype="float32")
-    assert torch.equal(logits_of(load_pretrained_model(new)), logits_of(expected))
+    upgraded = tmp_path / "new"
+    assert json.loads((upgraded / "config.json").read_text()) == json.loads((current / "config.json").read_text())
+    assert torch.equal(logits_of(load_pretrained_model(upgraded)), logits_of(load_pretrained_model(current)))
 
-    after_first = snapshot(new)
-    assert cli(["upgrade", str(new)]) == 0
+    after_first = snapshot(upgraded)
+    assert cli(["upgrade", str(upgraded)]) == 0
     assert "already up to date" in capsys.readouterr().out
-    assert snapshot(new) == after_first
+    assert snapshot(upgraded) == after_first
 
     assert cli(["upgrade", str(legacy)]) == 0  # in place
     assert "model_type" in capsys.readouterr().out

@@ -123,6 +123,10 @@ def test_refusals_write_nothing(bf16_pair, tiny_checkpoint, tmp_path, capsys):
                 "--out", str(tmp_path / "o4")]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
 
+    (delta / "config.json").unlink()
+    assert cli(["apply-delta", "--base", str(base), "--delta", str(delta), "--out", str(tmp_path / "o5")]) == 2
+    assert "no config.json" in capsys.readouterr().err and not (tmp_path / "o5").exists()
+
 
 PEAK_SCRIPT = """
 import json, re, sys

@@ -98,3 +98,12 @@ def test_context_length_fallbacks():
     assert context_length({"max_position_embeddings": 200, "tokenizer_model_max_length": 300}) == 200
     assert context_length({"tokenizer_model_max_length": 300}) == 300
     assert context_length({}) == 2048
+
+
+def test_tensor_shapes_that_contradict_the_config_are_refused(tiny_checkpoint, tmp_path):
+    src = Path(tiny_checkpoint)
+    tensors = read_all(src)
+    tensors["model.mm_projector.0.weight"] = torch.zeros(64, 16)
+    folder = write_checkpoint(src, tmp_path / "bad", tensors)
+    with pytest.raises(ConfigError, match=r"shapes differ .*model\.mm_projector\.0\.weight"):
+        load_pretrained_model(folder)

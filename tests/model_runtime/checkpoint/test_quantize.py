@@ -12,8 +12,8 @@ from model_runtime.checkpoint.quantize import quantized_module_names, weight_byt
 from tests.conftest import random_image
 from tests.model_runtime.checkpoint.conftest import logits_of
 
-# Measured on `small` (seeds 0-2), bf16 reference, text prompt: 8-bit max |diff| 0.040-0.041,
-# relative RMS 0.024-0.028; 4-bit max |diff| 0.34-0.50, relative RMS 0.23-0.31 (random weights,
+# Measured on `small` (seeds 0-2; bench/checkpoint_tools.py), bf16 reference, text prompt: 8-bit max |diff|
+# 0.039-0.043, relative RMS 0.025-0.027; 4-bit max |diff| 0.32-0.44, relative RMS 0.24-0.30 (random weights,
 # logits std ~0.32). The tolerances below leave ~1.6x head room; docs/CHECKPOINTS.md states them.
 CASES = {
     "bitsandbytes-8bit": {"max_ratio": 0.6, "max_abs": 0.08, "max_rel_rms": 0.05, "quantized": bnb.nn.Linear8bitLt},
