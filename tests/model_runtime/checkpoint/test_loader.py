@@ -87,7 +87,8 @@ def test_padded_vocabulary_shrinks_to_the_tokenizer(tiny_checkpoint, reference, 
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         tensors[name] = torch.cat([tensors[name], torch.randn(10, tensors[name].shape[1])])
     config = json.loads((src / "config.json").read_text())
-    folder = write_checkpoint(src, tmp_path / "padded", tensors, config={**config, "vocab_size": config["vocab_size"] + 10})
+    padded = {**config, "vocab_size": config["vocab_size"] + 10}
+    folder = write_checkpoint(src, tmp_path / "padded", tensors, config=padded)
     loaded = load_pretrained_model(folder, dtype="float32")
     assert loaded.model.lm_head.weight.shape[0] == len(loaded.tokenizer) == config["vocab_size"]
     assert torch.equal(logits_of(loaded), reference[1])
