@@ -26,7 +26,7 @@ demo: $(DEMO)/config.json
 serve: $(STAMP) $(DEMO)/config.json
 	$(BIN)/llava-serve serve --model $(DEMO) --host $(HOST) --port $(PORT)
 
-# Debian's prometheus package: a real Prometheus server and promtool for the metrics tests.
+# Debian's prometheus package: a real Prometheus server and promtool for the metrics and deploy tests.
 prometheus:
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
