@@ -170,8 +170,8 @@ class Generation:
                 reports[owner]["encoder_cache_hit"] = hit if previous is None else previous and hit
         return reports
 
-    def failure(self, worker_is_alive: bool) -> APIError:
-        if not worker_is_alive:
+    def failure(self, worker: EngineWorker) -> APIError:
+        if worker.engine.is_dead or not worker.is_alive:  # the engine's own flag: health() lags a step
             return NotReady("the engine worker has stopped")
         return InternalError("generation failed for this request; see the server log for its request id")
 
@@ -180,7 +180,7 @@ async def collect(gen: Generation, worker: EngineWorker) -> ChatCompletion:
     async for _ in gen.outputs(worker):
         pass
     if any(c.finish_reason == "error" for c in gen.choices):
-        raise gen.failure(worker.is_alive and not worker.health().is_dead)
+        raise gen.failure(worker)
     choices = [
         Choice(index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason,
                logprobs=ChoiceLogprobs(content=c.logprobs) if gen.wants_logprobs else None)
@@ -206,7 +206,7 @@ async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> 
         finished = 0
         async for out in gen.outputs(worker):
             if out.finished and out.finish_reason == "error":
-                error = gen.failure(worker.is_alive and not worker.health().is_dead)
+                error = gen.failure(worker)
                 break
             logprobs = ChoiceLogprobs(content=to_logprobs(out.logprobs or [])) if gen.wants_logprobs else None
             if out.text or (logprobs and logprobs.content):

@@ -71,7 +71,9 @@ class _Checkpoint:
         return sorted(n for n in self.where if not is_language_model_key(n))
 
 
-def _open_checked(base: str | Path, other: str | Path, role: str, out: str | Path) -> tuple[_Checkpoint, _Checkpoint, Path]:
+def _open_checked(
+    base: str | Path, other: str | Path, role: str, out: str | Path
+) -> tuple[_Checkpoint, _Checkpoint, Path]:
     """Both checkpoints from their headers, every check done before anything is written."""
     base_ckpt = _Checkpoint(resolve_checkpoint(base), "base")
     other_ckpt = _Checkpoint(resolve_checkpoint(other), role)

@@ -234,7 +234,7 @@ def save_random_weights(
     dtype = getattr(torch, config["torch_dtype"])  # spec.dtype unless overridden
     model = model_cls(hf_config)
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
-    if spec.tie_embeddings:
+    if config["tie_word_embeddings"]:  # spec.tie_embeddings unless overridden
         state.pop("lm_head.weight")  # tied 0.5B checkpoints ship no lm_head (spec 9.1)
     del model
     shards: list[dict[str, torch.Tensor]] = [{}]

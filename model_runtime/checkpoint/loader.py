@@ -85,10 +85,12 @@ def load_pretrained_model(
     files = inspect_checkpoint(resolve_checkpoint(model_path))
     base = resolve_checkpoint(model_base) if model_base else None
     if files.kind == "full" and base is not None:
-        raise ConfigError(f"{files.path} is a full checkpoint; model_base={model_base} would be ignored: drop it")
+        raise ConfigError(f"{files.path} is a full checkpoint; model_base={model_base} would be ignored: "
+                          "drop it (serve: --model-base)")
     if files.kind != "full" and base is None:
         what = "a LoRA adapter" if files.kind == "lora" else "projector weights only"
-        raise ConfigError(f"{files.path} holds {what}; pass model_base (the model it was trained on)")
+        raise ConfigError(f"{files.path} holds {what}; pass model_base (serve: --model-base), "
+                          "the model it was trained on")
     raw = read_config_dict(files.path if (files.path / "config.json").exists() or base is None else base)
     if DELTA_KEY in raw:
         raise ConfigError(f"{files.path} is a weight delta, not a model: rebuild the model with "

@@ -61,10 +61,10 @@ def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
         found.append(scb)
     state = getattr(param, "quant_state", None)
     while state is not None:
-        found += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None)) if isinstance(t, torch.Tensor)]
-        offset = getattr(state, "offset", None)
-        if isinstance(offset, torch.Tensor):
-            found.append(offset)
+        for name in ("absmax", "code", "offset"):
+            value = getattr(state, name, None)
+            if isinstance(value, torch.Tensor):
+                found.append(value)
         state = getattr(state, "state2", None)
     return found
 

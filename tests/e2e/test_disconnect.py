@@ -48,3 +48,17 @@ def test_closing_a_non_streaming_call_frees_the_slot(local_server):
     sock.close()
     assert wait_for(lambda: running() == 0, 5) < 1.0
     assert local_server.metric("llava_requests_waiting") == 0
+
+
+def test_leaving_during_a_slow_fetch_cancels_it(local_server, origin):
+    waiting = lambda: local_server.metric("llava_requests_waiting")  # noqa: E731
+    url = origin.add("/slow-origin.png", b"x" * 100, delay=8.0)
+    body = json.dumps({"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}]}).encode()
+    host, port = local_server.base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    wait_for(lambda: origin.hits["/slow-origin.png"] == 1 and waiting() == 1, 10)
+    sock.close()
+    assert wait_for(lambda: waiting() == 0, 5) < 1.0  # the fetch was cancelled, the admission freed

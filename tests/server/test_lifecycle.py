@@ -88,3 +88,20 @@ def test_engine_fault_on_one_request_is_a_500_that_says_do_not_retry(tiny_model)
         ok = client_sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                                 max_tokens=2)
         assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+def test_a_dead_engine_asks_the_process_to_exit(tiny_model):
+    app = create_app(CONFIG, loaded=tiny_model, fault_injection=FaultInjection(fatal_at_step=1))
+    exits = threading.Event()
+    app.state.request_exit = exits.set
+    with TestClient(app) as client:
+        for _ in range(200):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                      "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        assert exits.wait(5)
+        assert client.get("/health").status_code == 503
+        assert app.state.lifecycle.phase.value == "failed"

@@ -10,7 +10,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from model_runtime import ConfigError, load_pretrained_model
+from model_runtime import ConfigError, load_pretrained_model, make_demo
 from model_runtime.checkpoint.loader import context_length
 from model_runtime.checkpoint.tokens import IM_END_TOKEN, IM_PATCH_TOKEN, IM_START_TOKEN
 from tests.model_runtime.checkpoint.conftest import logits_of, read_all, write_checkpoint
@@ -87,7 +87,8 @@ def test_padded_vocabulary_shrinks_to_the_tokenizer(tiny_checkpoint, reference, 
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         tensors[name] = torch.cat([tensors[name], torch.randn(10, tensors[name].shape[1])])
     config = json.loads((src / "config.json").read_text())
-    folder = write_checkpoint(src, tmp_path / "padded", tensors, config={**config, "vocab_size": config["vocab_size"] + 10})
+    padded = {**config, "vocab_size": config["vocab_size"] + 10}
+    folder = write_checkpoint(src, tmp_path / "padded", tensors, config=padded)
     loaded = load_pretrained_model(folder, dtype="float32")
     assert loaded.model.lm_head.weight.shape[0] == len(loaded.tokenizer) == config["vocab_size"]
     assert torch.equal(logits_of(loaded), reference[1])
@@ -107,3 +108,11 @@ def test_tensor_shapes_that_contradict_the_config_are_refused(tiny_checkpoint, t
     folder = write_checkpoint(src, tmp_path / "bad", tensors)
     with pytest.raises(ConfigError, match=r"shapes differ .*model\.mm_projector\.0\.weight"):
         load_pretrained_model(folder)
+
+
+def test_tied_checkpoint_without_lm_head_loads_tied(tmp_path):
+    """0.5B Qwen2 checkpoints tie lm_head to embed_tokens and ship no lm_head.weight (spec 9.1)."""
+    folder = make_demo("tiny", tmp_path / "tied", overrides={"tie_word_embeddings": True})
+    assert "lm_head.weight" not in read_all(folder)
+    model = load_pretrained_model(folder, quantization="bitsandbytes-8bit").model
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()

@@ -36,10 +36,12 @@ def test_quantized_load_memory_logits_and_generation(small_checkpoint, reference
     model = loaded.model
 
     quantized = quantized_module_names(model)
-    decoder_linears = [n for n, m in ref.model.named_modules() if n.startswith("model.layers.") and isinstance(m, nn.Linear)]
+    decoder_linears = [n for n, m in ref.model.named_modules()
+                       if n.startswith("model.layers.") and isinstance(m, nn.Linear)]
     assert sorted(quantized) == sorted(decoder_linears)
     assert all(isinstance(model.get_submodule(n), case["quantized"]) for n in quantized)
-    for kept in ("lm_head", "model.mm_projector.0", "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1"):
+    tower_linear = "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1"
+    for kept in ("lm_head", "model.mm_projector.0", tower_linear):
         module = model.get_submodule(kept)
         assert type(module) is nn.Linear and module.weight.dtype == loaded.dtype, kept
 
