@@ -71,6 +71,7 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     _flag(fetch, "--allowed-local-media-path", "serve file:// media URLs from inside this folder (default: refused)")
     _switch(fetch, "--allow-http-media", "also fetch plain http:// media URLs (local use only)")
     _switch(fetch, "--allow-loopback-media", "also fetch media from loopback addresses (local use only)")
+    _flag(fetch, "--media-ca-file", "PEM bundle of extra CAs trusted for https media (e.g. an internal CA)")
     _flag(fetch, "--max-media-redirects", "redirects followed per fetch, each re-checked", "3", type=int)
     _flag(fetch, "--media-connect-timeout", "seconds to connect to a media origin", "3", type=float)
     _flag(fetch, "--image-fetch-timeout", "seconds to fetch one image", "10", type=float)
@@ -138,7 +139,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     fetch = FetchPolicy(
         allow_http=args.allow_http_media, allow_loopback=args.allow_loopback_media,
         allowed_domains=tuple(d for item in domains for d in item.split(",")),
-        allowed_local_path=args.allowed_local_media_path, max_redirects=args.max_media_redirects,
+        allowed_local_path=args.allowed_local_media_path, ca_file=args.media_ca_file,
+        max_redirects=args.max_media_redirects,
         connect_timeout=args.media_connect_timeout, image_timeout=args.image_fetch_timeout,
         audio_timeout=args.audio_fetch_timeout, video_timeout=args.video_fetch_timeout,
         max_image_bytes=int(args.max_image_mb * MiB), max_audio_bytes=int(args.max_audio_mb * MiB),

@@ -116,6 +116,7 @@ class FetchPolicy:
     allow_loopback: bool = False  # 127.0.0.0/8 and ::1 origins (local use only)
     allowed_domains: tuple[str, ...] = ()  # empty: any public host; else these hosts and their subdomains
     allowed_local_path: str | None = None  # file:// URLs resolve inside this folder; None: file:// refused
+    ca_file: str | None = None  # PEM bundle trusted for https media besides the public CAs
     max_redirects: int = 3
     connect_timeout: float = 3.0
     image_timeout: float = 10.0
@@ -134,6 +135,8 @@ class FetchPolicy:
         for name in ("max_image_bytes", "max_audio_bytes", "max_video_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file={self.ca_file!r}: not a file")
         if self.allowed_local_path is not None and not Path(self.allowed_local_path).is_dir():
             raise ValueError(f"allowed_local_path={self.allowed_local_path!r}: not a folder")
         domains = tuple(d.strip().lower().rstrip(".") for d in self.allowed_domains if d.strip())

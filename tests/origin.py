@@ -3,6 +3,7 @@ stall or lie about its length. The fake edge of the network; the server under te
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter
@@ -21,7 +22,9 @@ class Route:
 
 
 class Origin:
-    def __init__(self) -> None:
+    """`tls`: (certificate, key) PEM files to serve https instead of http."""
+
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         origin = self
@@ -59,12 +62,17 @@ class Origin:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "https" if tls else "http"
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def add(self, path: str, body: bytes = b"", **kwargs) -> str:
         self.routes[path] = Route(body, **kwargs)

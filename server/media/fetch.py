@@ -111,6 +111,8 @@ class MediaFetcher:
     def __init__(self, policy: FetchPolicy) -> None:
         self.policy = policy
         self._ssl = ssl.create_default_context(cafile=certifi.where())
+        if policy.ca_file:
+            self._ssl.load_verify_locations(cafile=policy.ca_file)
         self._local_root = Path(policy.allowed_local_path).resolve() if policy.allowed_local_path else None
 
     async def fetch(self, url: str, modality: str) -> FetchedMedia:

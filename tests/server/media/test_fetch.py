@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import subprocess
 
 import pytest
 
@@ -132,3 +133,31 @@ def test_data_and_file_urls(tmp_path):
     assert refusal(policy, f"file://{allowed}/link") == "blocked_media_url"
     assert refusal(policy, f"file://{allowed}/missing.png") == "media_fetch_failed"
     assert refusal(STRICT, f"file://{allowed}/a.png") == "blocked_media_url"
+
+
+@pytest.fixture(scope="module")
+def tls_origin(tmp_path_factory):
+    """An https origin with a certificate for `localhost` only, signed by nobody the system trusts."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    o = Origin(tls=(cert, key))
+    o.cert = cert
+    yield o
+    o.close()
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(tls_origin):
+    tls_origin.add("/secure.png", b"tls-bytes")
+    trusted = FetchPolicy(allow_loopback=True, ca_file=tls_origin.cert)
+    got = fetch(trusted, tls_origin.url("/secure.png", "localhost"))
+    assert got.data == b"tls-bytes" and got.source == "https"
+    hits = tls_origin.hits["/secure.png"]
+    # the certificate names localhost, not 127.0.0.1: the name is verified, not just the address
+    assert refusal(trusted, tls_origin.url("/secure.png")) == "media_fetch_failed"
+    # an origin nobody vouches for
+    assert refusal(FetchPolicy(allow_loopback=True), tls_origin.url("/secure.png", "localhost")) == \
+        "media_fetch_failed"
+    assert tls_origin.hits["/secure.png"] == hits  # failed handshakes never reached the handler
