@@ -3,8 +3,8 @@
 # (the Docker image, or `make test`'s .venv with a CUDA build of torch):
 #   1. the tests marked `gpu` (pytest -m gpu), one process, on the GPU;
 #   2. the offline engine benchmark (bench/engine_bench.py) in bfloat16 and with bitsandbytes 4-bit.
-# Writes results.md (what ran, what passed, the numbers) and one log per step into $OUT if set,
-# else bench/results/gpu-check-<UTC time>/. Exit status: 0 every step passed, 1 a step failed or
+# Writes results.md (what ran, what passed, the numbers), one log per step and the benchmark's
+# JSON and plot (bench-bf16/, bench-4bit/) into $OUT if set, else bench/results/gpu-check-<UTC time>/. Exit status: 0 every step passed, 1 a step failed or
 # could not run, 2 no usable NVIDIA GPU (results.md says why).
 # Settings (environment): PYTHON (default .venv/bin/python if present, else python3),
 # NVIDIA_SMI (default nvidia-smi), ENGINE_BENCH_ARGS (extra flags for both benchmark runs),
@@ -35,12 +35,13 @@ if ! "$NVIDIA_SMI" -L > "$OUT_DIR/nvidia-smi.txt" 2>&1; then
   exit 2
 fi
 say "- GPUs: $(paste -sd ';' "$OUT_DIR/nvidia-smi.txt")"
-if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    > "$OUT_DIR/torch-cuda.txt" 2>&1; then
+if ! torch_info=$("$PYTHON" -c 'import torch; assert torch.cuda.is_available(), "no CUDA"
+print(torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))' 2>&1); then
   say "- NO GPU for torch: $PYTHON's torch cannot use CUDA (a CPU build?); nothing was run"
+  say "  ($(tail -n 1 <<< "$torch_info"))"
   exit 2
 fi
-say "- torch: $("$PYTHON" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name(0))')"
+say "- torch: $torch_info"
 
 say ""
 say "## Tests marked gpu"
@@ -63,8 +64,9 @@ run_bench() {  # name, then the benchmark's flags
     return
   fi
   # shellcheck disable=SC2086  # ENGINE_BENCH_ARGS is a list of flags, split on purpose
-  if "$PYTHON" bench/engine_bench.py "$@" ${ENGINE_BENCH_ARGS:-} > "$OUT_DIR/bench-$name.log" 2>&1; then
-    say "- command: \`$PYTHON bench/engine_bench.py $* ${ENGINE_BENCH_ARGS:-}\`"
+  if "$PYTHON" bench/engine_bench.py "$@" --out "$OUT_DIR/bench-$name" ${ENGINE_BENCH_ARGS:-} \
+      > "$OUT_DIR/bench-$name.log" 2>&1; then
+    say "- command: \`$PYTHON bench/engine_bench.py $* --out $OUT_DIR/bench-$name ${ENGINE_BENCH_ARGS:-}\`"
     say '```'
     tail -n 40 "$OUT_DIR/bench-$name.log" | tee -a "$RESULTS"
     say '```'
