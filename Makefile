@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint demo clean
+.PHONY: serve test lint demo clean prometheus openssl
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,19 @@ demo: $(DEMO)/config.json
 serve: $(STAMP) $(DEMO)/config.json
 	$(BIN)/llava-serve serve --model $(DEMO) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# Debian's prometheus package: a real Prometheus server and promtool for the metrics and deploy tests.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+# openssl: the TLS media origin of the fetch tests.
+openssl:
+	@command -v openssl >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl; }
+
+test: $(STAMP) prometheus openssl
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

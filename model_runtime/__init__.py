@@ -3,11 +3,17 @@
 Knows torch and transformers; knows nothing of HTTP. `server/` imports only the names below.
 """
 
-from model_runtime.arch.layout import LayoutError, image_token_count
+from model_runtime.arch.layout import LayoutError, audio_token_count, image_token_count
 from model_runtime.arch.meta import MediaMismatchError
+from model_runtime.checkpoint.convert import convert_bin
+from model_runtime.checkpoint.delta import apply_delta, make_delta
 from model_runtime.checkpoint.demo import DEMO_SPECS, make_demo
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
-from model_runtime.config import ConfigError, EngineConfig, FaultInjection, LlavaConfig
+from model_runtime.checkpoint.lora import merge_lora
+from model_runtime.checkpoint.quantize import QUANTIZATIONS
+from model_runtime.checkpoint.upgrade import upgrade_checkpoint
+from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
+from model_runtime.constants import AUDIO_SAMPLE_RATE
 from model_runtime.engine.engine import Engine, EngineDeadError
 from model_runtime.engine.request import (
     FINISH_REASONS,
@@ -25,11 +31,15 @@ from model_runtime.engine.stats import EngineStats
 from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn
-from model_runtime.processing.processor import InvalidPromptError, Processor, PromptInput
+from model_runtime.processing.processor import InvalidMediaError, InvalidPromptError, Processor, PromptInput
+from model_runtime.processing.video import FramePlan, plan_video_frames
 
 __all__ = [
+    "AUDIO_SAMPLE_RATE",
+    "AudioTowerConfig",
     "DEMO_SPECS",
     "FINISH_REASONS",
+    "FramePlan",
     "MAX_TOP_LOGPROBS",
     "ChatTurn",
     "ConfigError",
@@ -41,6 +51,7 @@ __all__ = [
     "EngineStats",
     "EngineWorker",
     "FaultInjection",
+    "InvalidMediaError",
     "InvalidPromptError",
     "LayoutError",
     "LlavaConfig",
@@ -50,6 +61,7 @@ __all__ = [
     "MediaMismatchError",
     "Processor",
     "PromptInput",
+    "QUANTIZATIONS",
     "Request",
     "RequestMetrics",
     "RequestOutput",
@@ -58,7 +70,14 @@ __all__ = [
     "SamplingParamsError",
     "TokenLogprobs",
     "WorkerHealth",
+    "apply_delta",
+    "convert_bin",
+    "audio_token_count",
     "image_token_count",
     "load_pretrained_model",
+    "make_delta",
     "make_demo",
+    "merge_lora",
+    "upgrade_checkpoint",
+    "plan_video_frames",
 ]

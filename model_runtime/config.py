@@ -44,6 +44,15 @@ SIGLIP_SO400M = {
     "layer_norm_eps": 1e-6,
     "hidden_act": "gelu_pytorch_tanh",
 }
+# Whisper large-v3's encoder, the tower of EgoGPT and Ola (spec 11); `speech_encoder_config` overrides it.
+WHISPER_LARGE_V3 = {
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "num_mel_bins": 128,
+}
+WHISPER_MAX_SOURCE_POSITIONS = 1500  # encoder frames of one 30 s chunk (3000 mel frames, conv stride 2)
 # ORIG reads CLIP dimensions from the hub; these are the published configs of the CLIP towers LLaVA
 # checkpoints name, so they load offline. Other names fall back to transformers' config loading.
 _CLIP_L14 = {
@@ -119,6 +128,40 @@ class VisionTowerConfig:
 
 
 @dataclass(frozen=True)
+class AudioTowerConfig:
+    """The Whisper encoder + concat-k projector (EgoGPT's `speech_*` keys, spec 11.1 / 11.3)."""
+
+    speech_encoder: str  # the Whisper checkpoint the tower came from (its weights are in this checkpoint)
+    hidden_size: int  # Ca: Whisper d_model (`speech_encoder_hidden_size`)
+    num_hidden_layers: int  # Whisper encoder_layers
+    num_attention_heads: int  # Whisper encoder_attention_heads
+    intermediate_size: int  # Whisper encoder_ffn_dim
+    num_mel_bins: int = 128
+    speech_encoder_type: str = "whisper"
+    speech_projector_type: str = "linear"  # EgoGPT's name for the concat-k MLP
+    speech_encoder_ds_rate: int = 5  # k: encoder frames concatenated into one LM token
+    speech_projector_hidden_size: int = 2048  # EgoGPT hard-codes 2048
+    speech_trim_padding: bool = False  # keep only the rows of real audio in the last chunk (llava-serve)
+
+    def __post_init__(self) -> None:
+        if self.speech_encoder_type != "whisper":
+            raise ConfigError(f"speech_encoder_type={self.speech_encoder_type!r}: only 'whisper' is supported")
+        if self.speech_projector_type != "linear":
+            raise ConfigError(
+                f"speech_projector_type={self.speech_projector_type!r}: only 'linear' (concat-k MLP) is supported"
+            )
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "num_mel_bins", "speech_encoder_ds_rate", "speech_projector_hidden_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"audio tower {name}={getattr(self, name)!r}: must be >= 1")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"speech encoder d_model={self.hidden_size} is not a multiple of its "
+                f"{self.num_attention_heads} attention heads"
+            )
+
+
+@dataclass(frozen=True)
 class LlavaConfig:
     """Every multimodal key ORIG reads, with ORIG's inference defaults (spec section 2)."""
 
@@ -156,6 +199,8 @@ class LlavaConfig:
     pos_skipping_range: int = 4096
     rope_scaling: dict[str, Any] | None = None  # kept for Llama/Mistral; ORIG's Qwen wrapper forces None
     max_position_embeddings: int | None = None
+    conversation_template: str | None = None  # llava-serve key: a template name of spec 8
+    audio: AudioTowerConfig | None = None  # None: no audio tower (no `speech_encoder` key)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -275,6 +320,7 @@ class LlavaConfig:
             "vision": vision,
             "mm_vision_tower": str(tower),
             "image_grid_pinpoints": parse_pinpoints(raw.get("image_grid_pinpoints"), vision.image_size),
+            "audio": _audio_tower_config(raw),
             "raw": dict(raw),
         }
         plain = {f.name for f in fields(cls)} - set(kwargs)
@@ -289,6 +335,9 @@ class LlavaConfig:
                 "(ORIG would fail on the first video)"
             )
         cfg = cls(**kwargs)
+        if cfg.mm_use_im_start_end:
+            log_once("mm_use_im_start_end is set: prompts are NOT wrapped in <im_start>/<im_end> (no released "
+                     "checkpoint of the supported families sets it)")
         if cfg.add_faster_video and not cfg.is_faster_video:
             log_once("add_faster_video is ignored: ORIG reads it only with a spatial merge and grid newlines")
         return cfg
@@ -372,6 +421,52 @@ def _pretrained_tower_dims(tower: str) -> tuple[str, dict[str, Any]]:
     names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
              "patch_size", "layer_norm_eps", "hidden_act")
     return kind, {name: getattr(vision, name) for name in names}
+
+
+def _audio_tower_config(raw: dict[str, Any]) -> AudioTowerConfig | None:
+    """EgoGPT keys (`speech_encoder`, `speech_encoder_type`, `speech_projector_type`,
+    `speech_encoder_ds_rate`, `speech_encoder_hidden_size`) plus llava-serve's `speech_encoder_config`
+    (Whisper config keys; default large-v3), `speech_projector_hidden_size`, `speech_trim_padding`."""
+    encoder = raw.get("speech_encoder")
+    if not encoder:
+        return None
+    explicit = raw.get("speech_encoder_config") or {}
+    if not isinstance(explicit, dict):
+        raise ConfigError(f"speech_encoder_config={explicit!r}: expected an object of Whisper config keys")
+    unknown = set(explicit) - set(WHISPER_LARGE_V3) - {"max_source_positions"}
+    if unknown:
+        raise ConfigError(f"speech_encoder_config: unknown keys {sorted(unknown)}; known {sorted(WHISPER_LARGE_V3)}")
+    if explicit.get("max_source_positions", WHISPER_MAX_SOURCE_POSITIONS) != WHISPER_MAX_SOURCE_POSITIONS:
+        raise ConfigError(
+            f"speech_encoder_config.max_source_positions={explicit['max_source_positions']}: the audio front end "
+            f"feeds 30 s chunks, i.e. {WHISPER_MAX_SOURCE_POSITIONS} encoder positions"
+        )
+    dims = {**WHISPER_LARGE_V3, **{k: v for k, v in explicit.items() if k in WHISPER_LARGE_V3}}
+    stated = raw.get("speech_encoder_hidden_size")
+    if stated is not None and int(stated) != int(dims["d_model"]):
+        raise ConfigError(
+            f"speech_encoder_hidden_size={stated} differs from the speech encoder's d_model {dims['d_model']}"
+        )
+    optional = {
+        key: raw[key]
+        for key in ("speech_encoder_type", "speech_projector_type", "speech_encoder_ds_rate",
+                    "speech_projector_hidden_size", "speech_trim_padding")
+        if raw.get(key) is not None
+    }
+    try:
+        return AudioTowerConfig(
+            speech_encoder=str(encoder),
+            hidden_size=int(dims["d_model"]),
+            num_hidden_layers=int(dims["encoder_layers"]),
+            num_attention_heads=int(dims["encoder_attention_heads"]),
+            intermediate_size=int(dims["encoder_ffn_dim"]),
+            num_mel_bins=int(dims["num_mel_bins"]),
+            **optional,
+        )
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"audio tower keys: {e}") from e
 
 
 def parse_pinpoints(value: Any, image_size: int) -> tuple[tuple[int, int], ...]:

@@ -1,7 +1,8 @@
 """OpenAI messages -> conversation turns with media placeholders + the media references in order.
 
 Knows the OpenAI message shapes, not the checkpoint's template (the model runtime renders that).
-User text that contains a placeholder or a special token is refused, never spliced as media.
+Item counts and the model's modalities are checked here, before anything is fetched. User text
+that contains a placeholder or a special token is refused, never spliced as media.
 """
 
 from __future__ import annotations
@@ -9,17 +10,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model_runtime import ChatTurn, InvalidPromptError, Processor
-from server.errors import InvalidRequest, UnsupportedMedia
-from server.protocol import ChatMessage
+from server.config import MODALITIES, MediaLimits
+from server.errors import InvalidRequest, TooManyMediaItems, UnsupportedMedia
+from server.protocol import ChatMessage, ContentPart
 
-IMAGE_PLACEHOLDER = "<image>"
+PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+PART_FIELDS = {"text": "text", "image_url": "image_url", "video_url": "video_url", "input_audio": "input_audio",
+               "audio_url": "audio_url"}
 
 
 @dataclass(frozen=True)
 class MediaRef:
-    modality: str  # "image"
-    url: str
+    """One media content part, in request order."""
+
+    modality: str  # "image" | "video" | "audio"
     param: str  # where it came from, e.g. messages[0].content[1].image_url
+    url: str | None = None  # image_url / video_url / audio_url
+    audio_data: str | None = None  # input_audio: base64
+    audio_format: str | None = None  # input_audio: wav | mp3 | flac | ogg
+    num_frames: int | None = None  # video_url
+    fps: float | None = None  # video_url
+    use_audio: bool = False  # video_url: its audio track becomes an audio item right after it
 
 
 @dataclass(frozen=True)
@@ -28,14 +39,12 @@ class RenderedChat:
     media: list[MediaRef]
 
 
-def render(messages: list[ChatMessage], processor: Processor) -> RenderedChat:
+def render(messages: list[ChatMessage], processor: Processor, limits: MediaLimits) -> RenderedChat:
     turns: list[ChatTurn] = []
     media: list[MediaRef] = []
     for i, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
-        content = message.content
-        if content is None:
-            content = ""
+        content = message.content if message.content is not None else ""
         if isinstance(content, str):
             _check_text(processor, content, f"messages[{i}].content")
             turns.append(ChatTurn(role, content))
@@ -48,17 +57,54 @@ def render(messages: list[ChatMessage], processor: Processor) -> RenderedChat:
                     raise InvalidRequest("a text part needs `text`", param=f"{where}.text")
                 _check_text(processor, part.text, f"{where}.text")
                 pieces.append(part.text)
-            elif part.type == "image_url":
-                if role != "user":
-                    raise InvalidRequest("images are accepted in user messages only", param=where)
-                if part.image_url is None:
-                    raise InvalidRequest("an image_url part needs `image_url.url`", param=f"{where}.image_url")
-                media.append(MediaRef("image", part.image_url.url, f"{where}.image_url"))
-                pieces.append(IMAGE_PLACEHOLDER + "\n")
-            else:
-                raise UnsupportedMedia(f"content part type {part.type!r} is not supported", param=f"{where}.type")
+                continue
+            if part.type not in PART_FIELDS:
+                raise InvalidRequest(
+                    f"content part type {part.type!r} is not known; use {', '.join(PART_FIELDS)}", param=f"{where}.type"
+                )
+            ref = _media_ref(part, f"{where}.{PART_FIELDS[part.type]}")
+            if role != "user":
+                raise InvalidRequest("media is accepted in user messages only", param=where)
+            media.append(ref)
+            pieces.append(PLACEHOLDERS[ref.modality] + "\n")
+            if ref.use_audio:
+                pieces.append(PLACEHOLDERS["audio"] + "\n")
         turns.append(ChatTurn(role, "".join(pieces)))
+    check_media(media, processor, limits)
     return RenderedChat(turns, media)
+
+
+def check_media(media: list[MediaRef], processor: Processor, limits: MediaLimits) -> None:
+    """The model takes each modality, and the counts are within the limits (before any fetch)."""
+    supported = processor.modalities
+    for ref in media:
+        for modality in (ref.modality, "audio") if ref.use_audio else (ref.modality,):
+            if modality not in supported:
+                raise UnsupportedMedia(f"this model does not take {modality} input", param=ref.param)
+    for modality in MODALITIES:
+        count = sum(1 for r in media if r.modality == modality) + (
+            sum(1 for r in media if r.use_audio) if modality == "audio" else 0
+        )
+        if count > limits.max_items(modality):
+            raise TooManyMediaItems(
+                f"the request has {count} {modality} items; at most {limits.max_items(modality)} are accepted"
+                + (" (a video with use_audio counts as one audio item)" if modality == "audio" else ""),
+                param="messages",
+            )
+
+
+def _media_ref(part: ContentPart, param: str) -> MediaRef:
+    value = getattr(part, PART_FIELDS[part.type])
+    if value is None:
+        raise InvalidRequest(f"a {part.type} part needs `{part.type}`", param=param)
+    if part.type == "image_url":
+        return MediaRef("image", param, url=value.url)
+    if part.type == "video_url":
+        return MediaRef("video", param, url=value.url, num_frames=value.num_frames, fps=value.fps,
+                        use_audio=value.use_audio)
+    if part.type == "audio_url":
+        return MediaRef("audio", param, url=value.url)
+    return MediaRef("audio", param, audio_data=value.data, audio_format=value.format)
 
 
 def _check_text(processor: Processor, text: str, param: str) -> None:

@@ -1,12 +1,13 @@
-"""Typed API errors and their one rendering, in the OpenAI shape.
+"""Typed API errors and their one rendering, in the OpenAI shape (spec serving.md section 3).
 
 `{"error": {"message", "type", "param", "code"}}` with a string `code` and `param` pointing at the
 exact field. Messages are ours; library text is logged under the request id, never returned.
+A caller's mistake is never a 5xx (the official client retries those).
 """
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
+import json
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -17,11 +18,13 @@ ERROR_TYPES = {
     500: "server_error",
     503: "server_error",
 }
+RETRY_AFTER_S = 5
 
 
 class APIError(Exception):
     status = 400
     code = "invalid_request"
+    is_retryable = False  # rendered as `x-should-retry`
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -30,7 +33,7 @@ class APIError(Exception):
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = headers or {}
+        self.headers = {"x-should-retry": "true" if self.is_retryable else "false", **(headers or {})}
 
     def body(self) -> dict:
         return {
@@ -42,33 +45,66 @@ class APIError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def json_bytes(self) -> bytes:
+        return json.dumps(self.body()).encode()
 
 
 class InvalidRequest(APIError):
-    status = 400
     code = "invalid_request"
 
 
 class ContextLengthExceeded(APIError):
-    status = 400
     code = "context_length_exceeded"
 
 
+class TooManyMediaItems(APIError):
+    code = "too_many_media_items"
+
+
+class ImageTooLarge(APIError):
+    code = "image_too_large"
+
+
+class VideoTooLong(APIError):
+    code = "video_too_long"
+
+
+class AudioTooLong(APIError):
+    code = "audio_too_long"
+
+
 class InvalidImage(APIError):
-    status = 400
     code = "invalid_image"
 
 
+class InvalidVideo(APIError):
+    code = "invalid_video"
+
+
+class InvalidAudio(APIError):
+    code = "invalid_audio"
+
+
 class UnsupportedMedia(APIError):
-    status = 400
     code = "unsupported_media_format"
 
 
 class BlockedMediaURL(APIError):
-    status = 400
     code = "blocked_media_url"
+
+
+class MediaFetchFailed(APIError):
+    code = "media_fetch_failed"
+
+
+class RequestTooLarge(APIError):
+    status = 413
+    code = "request_too_large"
+
+
+class InvalidAPIKey(APIError):
+    status = 401
+    code = "invalid_api_key"
 
 
 class ModelNotFound(APIError):
@@ -76,11 +112,56 @@ class ModelNotFound(APIError):
     code = "model_not_found"
 
 
+class RouteNotFound(APIError):
+    status = 404
+    code = "not_found"
+
+
+class ServerOverloaded(APIError):
+    status = 429
+    code = "server_overloaded"
+    is_retryable = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class ShuttingDown(APIError):
+    status = 503
+    code = "server_shutting_down"
+    is_retryable = True
+
+    def __init__(self, message: str = "the server is shutting down; retry on another replica") -> None:
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 class NotReady(APIError):
     status = 503
     code = "not_ready"
+    is_retryable = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 class InternalError(APIError):
+    """An engine fault on this request; `is_retryable=False` when the same request would fail again."""
+
     status = 500
     code = "internal_error"
+
+    def __init__(self, message: str, is_retryable: bool = False) -> None:
+        self.is_retryable = is_retryable
+        super().__init__(message)
+
+
+MEDIA_ERRORS: dict[str, type[APIError]] = {
+    cls.code: cls
+    for cls in (TooManyMediaItems, ImageTooLarge, VideoTooLong, AudioTooLong, InvalidImage, InvalidVideo,
+                InvalidAudio, UnsupportedMedia, BlockedMediaURL, MediaFetchFailed)
+}
+
+
+def media_error(code: str, message: str, param: str | None) -> APIError:
+    """The API error for a media failure reported by code (e.g. from a decoder process)."""
+    return MEDIA_ERRORS.get(code, InvalidRequest)(message, param=param)

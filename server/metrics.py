@@ -1,38 +1,97 @@
-"""Every Prometheus series of the server, defined in one place (prefix `llava_`).
+"""Every Prometheus series of the server, defined in one place (prefix `llava_`, spec section 6).
 
-Engine-side gauges are read from an `EngineStats` snapshot at scrape time; the engine never
-imports this module. Label values come from bounded sets only.
+Engine-side gauges and cumulative counters are read from an `EngineStats` snapshot at scrape time
+by a collector; the engine never imports this module. Label values come from bounded sets only
+(modalities, finish reasons, error codes, rejection reasons), never request ids, keys or URLs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from model_runtime import EngineStats
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+TOKEN_COUNT_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+MODALITIES = ("text", "image", "video", "audio")
+FINISH_REASONS = ("stop", "length", "abort", "error")
+REJECT_REASONS = ("queue_full", "shutting_down", "not_ready")
+
+
+class _EngineCollector(Collector):
+    def __init__(self, stats: Callable[[], EngineStats | None], num_waiting: Callable[[], int]) -> None:
+        self._stats = stats
+        self._num_waiting = num_waiting
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily("llava_requests_running", "Requests with rows in the running batch",
+                                value=s.num_running if s else 0)
+        yield GaugeMetricFamily("llava_requests_waiting", "Requests admitted and not yet running (media "
+                                "preparation and the engine's queue)", value=self._num_waiting())
+        yield GaugeMetricFamily("llava_kv_cache_tokens", "Real tokens held in the KV cache",
+                                value=s.num_kv_tokens if s else 0)
+        yield GaugeMetricFamily("llava_batch_size", "Rows in the running batch (each choice is a row)",
+                                value=s.batch_size if s else 0)
+        yield GaugeMetricFamily("llava_worker_last_step_timestamp_seconds",
+                                "Unix time the engine worker finished its last step",
+                                value=s.last_step_time if s else 0)
+        yield CounterMetricFamily("llava_encoder_cache_queries", "Media items looked up in the encoder cache",
+                                  value=s.encoder_cache_queries if s else 0)
+        yield CounterMetricFamily("llava_encoder_cache_hits", "Media items found in the encoder cache",
+                                  value=s.encoder_cache_hits if s else 0)
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
+    def __init__(self, stats: Callable[[], EngineStats | None], num_waiting: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("llava_requests", "Finished requests by finish reason", ["finish_reason"], registry=r)
-        self.errors = Counter("llava_errors", "Error responses by error code", ["code"], registry=r)
+        r.register(_EngineCollector(stats, num_waiting))
         self.prompt_tokens = Counter("llava_prompt_tokens", "Prompt tokens by modality", ["modality"], registry=r)
         self.generation_tokens = Counter("llava_generation_tokens", "Generated tokens", registry=r)
-        self.ttft = Histogram("llava_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS,
-                              registry=r)
-        self.e2e = Histogram("llava_e2e_request_latency_seconds", "Request latency, arrival to last token",
-                             buckets=LATENCY_BUCKETS, registry=r)
-        self.running = Gauge("llava_requests_running", "Requests in the running batch", registry=r)
-        self.waiting = Gauge("llava_requests_waiting", "Requests waiting for the batch", registry=r)
+        self.requests = Counter("llava_requests", "Finished choices by finish reason", ["finish_reason"], registry=r)
+        self.rejected = Counter("llava_requests_rejected", "Requests refused before any work, by reason",
+                                ["reason"], registry=r)
+        self.media_items = Counter("llava_media_items", "Media items served, by modality", ["modality"], registry=r)
+        self.errors = Counter("llava_errors", "Error responses and stream errors by error code", ["code"], registry=r)
+
+        def histogram(name: str, doc: str, buckets, labels=()) -> Histogram:
+            return Histogram(name, doc, list(labels), buckets=buckets, registry=r)
+
+        self.ttft = histogram("llava_time_to_first_token_seconds", "Arrival to first token", LATENCY_BUCKETS)
+        self.itl = histogram("llava_inter_token_latency_seconds", "Time between streamed tokens",
+                             TOKEN_LATENCY_BUCKETS)
+        self.e2e = histogram("llava_e2e_request_latency_seconds", "Arrival to last token", LATENCY_BUCKETS)
+        self.queue_time = histogram("llava_request_queue_time_seconds", "Engine arrival to the start of prefill",
+                                    LATENCY_BUCKETS)
+        self.prefill_time = histogram("llava_request_prefill_time_seconds", "Prefill start to first token",
+                                      LATENCY_BUCKETS)
+        self.decode_time = histogram("llava_request_decode_time_seconds", "First token to last token",
+                                     LATENCY_BUCKETS)
+        self.request_prompt_tokens = histogram("llava_request_prompt_tokens", "Prompt tokens per request",
+                                               TOKEN_COUNT_BUCKETS)
+        self.request_generation_tokens = histogram("llava_request_generation_tokens",
+                                                   "Generated tokens per request (all choices)", TOKEN_COUNT_BUCKETS)
+        self.media_fetch = histogram("llava_media_fetch_seconds", "Fetching one media item", LATENCY_BUCKETS,
+                                     ["modality"])
+        self.media_decode = histogram("llava_media_decode_seconds", "Decoding one media item (decoder process)",
+                                      LATENCY_BUCKETS, ["modality"])
+        self.media_preprocess = histogram("llava_media_preprocess_seconds", "Media item to tensors",
+                                          LATENCY_BUCKETS, ["modality"])
+        self.encoder_forward = histogram("llava_encoder_forward_seconds",
+                                         "Encoder calls a request waited on, by modality", LATENCY_BUCKETS,
+                                         ["modality"])
         self.model_info = Info("llava_model", "Served model", registry=r)
-        self.running.set_function(lambda: _field(stats(), "num_running"))
-        self.waiting.set_function(lambda: _field(stats(), "num_waiting"))
-
-
-def _field(stats: EngineStats | None, name: str) -> float:
-    return float(getattr(stats, name)) if stats is not None else 0.0
+        for modality in MODALITIES:  # every bounded label value present from the first scrape
+            self.prompt_tokens.labels(modality=modality)
+            if modality != "text":
+                self.media_items.labels(modality=modality)
+        for reason in FINISH_REASONS:
+            self.requests.labels(finish_reason=reason)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)

@@ -1,6 +1,8 @@
 """Pydantic models of the OpenAI chat-completions request and response (spec serving.md section 2).
 
 Unknown fields are ignored; known fields with bad values fail validation (400 with `param`).
+Extensions as in vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` in requests; `media`
+(one report per media item) and `usage.prompt_tokens_details` per modality in responses.
 """
 
 from __future__ import annotations
@@ -8,7 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
 
 
 class _Lenient(BaseModel):
@@ -17,13 +22,42 @@ class _Lenient(BaseModel):
 
 class ImageURL(_Lenient):
     url: str
-    detail: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; every image is processed the checkpoint's way
+
+
+class VideoURL(_Lenient):
+    url: str
+    num_frames: int | None = Field(default=None, ge=1)  # clamped to the server's ceiling
+    fps: float | None = Field(default=None, gt=0, le=240)
+    use_audio: bool = False  # also feed the video's own audio track to the audio tower
+
+
+class InputAudio(_Lenient):
+    data: str  # base64
+    format: Literal["wav", "mp3", "flac", "ogg"]
+
+
+class AudioURL(_Lenient):
+    url: str
 
 
 class ContentPart(_Lenient):
     type: str
     text: str | None = None
     image_url: ImageURL | None = None
+    video_url: VideoURL | None = None
+    input_audio: InputAudio | None = None
+    audio_url: AudioURL | None = None
+
+    @field_validator("image_url", "audio_url", mode="before")
+    @classmethod
+    def _url_string(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value  # the older string shorthand
+
+    @field_validator("video_url", mode="before")
+    @classmethod
+    def _video_url_string(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
 
 
 class ChatMessage(_Lenient):
@@ -42,11 +76,42 @@ class ChatCompletionRequest(_Lenient):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = None
+    top_k: int = Field(default=0, ge=-1)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
+    ignore_eos: bool = False
     user: str | None = None
+
+    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info) -> Any:
+        return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> list[str]:
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stops
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        return self
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -68,6 +133,20 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -77,7 +156,7 @@ class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: Any = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -87,6 +166,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    media: list[dict[str, Any]] = Field(default_factory=list)  # extension: one report per media item
 
 
 class Delta(BaseModel):
@@ -98,7 +178,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: Any = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -108,6 +188,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    media: list[dict[str, Any]] | None = None  # extension: on the last chunk before [DONE]
 
 
 class ModelCard(BaseModel):
@@ -116,6 +197,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "llava-serve"
     max_model_len: int
+    modalities: list[str]
     description: str
 
 

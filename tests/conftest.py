@@ -22,6 +22,17 @@ def tiny_model(tiny_checkpoint):
     return load_pretrained_model(tiny_checkpoint, dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def tiny_audio_checkpoint(tmp_path_factory) -> str:
+    """The tiny checkpoint plus a tiny Whisper audio tower (EgoGPT speech_* keys)."""
+    return str(make_demo("tiny", tmp_path_factory.mktemp("ckpt") / "tiny-audio", seed=0, audio=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_model(tiny_audio_checkpoint):
+    return load_pretrained_model(tiny_audio_checkpoint, dtype="float32")
+
+
 def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
@@ -31,3 +42,11 @@ def png_data_url(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def random_waveform(seconds: float, seed: int = 0) -> np.ndarray:
+    """16 kHz mono float32 noise with a tone, `seconds` long (at least one sample)."""
+    rng = np.random.default_rng(seed)
+    n = max(1, round(seconds * 16000))
+    t = np.arange(n) / 16000
+    return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)

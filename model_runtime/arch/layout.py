@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 from model_runtime.config import VIDEO_POOL_STRIDE, LlavaConfig
+from model_runtime.constants import AUDIO_CHUNK_FRAMES, AUDIO_CHUNK_SAMPLES, AUDIO_HOP_LENGTH
 
 
 class LayoutError(ValueError):
@@ -63,7 +64,10 @@ def anyres_max_shape(h: int, w: int, max_crops: int, tokens_per_crop: int) -> tu
     """ORIG anyres_max_N cap: shrink an unpadded h x w map when it exceeds ~N crops' worth."""
     t = math.sqrt(h * w / (max_crops * tokens_per_crop))
     if t > 1.1:
-        return int(h // t), int(w // t)
+        target = int(h // t), int(w // t)
+        if min(target) < 1:  # ORIG's bilinear resize would fail on an empty side
+            raise LayoutError(f"a {h}x{w} feature map cannot be capped to {max_crops} crops without losing a side")
+        return target
     return h, w
 
 
@@ -180,3 +184,33 @@ def video_token_count(cfg: LlavaConfig, num_frames: int) -> int:
     if position == "one_token":
         return num_frames * slow * slow + (1 if cfg.has_image_newline else 0)
     return num_frames * slow * slow  # no_token
+
+
+def audio_chunk_frames(num_samples: int) -> list[int]:
+    """Mel frames of real audio in each 30 s chunk of `num_samples` 16 kHz samples (the last chunk
+    is padded with silence to AUDIO_CHUNK_FRAMES before the encoder sees it)."""
+    if num_samples < 1:
+        raise LayoutError(f"audio of {num_samples} samples is empty")
+    num_chunks = math.ceil(num_samples / AUDIO_CHUNK_SAMPLES)
+    frames = [AUDIO_CHUNK_FRAMES] * (num_chunks - 1)
+    tail = num_samples - (num_chunks - 1) * AUDIO_CHUNK_SAMPLES
+    return [*frames, math.ceil(tail / AUDIO_HOP_LENGTH)]
+
+
+def audio_chunk_token_counts(cfg: LlavaConfig, num_samples: int) -> list[int]:
+    """Feature rows of each chunk: the Whisper encoder halves the frames ((L + 1) // 2), the concat-k
+    projector divides by k (spec 11.3). Without `speech_trim_padding` every chunk is a full 30 s
+    (EgoGPT/Ola: 300 rows per chunk at k = 5); with it the last chunk keeps the rows of real audio
+    (at least one)."""
+    if cfg.audio is None:
+        raise LayoutError("this checkpoint has no audio tower")
+    k = cfg.audio.speech_encoder_ds_rate
+    frames = audio_chunk_frames(num_samples)
+    if not cfg.audio.speech_trim_padding:
+        return [((AUDIO_CHUNK_FRAMES + 1) // 2) // k] * len(frames)
+    return [max(1, ((f + 1) // 2) // k) for f in frames]
+
+
+def audio_token_count(cfg: LlavaConfig, num_samples: int) -> int:
+    """Feature rows one audio item of `num_samples` 16 kHz samples contributes."""
+    return sum(audio_chunk_token_counts(cfg, num_samples))

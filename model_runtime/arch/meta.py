@@ -1,11 +1,13 @@
 """LLaVA meta mixins: towers + projector on the base model, media encoding and splicing.
 
 `LlavaMetaModel` adds ORIG's `vision_tower`, `mm_projector`, `image_newline` and `faster_token`
-to a transformers base model (so checkpoint keys load unchanged). `LlavaMetaForCausalLM` encodes
+(and, with a `speech_encoder` key, EgoGPT's `speech_encoder` + `speech_projector`) to a
+transformers base model (so checkpoint keys load unchanged). `LlavaMetaForCausalLM` encodes
 media items into feature rows (ORIG llava_arch.py: one tower + projector call, then the per-item
-merge of `merge.py`) and splices them into the token embeddings at sentinel positions
-(`prepare_inputs_for_multimodal`; `prepare_inputs_for_training` adds labels). Every row count is
-checked against `layout.py`. No tokenizer, no HTTP, no scheduling here.
+merge of `merge.py`; audio: one Whisper call for all chunks) and splices them into the token
+embeddings at sentinel positions (`prepare_inputs_for_multimodal`; `prepare_inputs_for_training`
+adds labels). Every row count is checked against `layout.py`. No tokenizer, no HTTP, no
+scheduling here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from torch import nn
 
 from model_runtime.arch import layout, merge
-from model_runtime.arch.projector import build_vision_projector
+from model_runtime.arch.audio import build_audio_tower
+from model_runtime.arch.projector import SpeechProjector, build_vision_projector
 from model_runtime.arch.vision import build_vision_tower
 from model_runtime.config import LlavaConfig
 from model_runtime.constants import IGNORE_INDEX
@@ -44,6 +47,9 @@ class LlavaMetaModel:
         if self.llava_config.add_faster_video:
             # ORIG creates it only in training setup, so its checkpoints' value could not load (spec 13)
             self.faster_token = nn.Parameter(torch.randn(config.hidden_size) * scale)
+        if self.llava_config.audio is not None:
+            self.speech_encoder = build_audio_tower(self.llava_config)
+            self.speech_projector = SpeechProjector(self.llava_config)
 
 
 class LlavaMetaForCausalLM:
@@ -62,15 +68,44 @@ class LlavaMetaForCausalLM:
 
     def encode_media(self, media: Sequence[MediaInput]) -> list[EncodedItem]:
         """Items of any requests -> encoded items in the same order (one tower call for all
-        images and video frames). Each item's rows must equal its `num_tokens`."""
-        unsupported = {m.modality for m in media} - set(VISUAL_MODALITIES)
+        images and video frames, one Whisper call for all audio chunks). Each item's rows must
+        equal its `num_tokens`."""
+        unsupported = {m.modality for m in media} - {*VISUAL_MODALITIES, "audio"}
         if unsupported:
             raise ValueError(f"modalities {sorted(unsupported)} are not supported yet")
-        rows = self.encode_visual_items(media)
+        rows: list[torch.Tensor | None] = [None] * len(media)
+        for modalities, encode in ((VISUAL_MODALITIES, self.encode_visual_items), (("audio",), self.encode_audio_items)):
+            picked = [i for i, m in enumerate(media) if m.modality in modalities]
+            for i, r in zip(picked, encode([media[i] for i in picked]), strict=True):
+                rows[i] = r
         for m, r in zip(media, rows, strict=True):
             if r.shape[0] != m.num_tokens:
                 raise layout.LayoutError(f"{m.modality} item: {r.shape[0]} rows but {m.num_tokens} tokens charged")
         return [EncodedItem(m.modality, r) for m, r in zip(media, rows, strict=True)]
+
+    def encode_audio_items(self, items: Sequence[MediaInput]) -> list[torch.Tensor]:
+        """Audio items (each [C_i, n_mels, 3000] mel chunks) -> rows [n_i, D], one tower call.
+
+        Each chunk gives (3000 + 1) // 2 encoder frames -> // k projector rows; every chunk keeps
+        the rows `layout.audio_chunk_token_counts` gives it (all of them unless the checkpoint trims
+        the padding of the last chunk), chunks in time order.
+        """
+        if not items:
+            return []
+        if self.llava_config.audio is None:
+            raise ValueError("this checkpoint has no audio tower")
+        device = self.model.embed_tokens.weight.device
+        mel = torch.cat([m.data for m in items], dim=0).to(device)  # [sum C_i, n_mels, 3000]
+        frames = self.model.speech_encoder.encode(mel)  # [sum C_i, 1500, Ca]
+        projected = self.model.speech_projector(frames.to(self.model.speech_projector.linear1.weight.dtype))
+        projected = projected.to(self.model.embed_tokens.weight.dtype)  # [sum C_i, 1500 // k, D]
+        out = []
+        for item, chunks in zip(items, torch.split(projected, [m.data.shape[0] for m in items]), strict=True):
+            counts = layout.audio_chunk_token_counts(self.llava_config, item.num_samples)
+            if len(counts) != chunks.shape[0]:
+                raise layout.LayoutError(f"{chunks.shape[0]} mel chunks for audio of {item.num_samples} samples")
+            out.append(torch.cat([c[:n] for c, n in zip(chunks, counts, strict=True)], dim=0))
+        return out
 
     def encode_visual_items(self, media: Sequence[MediaInput]) -> list[torch.Tensor]:
         """Images ([k, 3, S, S] crops) and videos ([F, 3, S, S] frames) -> rows [n_i, D] each."""

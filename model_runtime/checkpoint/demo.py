@@ -6,16 +6,18 @@ names, a byte-level BPE tokenizer trained locally with `tokenizers` (ChatML spec
 are random. Same seed -> same files. Sizes:
   tiny       unit tests: P = 3 crops of 42 px, 2-layer LM, builds and runs in well under a second
   small      `make serve`: OneVision geometry (384 px crops, 729 tokens each, 36 pinpoints,
-             anyres_max_9) on a narrow 4-layer LM
+             anyres_max_9) on a narrow 4-layer LM, with a small Whisper audio tower
   realistic  the exact dimensions of llava-onevision-qwen2-0.5b-ov (Qwen2-0.5B + SigLIP so400m
              with 26 kept layers) for benchmarks
+`audio=True/False` adds or leaves out the audio tower (EgoGPT's `speech_*` keys: a Whisper encoder
+on 128-bin log-mel, concat-5 projector; Whisper large-v3 dimensions for `realistic`).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,8 @@ class DemoSpec:
     pinpoints: Any
     aspect_ratio: str
     max_position_embeddings: int = 32768
+    audio: dict[str, Any] | None = None  # Whisper encoder dims (+ projector width); None: large-v3, no extension key
+    has_audio: bool = False  # whether make_demo adds the audio tower unless told otherwise
 
 
 DEMO_SPECS = {
@@ -75,6 +79,8 @@ DEMO_SPECS = {
                 "image_size": 42, "patch_size": 14, "layer_norm_eps": 1e-6},
         pinpoints=[[42, 42], [42, 84], [84, 42], [84, 84], [126, 42], [42, 126]],
         aspect_ratio="anyres_max_1", max_position_embeddings=4096,
+        audio={"d_model": 16, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 32,
+               "num_mel_bins": 128, "projector_hidden_size": 32},
     ),
     "small": DemoSpec(
         bpe_vocab=8192, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768,
@@ -82,6 +88,9 @@ DEMO_SPECS = {
         vision={"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
                 "image_size": 384, "patch_size": 14, "layer_norm_eps": 1e-6},
         pinpoints=OV_PINPOINTS, aspect_ratio="anyres_max_9",
+        audio={"d_model": 128, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 256,
+               "num_mel_bins": 128, "projector_hidden_size": 256},
+        has_audio=True,
     ),
     "realistic": DemoSpec(
         bpe_vocab=151643, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864,
@@ -101,15 +110,26 @@ anyres_max + spatial_unpad + image_newline) in the original checkpoint layout, w
 BPE tokenizer trained locally on synthetic text. Use it to try the API, measure speed and run
 tests; serve a real checkpoint (e.g. lmms-lab/llava-onevision-qwen2-0.5b-ov) for real answers.
 """
+AUDIO_CARD = """
+It also has an audio tower: a Whisper encoder on 30 s chunks of 128-bin log-mel and a concat-5
+projector (EgoGPT's `speech_*` config keys), so `input_audio` parts and videos' audio tracks work.
+"""
 
 
-def make_demo(size: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None) -> Path:
+def make_demo(
+    size: str, out: str | Path, seed: int = 0, overrides: dict[str, Any] | None = None, audio: bool | None = None,
+    max_shard_bytes: int = SHARD_BYTES,
+) -> Path:
     """Write a demo checkpoint; `overrides` replace config.json keys (e.g. a Llama LM via
     `architectures`, a CLIP tower via `mm_vision_tower` + `mm_vision_tower_config`, other merge
-    modes) and the random weights follow the resulting architecture."""
+    modes, `torch_dtype`) and the random weights follow the resulting architecture. `audio` adds or
+    leaves out the audio tower (None: the size's default, `DemoSpec.has_audio`). `max_shard_bytes`
+    splits the weights into shards of at most that size (checkpoint-tools tests)."""
     if size not in DEMO_SPECS:
         raise ValueError(f"unknown demo size {size!r}; choose from {sorted(DEMO_SPECS)}")
     spec = DEMO_SPECS[size]
+    if audio is not None:
+        spec = replace(spec, has_audio=audio)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(spec.bpe_vocab, seed)
@@ -122,8 +142,10 @@ def make_demo(size: str, out: str | Path, seed: int = 0, overrides: dict[str, An
                     tokenizer.token_to_id("<|endoftext|>")], "pad_token_id": tokenizer.token_to_id("<|endoftext|>")},
                    indent=2) + "\n"
     )
-    save_random_weights(config, spec, out, seed)
+    save_random_weights(config, spec, out, seed, max_shard_bytes)
     card = MODEL_CARD.format(size=size, seed=seed)
+    if spec.has_audio:
+        card += AUDIO_CARD
     if overrides:
         card += f"\nConfig keys changed from the {size} demo: {', '.join(sorted(overrides))}.\n"
     (out / "README.md").write_text(card)
@@ -180,24 +202,46 @@ def demo_config(spec: DemoSpec, vocab_size: int, tokenizer: Tokenizer) -> dict[s
     }
     if spec.vision is not None:
         config["mm_vision_tower_config"] = {"kind": "siglip", **spec.vision}
+    if spec.has_audio:
+        config.update(demo_audio_config(spec))
     return config
 
 
-def save_random_weights(config: dict[str, Any], spec: DemoSpec, out: Path, seed: int) -> None:
+def demo_audio_config(spec: DemoSpec) -> dict[str, Any]:
+    """EgoGPT's `speech_*` keys; small towers state their dimensions in `speech_encoder_config`."""
+    dims = dict(spec.audio or {})
+    projector_hidden = dims.pop("projector_hidden_size", 2048)
+    config: dict[str, Any] = {
+        "speech_encoder": "openai/whisper-large-v3",
+        "speech_encoder_type": "whisper",
+        "speech_projector_type": "linear",
+        "speech_encoder_ds_rate": 5,
+        "speech_encoder_hidden_size": dims.get("d_model", 1280),
+        "speech_projector_hidden_size": projector_hidden,
+    }
+    if dims:
+        config["speech_encoder"] = "random-whisper-encoder"
+        config["speech_encoder_config"] = dims
+    return config
+
+
+def save_random_weights(
+    config: dict[str, Any], spec: DemoSpec, out: Path, seed: int, max_shard_bytes: int = SHARD_BYTES
+) -> None:
     torch.manual_seed(seed)
     config_cls, model_cls = LANGUAGE_MODELS[LlavaConfig.from_dict(config).language]
     hf_config = config_cls(**{k: v for k, v in config.items() if k != "model_type"})
-    dtype = getattr(torch, spec.dtype)
+    dtype = getattr(torch, config["torch_dtype"])  # spec.dtype unless overridden
     model = model_cls(hf_config)
     state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
-    if spec.tie_embeddings:
+    if config["tie_word_embeddings"]:  # spec.tie_embeddings unless overridden
         state.pop("lm_head.weight")  # tied 0.5B checkpoints ship no lm_head (spec 9.1)
     del model
     shards: list[dict[str, torch.Tensor]] = [{}]
     used = 0
     for name in sorted(state):
         nbytes = state[name].numel() * state[name].element_size()
-        if shards[-1] and used + nbytes > SHARD_BYTES:
+        if shards[-1] and used + nbytes > max_shard_bytes:
             shards.append({})
             used = 0
         shards[-1][name] = state[name]

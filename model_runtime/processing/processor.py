@@ -3,25 +3,43 @@
 `Processor` is built once per checkpoint (config, tokenizer, template). Its outputs are what the
 engine needs to run a request and what the server needs to charge it, computed before the model
 sees anything: prompt ids with sentinels, and per media item the tensors and the exact number of
-feature rows (`layout.py`).
+feature rows (`layout.py`). It takes decoded media (PIL images, video frames with their
+timestamps, 16 kHz mono waveforms); fetching, demuxing and resampling are the server's.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from model_runtime.arch import layout
 from model_runtime.config import LlavaConfig
+from model_runtime.constants import AUDIO_SAMPLE_RATE, PLACEHOLDER_BY_MODALITY, SENTINEL_BY_MODALITY
 from model_runtime.inputs import MediaInput
+from model_runtime.processing.audio import log_mel_chunks
 from model_runtime.processing.conversation import ChatTurn, ConversationTemplate
 from model_runtime.processing.image import ImagePreprocessor
 from model_runtime.processing.prompt import contains_placeholder, tokenize_prompt
+from model_runtime.processing.video import FramePlan, plan_video_frames, time_instruction
+
+DEFAULT_MAX_FRAMES = 32  # frames per video when the checkpoint states no frames_upbound (serving spec 4)
+_MODALITY_BY_PLACEHOLDER = {p: m for m, p in PLACEHOLDER_BY_MODALITY.items()}
+_PLACEHOLDERS = re.compile("|".join(re.escape(p) for p in _MODALITY_BY_PLACEHOLDER))
+_VIDEO_LINE = re.compile(re.escape(PLACEHOLDER_BY_MODALITY["video"]) + "\n?")
 
 
 class InvalidPromptError(ValueError):
-    """User text the prompt builder must refuse (placeholders or special tokens typed as text)."""
+    """A prompt the builder must refuse: placeholders or special tokens typed as text, or
+    placeholders that do not match the media items."""
+
+
+class InvalidMediaError(ValueError):
+    """Decoded media the processor cannot use (no frames, empty or non-finite audio, a modality the
+    checkpoint has no tower for)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,16 @@ class Processor:
             s for s in getattr(tokenizer, "all_special_tokens", ()) if s
         ) + tuple(t.content for t in tokenizer.added_tokens_decoder.values())
 
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Media kinds this checkpoint accepts."""
+        return frozenset({"image", "video"} | ({"audio"} if self.cfg.audio is not None else set()))
+
+    @property
+    def max_video_frames(self) -> int:
+        """Frames a video contributes at most unless a request asks otherwise."""
+        return self.cfg.frames_upbound or DEFAULT_MAX_FRAMES
+
     def check_user_text(self, text: str) -> None:
         """Refuse text that would be read as media or as control tokens."""
         if contains_placeholder(text):
@@ -65,10 +93,97 @@ class Processor:
             num_tokens=layout.image_token_count(self.cfg, image.size, single_crop=single_crop),
         )
 
+    def plan_video_frames(
+        self, num_frames_total: int, native_fps: float, num_frames: int | None = None, fps: float | None = None
+    ) -> FramePlan:
+        """Which frames of a video to decode: the checkpoint's sampling (frames_upbound, else
+        DEFAULT_MAX_FRAMES; video_fps; force_sample) with the request's clamped overrides."""
+        return plan_video_frames(
+            num_frames_total,
+            native_fps,
+            frames_upbound=self.max_video_frames,
+            video_fps=self.cfg.video_fps,
+            force_sample=self.cfg.force_sample,
+            num_frames=num_frames,
+            fps=fps,
+        )
+
+    def process_video(
+        self, frames: Sequence[Image.Image], timestamps: Sequence[float], duration: float
+    ) -> MediaInput:
+        """Planned frames (RGB, in time order) -> [F, 3, S, S] through the tower processor one by one
+        (SigLIP squashes, CLIP resizes the shortest edge and centre-crops)."""
+        if not frames:
+            raise InvalidMediaError("a video needs at least one frame")
+        if len(timestamps) != len(frames):
+            raise InvalidMediaError(f"{len(frames)} frames but {len(timestamps)} timestamps")
+        frames = [f.convert("RGB") if f.mode != "RGB" else f for f in frames]
+        return MediaInput(
+            modality="video",
+            data=self.images.to_tensor(frames),
+            num_tokens=layout.video_token_count(self.cfg, len(frames)),
+            image_size=frames[0].size,
+            timestamps=tuple(float(t) for t in timestamps),
+            duration=float(duration),
+        )
+
+    def process_audio(self, waveform: np.ndarray, duration: float | None = None) -> MediaInput:
+        """16 kHz mono float32 samples -> log-mel chunks [C, n_mels, 3000] (C = ceil(seconds / 30))."""
+        if self.cfg.audio is None:
+            raise InvalidMediaError("this model has no audio tower")
+        waveform = np.asarray(waveform)
+        if waveform.ndim != 1 or waveform.shape[0] == 0:
+            raise InvalidMediaError(f"audio must be a non-empty mono waveform, got shape {waveform.shape}")
+        waveform = waveform.astype(np.float32, copy=False)
+        if not np.isfinite(waveform).all():
+            raise InvalidMediaError("audio holds non-finite samples")
+        num_samples = int(waveform.shape[0])
+        return MediaInput(
+            modality="audio",
+            data=log_mel_chunks(waveform, self.cfg.audio.num_mel_bins),
+            num_tokens=layout.audio_token_count(self.cfg, num_samples),
+            duration=float(duration) if duration is not None else num_samples / AUDIO_SAMPLE_RATE,
+            num_samples=num_samples,
+        )
+
     def build_prompt(self, turns: list[ChatTurn], media: list[MediaInput]) -> PromptInput:
+        """Render the template, check placeholders against the items, tokenise chunk-wise.
+
+        Each modality needs as many placeholders as items, and the items sharing a sentinel
+        (images and videos) must come in the order of their placeholders. With the checkpoint's
+        `add_time_instruction`, each video's placeholder line is followed by LLaVA-Video's time
+        sentence.
+        """
+        self._check_placeholders(turns, media)
+        if self.cfg.add_time_instruction:
+            turns = self._with_time_instructions(turns, [m for m in media if m.modality == "video"])
         text = self.template.render(turns)
         ids = tokenize_prompt(text, self.tokenizer)
         num_text = sum(1 for t in ids if t >= 0)
         return PromptInput(
             token_ids=ids, num_text_tokens=num_text, num_media_tokens=sum(m.num_tokens for m in media)
         )
+
+    def _check_placeholders(self, turns: list[ChatTurn], media: list[MediaInput]) -> None:
+        found = [_MODALITY_BY_PLACEHOLDER[p] for t in turns for p in _PLACEHOLDERS.findall(t.text)]
+        for modality in PLACEHOLDER_BY_MODALITY:
+            wanted = found.count(modality)
+            have = sum(1 for m in media if m.modality == modality)
+            if wanted != have:
+                raise InvalidPromptError(f"{wanted} {modality} placeholders but {have} {modality} items")
+        for sentinel in set(SENTINEL_BY_MODALITY.values()):
+            in_text = [m for m in found if SENTINEL_BY_MODALITY[m] == sentinel]
+            in_media = [m.modality for m in media if m.sentinel == sentinel]
+            if in_text != in_media:
+                raise InvalidPromptError(f"media placeholders in the order {in_text} but items in the order {in_media}")
+
+    @staticmethod
+    def _with_time_instructions(turns: list[ChatTurn], videos: list[MediaInput]) -> list[ChatTurn]:
+        remaining = iter(videos)
+
+        def add(match: re.Match) -> str:
+            video = next(remaining)
+            duration = video.duration if video.duration is not None else 0.0
+            return f"{PLACEHOLDER_BY_MODALITY['video']}\n{time_instruction(duration, video.timestamps)}\n"
+
+        return [ChatTurn(t.role, _VIDEO_LINE.sub(add, t.text)) for t in turns]

@@ -10,6 +10,8 @@ from model_runtime import ChatTurn
 from model_runtime.inputs import EncodedItem
 from tests.conftest import png_data_url, random_image
 
+pytestmark = pytest.mark.xdist_group("skeleton")  # one server process for the module
+
 
 @pytest.fixture(scope="module")
 def client(server):

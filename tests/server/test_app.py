@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,8 +17,11 @@ LEAK = re.compile(r"0x[0-9a-fA-F]{6,}|Traceback|/site-packages/|\.py\b")
 
 @pytest.fixture(scope="module")
 def client(tiny_model):
-    app = create_app(ServerConfig(model="tiny", served_model_name="tiny"), loaded=tiny_model)
+    app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=tiny_model)
     with TestClient(app) as c:
+        deadline = time.monotonic() + 30  # the model is handed over in the background; /ready says when
+        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
         yield c
 
 
@@ -97,7 +101,7 @@ def test_image_chat_charges_image_tokens(client, tiny_model):
 
 
 def test_health_models_metrics(client):
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json()["status"] == "ok"
     models = client.get("/v1/models").json()
     assert models["data"][0]["id"] == "tiny"
     assert "RANDOM" in models["data"][0]["description"]
@@ -106,3 +110,21 @@ def test_health_models_metrics(client):
     assert re.search(r'llava_requests_total\{finish_reason="(length|stop)"\} [1-9]', text)
     assert "llava_time_to_first_token_seconds_bucket" in text
     assert 'llava_model_info{dtype="float32",model="tiny",quantization="none"} 1.0' in text
+
+
+def test_audio_on_a_model_without_an_audio_tower(client):
+    part = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    r = chat(client, [{"role": "user", "content": [part]}])
+    assert_error(r, 400, "unsupported_media_format", "messages[0].content[0].input_audio")
+    video = {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA", "use_audio": True}}
+    r = chat(client, [{"role": "user", "content": [video]}])
+    assert_error(r, 400, "unsupported_media_format", "messages[0].content[0].video_url")
+
+
+def test_version_and_model_card(client):
+    version = client.get("/version").json()
+    assert version["model"] == "tiny" and version["dtype"] == "float32" and version["quantization"] == "none"
+    assert version["version"]
+    card = client.get("/v1/models/tiny").json()
+    assert card["modalities"] == ["text", "image", "video"]
+    assert_error(client.get("/v1/models/other"), 404, "model_not_found")

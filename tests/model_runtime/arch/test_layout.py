@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from model_runtime.arch.layout import (
     LayoutError,
     anyres_grid,
+    anyres_max_shape,
     image_token_count,
     pooled_side,
     select_best_resolution,
@@ -171,3 +175,19 @@ def test_clip_cls_patch_and_pooler_tokens_per_crop():
 ])
 def test_v16_merge_variants(merge, tokens):
     assert image_token_count(v16_config(mm_patch_merge_type=merge), (640, 480)) == tokens
+
+
+def test_docs_token_table_is_what_layout_computes():
+    root = Path(__file__).resolve().parents[3]
+    spec = importlib.util.spec_from_file_location("token_table", root / "bench" / "token_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.markdown()
+    assert "| LLaVA-OneVision (Qwen2) | video, 32 frames | 6273 |" in table  # spec 5's worked value
+    assert table in (root / "docs" / "MODEL.md").read_text()
+
+
+def test_anyres_max_cap_that_would_empty_a_side_is_an_error():
+    assert anyres_max_shape(6, 6, 1, 9) == (3, 3)
+    with pytest.raises(LayoutError, match="losing a side"):
+        anyres_max_shape(1, 60, 1, 9)  # t = sqrt(60 / 9) > 1: int(1 // t) == 0

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
 from model_runtime import ChatTurn, MediaMismatchError, image_token_count
-from model_runtime.constants import IMAGE_TOKEN_INDEX
-from model_runtime.inputs import EncodedItem
+from model_runtime.arch import layout
+from model_runtime.arch.layout import LayoutError
+from model_runtime.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from model_runtime.inputs import EncodedItem, MediaInput
 from tests.conftest import random_image
 
 SIZES = [(42, 42), (100, 60), (60, 100), (84, 84), (7, 300), (300, 7), (1, 1), (126, 42), (500, 333)]
@@ -81,3 +85,62 @@ def test_left_padded_batch_logits_equal_solo(tiny_model):
         batched = last_logits(rows, items)
         solo = torch.cat([last_logits([r], [i]) for r, i in zip(rows, items, strict=True)])
     torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)
+
+
+# -- videos through encode_media ------------------------------------------------------------------
+def video_item(model_cfg, num_frames: int, seed: int = 0) -> MediaInput:
+    frames = torch.randn(num_frames, 3, 42, 42, generator=torch.Generator().manual_seed(seed))
+    return MediaInput("video", frames, layout.video_token_count(model_cfg, num_frames))
+
+
+def test_video_item_rows_and_charged_count_must_agree(tiny_model):
+    model = tiny_model.model
+    good = video_item(tiny_model.config, 4)
+    assert good.num_tokens == 4 * 2 * 2 + 1  # bilinear ceil(3/2) = 2 per side, one_token newline
+    with torch.inference_mode():
+        (item,) = model.encode_media([good])
+        assert item.features.shape == (good.num_tokens, model.config.hidden_size)
+        bad = MediaInput("video", good.data, good.num_tokens + 1)
+        with pytest.raises(LayoutError, match="charged"):
+            model.encode_media([bad])
+
+
+# -- training-mode splice ---------------------------------------------------------------------------
+def test_training_splice_ignores_media_rows_and_padding(tiny_model):
+    model = tiny_model.model
+    d = model.config.hidden_size
+    image = EncodedItem("image", torch.randn(4, d))
+    rows = [[5, 6, IMAGE_TOKEN_INDEX, 7], [8, 9]]
+    labels = [[-100, 6, -100, 7], [8, 9]]
+    embeds, mask, positions, out = model.prepare_inputs_for_training(rows, [[image], []], labels)
+    # right padding: the checkpoint's tokenizer_padding_side
+    assert out.tolist() == [[-100, 6, -100, -100, -100, -100, 7], [8, 9] + [IGNORE_INDEX] * 5]
+    assert mask.tolist() == [[1] * 7, [1, 1, 0, 0, 0, 0, 0]]
+    assert positions.tolist() == [list(range(7)), [0, 1, 0, 0, 0, 0, 0]]
+    torch.testing.assert_close(embeds[0, 2:6], image.features)
+    inference, _, _ = model.prepare_inputs_for_multimodal(rows, [[image], []], padding_side="right")
+    torch.testing.assert_close(embeds, inference)
+    with pytest.raises(ValueError, match="labels"):
+        model.prepare_inputs_for_training([[1, 2]], [[]], [[1]])
+
+
+def test_position_skipping_only_in_training_mode(build_model):
+    model = build_model(use_pos_skipping=True, pos_skipping_range=50)
+    rows, items, labels = [[1, 2, 3, 4, 5, 6], [7, 8]], [[], []], [[1, 2, 3, 4, 5, 6], [7, 8]]
+    _, _, positions, _ = model.prepare_inputs_for_training(rows, items, labels)
+    assert positions.tolist() == [list(range(6)), [0, 1, 0, 0, 0, 0]]  # eval mode: plain positions
+    model.train()
+    try:
+        seen = set()
+        for seed in range(20):
+            random.seed(seed)
+            _, _, positions, _ = model.prepare_inputs_for_training(rows, items, labels)
+            assert torch.equal(positions[0], positions[1])  # one arange shared by all rows (ORIG)
+            shifts = (positions[0] - torch.arange(6)).tolist()
+            assert shifts == sorted(shifts) and shifts[0] >= 0 and shifts[-1] <= 50 and len(set(shifts)) <= 2
+            seen.add(tuple(shifts))
+        assert len(seen) > 1
+        _, _, positions = model.prepare_inputs_for_multimodal(rows, items)
+        assert positions.tolist() == [list(range(6)), [0, 0, 0, 0, 0, 1]]  # the engine's call never skips
+    finally:
+        model.eval()

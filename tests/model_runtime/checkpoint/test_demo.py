@@ -67,3 +67,17 @@ def test_make_demo_cli(tmp_path):
                           capture_output=True, text=True, check=True)
     assert "RANDOM" in done.stdout
     assert (out / "config.json").exists()
+
+
+def test_small_demo_has_an_audio_tower_tiny_only_on_request(tiny_checkpoint, tiny_audio_checkpoint):
+    from model_runtime.checkpoint.demo import demo_config
+
+    tokenizer = build_tokenizer(DEMO_SPECS["tiny"].bpe_vocab, seed=0)
+    small = LlavaConfig.from_dict(demo_config(DEMO_SPECS["small"], tokenizer.get_vocab_size(), tokenizer))
+    assert small.audio is not None and small.audio.num_mel_bins == 128 and small.audio.speech_encoder_ds_rate == 5
+    assert LlavaConfig.from_pretrained(tiny_checkpoint).audio is None
+    assert LlavaConfig.from_pretrained(tiny_audio_checkpoint).audio is not None
+    with safe_open(Path(tiny_audio_checkpoint) / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert {"model.speech_projector.linear1.weight", "model.speech_projector.linear2.bias",
+            "model.speech_encoder.embed_positions.weight", "model.speech_encoder.layers.1.fc2.weight"} <= keys

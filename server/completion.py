@@ -1,0 +1,229 @@
+"""Engine outputs of one request -> a ChatCompletion or SSE chunks, with usage, logprobs and metrics.
+
+`Generation` consumes the worker's `RequestOutput`s for all `n` choices of one request and keeps
+what both response shapes need; `collect()` builds the one-shot response, `stream()` the SSE
+events (a role chunk per choice, content deltas, a finish chunk per choice, the optional usage
+chunk, then `[DONE]`; a failure after the first byte becomes a final error event). Every
+per-request series of the metrics is observed here, once, when the request ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker, RequestOutput, TokenLogprobs
+from model_runtime import Request as EngineRequest
+from server.errors import APIError, InternalError, NotReady, ShuttingDown
+from server.lifecycle import Ticket
+from server.metrics import Metrics
+from server.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    PromptTokensDetails,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _ChoiceState:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_tokens: int = 0
+    last_token_time: float | None = None
+
+
+def to_logprobs(items: list[TokenLogprobs]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(token=t.chosen.token, logprob=t.chosen.logprob, bytes=list(t.chosen.bytes),
+                     top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.bytes)) for a in t.top])
+        for t in items
+    ]
+
+
+class Generation:
+    def __init__(self, request: EngineRequest, media_reports: list[dict[str, Any]], owners: list[int],
+                 model_name: str, arrival: float, metrics: Metrics, ticket: Ticket) -> None:
+        self.request = request
+        self.media_reports = media_reports
+        self.owners = owners  # request.media[k] belongs to media_reports[owners[k]]
+        self.model_name = model_name
+        self.arrival = arrival  # time.monotonic() when the HTTP request arrived
+        self.metrics = metrics
+        self.ticket = ticket
+        self.created = int(time.time())
+        self.choices = [_ChoiceState() for _ in range(request.params.n)]
+        self.first_token_time: float | None = None
+        self.cache_hits: tuple[bool, ...] = ()
+        self.is_recorded = False
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.request.params.logprobs
+
+    # -- consuming the engine ---------------------------------------------------------------
+    async def outputs(self, worker: EngineWorker) -> AsyncIterator[RequestOutput]:
+        try:
+            async for out in worker.generate(self.request):
+                self._absorb(out)
+                yield out
+        except EngineDrainingError as e:
+            raise ShuttingDown() from e
+        except EngineDeadError as e:
+            raise NotReady("the engine worker has stopped") from e
+        finally:
+            self.record()
+
+    def _absorb(self, out: RequestOutput) -> None:
+        now = time.monotonic()
+        self.ticket.start()
+        choice = self.choices[out.index]
+        if out.new_token_ids:
+            if self.first_token_time is None:
+                self.first_token_time = now
+                self.metrics.ttft.observe(now - self.arrival)
+            elif choice.last_token_time is not None:
+                self.metrics.itl.observe(now - choice.last_token_time)
+            choice.last_token_time = now
+        choice.text.append(out.text)
+        choice.num_tokens = out.num_output_tokens
+        if out.logprobs:
+            choice.logprobs.extend(to_logprobs(out.logprobs))
+        if out.finished:
+            choice.finish_reason = out.finish_reason
+            if out.error:
+                log.error("request %s choice %d failed in the engine: %s", self.request.request_id, out.index,
+                          out.error)
+            if out.metrics is not None:
+                self.cache_hits = out.metrics.media_cache_hits or self.cache_hits
+                if out.index == 0:
+                    self._observe_timings(out)
+
+    def _observe_timings(self, out: RequestOutput) -> None:
+        m = out.metrics
+        assert m is not None
+        self.metrics.queue_time.observe(max(m.queue_time, 0.0))
+        if m.scheduled_time is not None:
+            self.metrics.prefill_time.observe(max(m.prefill_time, 0.0))
+            self.metrics.decode_time.observe(max(m.decode_time, 0.0))
+        for modality, seconds in m.encoder_seconds.items():
+            self.metrics.encoder_forward.labels(modality=modality).observe(seconds)
+
+    def record(self) -> None:
+        """Once per request: the counters and the per-request histograms."""
+        if self.is_recorded:
+            return
+        self.is_recorded = True
+        self.ticket.close()
+        details = self.usage_details()
+        for modality in ("text", "image", "video", "audio"):
+            count = getattr(details, f"{modality}_tokens")
+            if count:
+                self.metrics.prompt_tokens.labels(modality=modality).inc(count)
+        num_generated = sum(c.num_tokens for c in self.choices)
+        self.metrics.generation_tokens.inc(num_generated)
+        for choice in self.choices:
+            self.metrics.requests.labels(finish_reason=choice.finish_reason or "abort").inc()
+        for item in self.request.media:
+            self.metrics.media_items.labels(modality=item.modality).inc()
+        self.metrics.request_prompt_tokens.observe(self.request.num_prompt_tokens)
+        self.metrics.request_generation_tokens.observe(num_generated)
+        self.metrics.e2e.observe(time.monotonic() - self.arrival)
+
+    # -- pieces of both responses -----------------------------------------------------------
+    def usage_details(self) -> PromptTokensDetails:
+        per_modality = {"image": 0, "video": 0, "audio": 0}
+        cached = 0
+        for k, item in enumerate(self.request.media):
+            per_modality[item.modality] += item.num_tokens
+            if k < len(self.cache_hits) and self.cache_hits[k]:
+                cached += item.num_tokens
+        return PromptTokensDetails(text_tokens=self.request.prompt.num_text_tokens, cached_tokens=cached,
+                                   **{f"{m}_tokens": n for m, n in per_modality.items()})
+
+    def usage(self) -> Usage:
+        prompt = self.request.num_prompt_tokens
+        completion = sum(c.num_tokens for c in self.choices)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details=self.usage_details())
+
+    def media(self) -> list[dict[str, Any]]:
+        reports = [dict(r) for r in self.media_reports]
+        for k, owner in enumerate(self.owners):
+            if k < len(self.cache_hits):
+                hit = bool(self.cache_hits[k])
+                previous = reports[owner]["encoder_cache_hit"]
+                reports[owner]["encoder_cache_hit"] = hit if previous is None else previous and hit
+        return reports
+
+    def failure(self, worker: EngineWorker) -> APIError:
+        if worker.engine.is_dead or not worker.is_alive:  # the engine's own flag: health() lags a step
+            return NotReady("the engine worker has stopped")
+        return InternalError("generation failed for this request; see the server log for its request id")
+
+
+async def collect(gen: Generation, worker: EngineWorker) -> ChatCompletion:
+    async for _ in gen.outputs(worker):
+        pass
+    if any(c.finish_reason == "error" for c in gen.choices):
+        raise gen.failure(worker)
+    choices = [
+        Choice(index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason,
+               logprobs=ChoiceLogprobs(content=c.logprobs) if gen.wants_logprobs else None)
+        for i, c in enumerate(gen.choices)
+    ]
+    return ChatCompletion(id=gen.request.request_id, created=gen.created, model=gen.model_name, choices=choices,
+                          usage=gen.usage(), media=gen.media())
+
+
+async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> AsyncIterator[str]:
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None, media: list | None = None) -> str:
+        c = ChatCompletionChunk(id=gen.request.request_id, created=gen.created, model=gen.model_name,
+                                choices=choices, usage=usage, media=media)
+        exclude = {"media"} if media is None else set()
+        if usage is None and not include_usage:
+            exclude.add("usage")
+        return f"data: {c.model_dump_json(exclude=exclude)}\n\n"
+
+    error: APIError | None = None
+    try:
+        for i in range(gen.request.params.n):
+            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
+        finished = 0
+        async for out in gen.outputs(worker):
+            if out.finished and out.finish_reason == "error":
+                error = gen.failure(worker)
+                break
+            logprobs = ChoiceLogprobs(content=to_logprobs(out.logprobs or [])) if gen.wants_logprobs else None
+            if out.text or (logprobs and logprobs.content):
+                yield chunk([ChunkChoice(index=out.index, delta=Delta(content=out.text), logprobs=logprobs)])
+            if out.finished:
+                finished += 1
+                is_last = finished == gen.request.params.n and not include_usage
+                yield chunk([ChunkChoice(index=out.index, delta=Delta(), finish_reason=out.finish_reason)],
+                            media=gen.media() if is_last else None)
+    except APIError as e:
+        error = e
+    except Exception:
+        log.exception("request %s failed while streaming", gen.request.request_id)
+        error = InternalError("internal error; see the server log for this request id")
+    if error is not None:
+        gen.metrics.errors.labels(code=error.code).inc()
+        yield f"data: {json.dumps(error.body())}\n\n"
+    elif include_usage:
+        yield chunk([], usage=gen.usage(), media=gen.media())
+    yield "data: [DONE]\n\n"

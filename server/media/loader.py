@@ -1,0 +1,196 @@
+"""Media references of one request -> processed `MediaInput`s + a report per item (spec section 2).
+
+For each item, concurrently: fetch (SSRF-safe), decode in the isolated pool, process into tensors
+with the checkpoint's processor (in a thread: it runs torch). The first failure cancels the rest
+(and a cancelled request cancels all of it: the pool kills a decoder that was mid-call). Each
+stage is timed into the metrics. Knows nothing of HTTP beyond the API errors it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from model_runtime import InvalidMediaError, MediaInput, Processor
+from server.chat import MediaRef
+from server.config import MediaLimits
+from server.errors import APIError, media_error
+from server.media import MediaError
+from server.media.audio import TARGET_RATE, decode_audio
+from server.media.fetch import MediaFetcher, too_large
+from server.media.image import decode_image
+from server.media.pool import DecodePool
+from server.media.video import decode_video, probe_video
+from server.metrics import Metrics
+
+_KILL_MARGIN_S = 5.0  # the pool kills a decoder this long after its own time budget
+
+
+@dataclass
+class LoadedItem:
+    inputs: list[MediaInput]  # the item's MediaInputs in prompt order (a video, then its audio track)
+    report: dict[str, Any]
+
+
+@dataclass
+class LoadedMedia:
+    inputs: list[MediaInput] = field(default_factory=list)  # every item's, in prompt order
+    reports: list[dict[str, Any]] = field(default_factory=list)  # one per content part
+    owners: list[int] = field(default_factory=list)  # inputs[k] belongs to reports[owners[k]]
+
+
+class MediaLoader:
+    def __init__(self, fetcher: MediaFetcher, pool: DecodePool, limits: MediaLimits, processor: Processor,
+                 metrics: Metrics) -> None:
+        self.fetcher = fetcher
+        self.pool = pool
+        self.limits = limits
+        self.processor = processor
+        self.metrics = metrics
+
+    async def load(self, refs: list[MediaRef]) -> LoadedMedia:
+        single_crop = sum(1 for r in refs if r.modality == "image") > 1  # several images: one crop each
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._load_one(ref, single_crop)) for ref in refs]
+        except* APIError as errors:
+            raise errors.exceptions[0] from None
+        loaded = LoadedMedia()
+        for i, task in enumerate(tasks):
+            item = task.result()
+            item.report["index"] = i
+            loaded.reports.append(item.report)
+            loaded.inputs.extend(item.inputs)
+            loaded.owners.extend([i] * len(item.inputs))
+        return loaded
+
+    async def _load_one(self, ref: MediaRef, single_crop: bool) -> LoadedItem:
+        try:
+            data, source = await self._fetch(ref)
+            if ref.modality == "image":
+                return await self._image(ref, data, source, single_crop)
+            if ref.modality == "video":
+                return await self._video(ref, data, source)
+            return await self._audio(ref, data, source)
+        except MediaError as e:
+            raise _api_error(e, ref) from None
+        except InvalidMediaError as e:
+            raise media_error(f"invalid_{ref.modality}", f"the {ref.modality} cannot be used: {e}", ref.param) from e
+
+    async def _fetch(self, ref: MediaRef) -> tuple[bytes, dict[str, Any]]:
+        started = time.perf_counter()
+        if ref.audio_data is not None:
+            data = _decode_base64(ref.audio_data, self.fetcher.policy.max_bytes("audio"))
+            source = {"kind": "input_audio", "declared_format": ref.audio_format}
+        else:
+            fetched = await self.fetcher.fetch(ref.url or "", ref.modality)
+            data = fetched.data
+            source = {"kind": fetched.source}
+            if fetched.num_redirects:
+                source["redirects"] = fetched.num_redirects
+        source["bytes"] = len(data)
+        self.metrics.media_fetch.labels(modality=ref.modality).observe(time.perf_counter() - started)
+        return data, source
+
+    async def _process(self, modality: str, fn, *args) -> MediaInput:
+        started = time.perf_counter()
+        out = await asyncio.to_thread(fn, *args)
+        self.metrics.media_preprocess.labels(modality=modality).observe(time.perf_counter() - started)
+        return out
+
+    async def _image(self, ref: MediaRef, data: bytes, source: dict, single_crop: bool) -> LoadedItem:
+        started = time.perf_counter()
+        decoded = await self.pool.run(decode_image, data, self.limits,
+                                      timeout=self.limits.image_decode_seconds + _KILL_MARGIN_S)
+        self.metrics.media_decode.labels(modality="image").observe(time.perf_counter() - started)
+        item = await self._process("image", self.processor.process_image, decoded.image, single_crop)
+        source.update(format=decoded.format, width=decoded.width, height=decoded.height)
+        if decoded.num_frames > 1:
+            source["frames"] = decoded.num_frames
+        processing = {"mode": "single_crop" if single_crop else "anyres", "crops": int(item.data.shape[0]),
+                      "size": list(decoded.image.size), "exif_transposed": decoded.is_transposed,
+                      "alpha_flattened": decoded.has_alpha}
+        return LoadedItem([item], _report("image", ref, source, processing, item.num_tokens))
+
+    async def _video(self, ref: MediaRef, data: bytes, source: dict) -> LoadedItem:
+        timeout = self.limits.video_decode_seconds + _KILL_MARGIN_S
+        started = time.perf_counter()
+        async with self.pool.session() as decoder:
+            probe = await decoder.call(probe_video, data, self.limits, timeout=timeout)
+            num_frames, fps = self._frame_request(ref)
+            plan = self.processor.plan_video_frames(probe.num_frames, probe.native_fps, num_frames=num_frames, fps=fps)
+            unique = sorted(set(plan.indices))
+            decoded = await decoder.call(decode_video, unique, probe.native_fps, ref.use_audio, self.limits,
+                                         timeout=timeout)
+        self.metrics.media_decode.labels(modality="video").observe(time.perf_counter() - started)
+        by_index = dict(zip(unique, decoded.frames, strict=True))
+        frames = [Image.fromarray(by_index[i]) for i in plan.indices]
+        video = await self._process("video", self.processor.process_video, frames, plan.timestamps, probe.duration)
+        source.update(format=probe.container, codec=probe.codec, width=probe.width, height=probe.height,
+                      seconds=round(probe.duration, 3), fps=round(probe.native_fps, 3), frames=probe.num_frames)
+        processing = {"frames_sampled": len(plan.indices), "frame_indices": list(plan.indices),
+                      "timestamps": [round(t, 3) for t in plan.timestamps],
+                      "requested": {"num_frames": ref.num_frames, "fps": ref.fps}}
+        inputs = [video]
+        report = _report("video", ref, source, processing, video.num_tokens)
+        if ref.use_audio:
+            assert decoded.audio is not None
+            track = await self._process("audio", self.processor.process_audio, decoded.audio, None)
+            inputs.append(track)
+            report["audio_track"] = {"sample_rate": decoded.audio_sample_rate, "channels": decoded.audio_channels,
+                                     "seconds": round(len(decoded.audio) / TARGET_RATE, 3),
+                                     "resampled_to": TARGET_RATE, "tokens": track.num_tokens}
+        return LoadedItem(inputs, report)
+
+    def _frame_request(self, ref: MediaRef) -> tuple[int | None, float | None]:
+        """The request's num_frames/fps clamped to the server ceiling (the checkpoint's default if lower)."""
+        default = self.processor.max_video_frames
+        ceiling = self.limits.max_video_frames or default
+        if ref.num_frames is not None:
+            return min(ref.num_frames, ceiling), ref.fps
+        if ceiling < default:  # the server's ceiling is below the checkpoint's: cap its sampling
+            return ceiling, ref.fps or self.processor.cfg.video_fps
+        return None, ref.fps
+
+    async def _audio(self, ref: MediaRef, data: bytes, source: dict) -> LoadedItem:
+        started = time.perf_counter()
+        decoded = await self.pool.run(decode_audio, data, self.limits,
+                                      timeout=self.limits.image_decode_seconds + _KILL_MARGIN_S)
+        self.metrics.media_decode.labels(modality="audio").observe(time.perf_counter() - started)
+        item = await self._process("audio", self.processor.process_audio, decoded.waveform, decoded.duration)
+        source.update(format=decoded.format, sample_rate=decoded.sample_rate, channels=decoded.num_channels,
+                      seconds=round(decoded.duration, 3))
+        processing = {"resampled_to": TARGET_RATE, "mono": True, "samples": int(len(decoded.waveform))}
+        return LoadedItem([item], _report("audio", ref, source, processing, item.num_tokens))
+
+
+def _report(modality: str, ref: MediaRef, source: dict, processing: dict, num_tokens: int) -> dict[str, Any]:
+    return {"index": 0, "modality": modality, "param": ref.param, "source": source, "processing": processing,
+            "tokens": num_tokens, "encoder_cache_hit": None}
+
+
+def _decode_base64(payload: str, max_bytes: int) -> bytes:
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise too_large("audio", max_bytes)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MediaError("invalid_audio", "input_audio.data is not valid base64") from e
+    if not data:
+        raise MediaError("invalid_audio", "input_audio.data is empty")
+    return data
+
+
+def _api_error(e: MediaError, ref: MediaRef) -> APIError:
+    if e.code == "timeout":
+        code = "video_too_long" if ref.modality == "video" else f"invalid_{ref.modality}"
+        return media_error(code, f"the {ref.modality} took too long to decode", ref.param)
+    if e.code == "crashed":
+        return media_error(f"invalid_{ref.modality}", f"the {ref.modality} could not be decoded", ref.param)
+    return media_error(e.code, e.message, ref.param)

@@ -1,0 +1,111 @@
+"""ASGI wrappers around every request: request ids and the request-body limit.
+
+Pure ASGI (no BaseHTTPMiddleware), so streaming and client-disconnect detection pass through
+untouched. Every response carries `x-request-id` (the client's, when sane, else a new one); a
+body over the limit is refused with 413 before the app sees it (by Content-Length when declared,
+else while reading).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+from server.errors import APIError, InternalError, RequestTooLarge
+
+log = logging.getLogger(__name__)
+
+_MAX_ID_LEN = 128
+
+
+async def send_error(send, error: APIError) -> None:
+    body = error.json_bytes()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestIds:
+    """Outermost: also turns an unexpected exception into a 500 that carries the request id."""
+
+    def __init__(self, app, on_error: Callable[[APIError], None]) -> None:
+        self.app = app
+        self._on_error = on_error
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for name, value in scope["headers"]:
+            if name.lower() == b"x-request-id":
+                rid = value.decode("latin-1")
+        if not rid or len(rid) > _MAX_ID_LEN or not rid.isprintable() or not rid.isascii():
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        is_started = False
+
+        async def send_with_id(message) -> None:
+            nonlocal is_started
+            if message["type"] == "http.response.start":
+                is_started = True
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s failed", rid)
+            if is_started:
+                raise
+            error = InternalError("internal error; see the server log for this request id")
+            self._on_error(error)
+            await send_error(send_with_id, error)
+
+
+class BodyLimit:
+    def __init__(self, app, max_bytes: int, on_error: Callable[[APIError], None]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self._on_error = on_error
+
+    def _refuse(self) -> APIError:
+        error = RequestTooLarge(f"the request body is larger than {self.max_bytes / 2**20:.0f} MiB")
+        self._on_error(error)
+        return error
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name.lower() == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await send_error(send, self._refuse())
+                return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_error(send, self._refuse())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,80 @@
+"""Admission and shutdown on a real process: 429 before any media work, then SIGTERM drains.
+
+One server (one batch row... two, one queue place): a full queue answers 429 with Retry-After and the
+origin of the refused request's image sees no hit; after SIGTERM /ready and new requests are 503 at
+once, a short in-flight request completes, a long one ends with finish_reason "abort" and [DONE],
+and the process exits 0 within the shutdown timeout.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import start_server
+from tests.e2e.sse import StreamReader
+from tests.media import image_bytes
+
+pytestmark = pytest.mark.xdist_group("drain")
+
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def body(max_tokens: int, content="count") -> dict:
+    return {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "ignore_eos": True}
+
+
+def wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_queue_bound_then_sigterm_drain(tiny_checkpoint, tmp_path, origin):
+    server = start_server(tiny_checkpoint, tmp_path, "--max-num-seqs", "2", "--max-queued-requests", "1",
+                          "--shutdown-timeout", str(SHUTDOWN_TIMEOUT), "--allow-http-media", "--allow-loopback-media")
+    try:
+        long_a = StreamReader(server.base_url, body(3000))
+        assert long_a.first_token.wait(30)
+        long_b = StreamReader(server.base_url, body(3000))
+        assert long_b.first_token.wait(30)
+        queued = StreamReader(server.base_url, body(3000))  # both rows busy: it waits
+        wait_for(lambda: server.metric("llava_requests_waiting") == 1, 10)
+
+        url = origin.add("/never.png", image_bytes(8, 8))
+        with server.client() as client, pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model="tiny", max_tokens=1, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}]}])
+        assert e.value.code == "server_overloaded" and e.value.response.headers["retry-after"]
+        assert origin.hits["/never.png"] == 0
+        assert server.metric('llava_requests_rejected_total{reason="queue_full"}') == 1
+
+        long_b.close()
+        queued.close()
+        wait_for(lambda: server.metric("llava_requests_running") == 1, 10)
+        short = StreamReader(server.base_url, body(6))
+        assert short.first_token.wait(30)
+
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        ready = httpx.get(server.base_url + "/ready", timeout=5)
+        assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+        with server.client() as client, pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="tiny", max_tokens=1, messages=[{"role": "user", "content": "hi"}])
+        assert e.value.status_code == 503 and e.value.code == "server_shutting_down"
+        assert e.value.response.headers["retry-after"]
+
+        assert short.join(SHUTDOWN_TIMEOUT + 10) and long_a.join(SHUTDOWN_TIMEOUT + 10)
+        assert short.finish_reasons == ["length"] and short.ended_with_done
+        assert long_a.finish_reasons == ["abort"] and long_a.ended_with_done
+        assert server.process.wait(timeout=SHUTDOWN_TIMEOUT + 15) == 0
+        assert time.monotonic() - signalled < SHUTDOWN_TIMEOUT + 15
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
