@@ -18,6 +18,14 @@ from tests.media import assert_no_leak
 CONFIG = ServerConfig(model="tiny", served_model_name="tiny", media_workers=1, ready_stall_seconds=5)
 
 
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    """The model is handed to the engine in the background; /ready says when it serves."""
+    deadline = time.monotonic() + timeout
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.02)
+
+
 def sdk(client: TestClient) -> openai.OpenAI:
     return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
 
@@ -38,10 +46,7 @@ def test_ready_only_after_loading(tiny_model):
         assert e.value.status_code == 503 and e.value.code == "not_ready"
         assert e.value.response.headers["retry-after"]
         release.set()
-        for _ in range(200):
-            if client.get("/ready").status_code == 200:
-                break
-            threading.Event().wait(0.05)
+        wait_ready(client)
         assert client.get("/ready").json() == {"status": "ready"}
 
 
@@ -53,11 +58,7 @@ def test_stalled_and_dead_worker(tiny_model):
 
     app = create_app(CONFIG, loaded=tiny_model, clock=clock)
     with TestClient(app) as client:
-        for _ in range(200):
-            if client.get("/ready").status_code == 200:
-                break
-            threading.Event().wait(0.05)
-        assert client.get("/ready").status_code == 200
+        wait_ready(client)
         now[0] = 60.0  # the heartbeat is now a minute old
         assert client.get("/ready").json()["reason"] == "engine worker stalled"
         assert client.get("/health").status_code == 200  # alive, just not ready
@@ -74,6 +75,7 @@ def test_stalled_and_dead_worker(tiny_model):
 def test_engine_fault_on_one_request_is_a_500_that_says_do_not_retry(tiny_model):
     faults = FaultInjection(poison_request_ids=frozenset({"chatcmpl-poison"}))
     with TestClient(create_app(CONFIG, loaded=tiny_model, fault_injection=faults)) as client:
+        wait_ready(client)
         client_sdk = sdk(client)
         with pytest.raises(openai.InternalServerError) as e:
             client_sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
@@ -95,10 +97,7 @@ def test_a_dead_engine_asks_the_process_to_exit(tiny_model):
     exits = threading.Event()
     app.state.request_exit = exits.set
     with TestClient(app) as client:
-        for _ in range(200):
-            if client.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_ready(client)
         r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
                                                       "max_tokens": 2})
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
