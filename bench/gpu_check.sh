@@ -63,6 +63,14 @@ run_bench() {  # name, then the benchmark's flags
     fail "bench/engine_bench.py is missing"
     return
   fi
+  local usage flag
+  usage=$("$PYTHON" bench/engine_bench.py --help 2>&1)
+  for flag in "$@"; do
+    if [[ $flag == --* ]] && ! grep -q -- "$flag\b" <<< "$usage"; then
+      fail "bench/engine_bench.py has no $flag flag: the $name run needs it"
+      return
+    fi
+  done
   # shellcheck disable=SC2086  # ENGINE_BENCH_ARGS is a list of flags, split on purpose
   if "$PYTHON" bench/engine_bench.py "$@" --out "$OUT_DIR/bench-$name" ${ENGINE_BENCH_ARGS:-} \
       > "$OUT_DIR/bench-$name.log" 2>&1; then
