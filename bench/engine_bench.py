@@ -164,7 +164,7 @@ def ensure_demo(size: str, root: Path) -> Path:
 
 
 def bench_model(name: str, path: Path, args, save) -> list[Result]:
-    loaded = load_pretrained_model(str(path), dtype=args.dtype)
+    loaded = load_pretrained_model(str(path), dtype=args.dtype, device=args.device, quantization=args.quantization)
     warm = build_requests(loaded, "image", 2, 4, args.image_side)
     run_engine(loaded, warm, args.max_prefill_tokens)
     run_sequential(loaded, build_requests(loaded, "image", 1, 4, args.image_side))
@@ -263,6 +263,8 @@ def main() -> None:
     parser.add_argument("--models", default="small,realistic", help="demo sizes, comma separated")
     parser.add_argument("--demo-root", type=Path, default=Path(".demo"), help="where the demo checkpoints live")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--quantization", default="none", help="none | bitsandbytes-8bit | bitsandbytes-4bit")
     parser.add_argument("--text-concurrency", default="1,4,16,32")
     parser.add_argument("--image-concurrency", default="1,4,8,16,32")
     parser.add_argument("--text-tokens", type=int, default=128)
@@ -287,7 +289,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, dtype {args.dtype}, "
+          f"quantization {args.quantization}", flush=True)
     results: list[Result] = []
 
     def save(more: list[Result]) -> None:  # after every cell: a long run stopped early keeps its rows
