@@ -50,7 +50,17 @@ class MediaReport:
     """What encoding did for one request."""
 
     cache_hits: list[bool] = field(default_factory=list)  # per media item, request order
-    encoder_seconds: dict[str, float] = field(default_factory=dict)  # modality -> encoder calls waited on
+    # modality -> that modality's share of the encoder call that encoded this request's items
+    encoder_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _modality_shares(items, seconds: float) -> dict[str, float]:
+    """An encoder call's time split across modalities in proportion to their feature rows."""
+    rows: dict[str, int] = {}
+    for m in items:
+        rows[m.modality] = rows.get(m.modality, 0) + m.num_tokens
+    total = sum(rows.values()) or 1
+    return {modality: seconds * n / total for modality, n in rows.items()}
 
 
 class ModelRunner:
@@ -82,7 +92,7 @@ class ModelRunner:
         return logits, BatchCache(cache, mask), reports
 
     def encode(self, requests: Sequence[Request]) -> tuple[list[list[EncodedItem]], list[MediaReport]]:
-        """Each request's media items encoded, in request order; misses encoded once per modality."""
+        """Each request's media items encoded, in request order; all misses in one `encode_media` call."""
         cache = self.encoder_cache
         keys = [[media_key(m) for m in r.media] for r in requests]
         found: dict[str, EncodedItem] = {}
@@ -99,19 +109,19 @@ class ModelRunner:
                 else:
                     missing[key] = item
                 report.cache_hits.append(is_hit)
-        for modality in dict.fromkeys(m.modality for m in missing.values()):
-            group = [(k, m) for k, m in missing.items() if m.modality == modality]
+        if missing:
             start = time.perf_counter()
-            encoded = self.model.encode_media([m for _, m in group])
+            encoded = self.model.encode_media(list(missing.values()))  # one call: the model batches towers
             seconds = self._elapsed(start)
             self.encoder_seconds += seconds
-            for (key, _), item in zip(group, encoded, strict=True):
+            for key, item in zip(missing, encoded, strict=True):
                 found[key] = item
                 cache.put(key, item)
-            group_keys = {k for k, _ in group}
+            shares = _modality_shares(missing.values(), seconds)
             for request_keys, report in zip(keys, reports, strict=True):
-                if group_keys.intersection(request_keys):
-                    report.encoder_seconds[modality] = report.encoder_seconds.get(modality, 0.0) + seconds
+                for key in request_keys:
+                    if key in missing:
+                        report.encoder_seconds[missing[key].modality] = shares[missing[key].modality]
         return [[found[k] for k in request_keys] for request_keys in keys], reports
 
     # -- decode -----------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from model_runtime import ChatTurn, Engine, Request, SamplingParams
 from model_runtime.inputs import EncodedItem
+from tests.conftest import random_image, random_waveform
 from tests.model_runtime.engine.conftest import collect, images, run
 
 
@@ -149,3 +151,32 @@ def test_stats_and_request_metrics(new_engine, make_request):
     assert stats.num_generation_tokens == 4 and stats.num_prefill_steps == 1 and stats.num_decode_steps == 3
     assert stats.forward_seconds + stats.encoder_seconds <= stats.step_seconds
     assert stats.last_step_time > 0 and not stats.is_dead
+
+
+def test_mixed_modalities_batched_equal_solo(tiny_audio_model):
+    p = tiny_audio_model.processor
+    video = p.process_video([random_image(50, 30, seed=i) for i in range(3)], [0.0, 1.0, 2.0], duration=3.0)
+    specs = [
+        ("text", "hi there", []),
+        ("image", "<image>\nWhat is shown?", [p.process_image(random_image(70, 30), single_crop=False)]),
+        ("video", "<video>\nWhat happens?", [video]),
+        ("audio", "<audio>\nWhat is said?", [p.process_audio(random_waveform(12.0, seed=6))]),
+        ("video+audio", "<video>\n<audio>\nDescribe it.", [video, p.process_audio(random_waveform(3.0, seed=5))]),
+    ]
+
+    def requests():
+        return [Request(rid, p.build_prompt([ChatTurn("user", text)], media), media,
+                        SamplingParams(max_tokens=3 + i, temperature=0, ignore_eos=True))
+                for i, (rid, text, media) in enumerate(specs)]
+
+    def engine():
+        return Engine(tiny_audio_model.model, tiny_audio_model.tokenizer, tiny_audio_model.eos_token_ids)
+
+    batched = run(engine(), requests(), arrival_steps=[0, 0, 1, 1, 3])
+    solo_engine = engine()
+    for r in requests():
+        assert run(solo_engine, [r])[r.request_id].ids == batched[r.request_id].ids, r.request_id
+    metrics = batched["video+audio"].final.metrics
+    assert metrics.media_cache_hits == (True, False)  # the same video was encoded for an earlier request
+    assert set(metrics.encoder_seconds) == {"audio"} and metrics.encoder_seconds["audio"] > 0
+    assert set(batched["video"].final.metrics.encoder_seconds) == {"video"}
