@@ -7,6 +7,7 @@ run by hand where one is available (docs/DEPLOY.md).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -45,3 +46,13 @@ def test_torch_without_cuda_means_nothing_runs(tmp_path):
     assert code == 2
     assert "GPU 0: stand-in" in results and "cannot use CUDA" in results
     assert "gpu-tests.log" not in files
+
+
+def test_benchmark_flags_exist_in_engine_bench():
+    runs = re.findall(r"^\s*run_bench (\S+) (.+)$", SCRIPT.read_text(), re.M)
+    assert {name for name, _ in runs} == {"bf16", "4bit"}
+    usage = run(sys.executable, "bench/engine_bench.py", "--help").stdout
+    for name, flags in runs:
+        for flag in [f for f in flags.split() if f.startswith("--")] + ["--out"]:
+            assert re.search(rf"{flag}\b", usage), f"gpu_check.sh's {name} run passes {flag}: engine_bench.py lacks it"
+    assert "bitsandbytes-4bit" in dict(runs)["4bit"]
