@@ -34,6 +34,8 @@ from tests.deploy.artifacts import (
 from tests.e2e.conftest import free_port, start_server, stop_server
 from tests.origin import Origin
 
+pytestmark = pytest.mark.xdist_group("deploy-live")  # one server and one Prometheus for the module
+
 API_KEY = "deploy-check-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
