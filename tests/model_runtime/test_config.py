@@ -8,8 +8,8 @@ import logging
 import pytest
 from transformers import CLIPVisionConfig
 
-from model_runtime import config as config_module
 from model_runtime.config import KNOWN_CLIP_TOWERS, ConfigError, LlavaConfig
+from model_runtime.config import errors as config_errors
 
 MINIMAL = {"architectures": ["LlavaQwenForCausalLM"], "hidden_size": 64, "mm_vision_tower": "google/siglip-so400m-patch14-384"}
 
@@ -49,7 +49,7 @@ def test_present_keys_are_read():
 
 
 def test_missing_pool_mode_uses_bilinear_and_logs_once(monkeypatch, caplog):
-    monkeypatch.setattr(config_module, "_logged_once", set())
+    monkeypatch.setattr(config_errors, "_logged_once", set())
     with caplog.at_level(logging.WARNING, logger="model_runtime.config"):
         assert parse().mm_spatial_pool_mode == "bilinear"
         parse()

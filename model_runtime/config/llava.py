@@ -1,20 +1,25 @@
-"""Checkpoint and runtime configuration.
+"""LlavaConfig: a LLaVA checkpoint's config.json parsed once (ORIG key names, ORIG inference defaults).
 
-`LlavaConfig` parses a LLaVA checkpoint's config.json once (ORIG key names, ORIG inference
-defaults) and validates it; everything downstream reads this object, never the raw dict.
-`EngineConfig` holds the runtime knobs of the generation engine. Neither reads the environment:
-only `server/config.py` does.
+Everything downstream reads this object, never the raw dict. The language model is chosen from
+`architectures`, never from `model_type` alone. No environment variables are read here.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import logging
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from model_runtime.config.errors import ConfigError, log_once
+from model_runtime.config.towers import (
+    AudioTowerConfig,
+    VisionTowerConfig,
+    audio_tower_config,
+    vision_tower_config,
+)
 
 # NOTE: OneVision configs say model_type "llava", which transformers maps to its own unrelated
 # LLaVA class; the language model is therefore chosen from `architectures`, then `model_type`.
@@ -33,42 +38,6 @@ LANGUAGE_BY_MODEL_TYPE = {
     "mistral": "mistral",
 }
 
-# ORIG hard-codes SigLIP-so400m-patch14-384 (llava/model/multimodal_encoder/siglip_encoder.py).
-SIGLIP_SO400M = {
-    "hidden_size": 1152,
-    "intermediate_size": 4304,
-    "num_hidden_layers": 27,
-    "num_attention_heads": 16,
-    "image_size": 384,
-    "patch_size": 14,
-    "layer_norm_eps": 1e-6,
-    "hidden_act": "gelu_pytorch_tanh",
-}
-# Whisper large-v3's encoder, the tower of EgoGPT and Ola (spec 11); `speech_encoder_config` overrides it.
-WHISPER_LARGE_V3 = {
-    "d_model": 1280,
-    "encoder_layers": 32,
-    "encoder_attention_heads": 20,
-    "encoder_ffn_dim": 5120,
-    "num_mel_bins": 128,
-}
-WHISPER_MAX_SOURCE_POSITIONS = 1500  # encoder frames of one 30 s chunk (3000 mel frames, conv stride 2)
-# ORIG reads CLIP dimensions from the hub; these are the published configs of the CLIP towers LLaVA
-# checkpoints name, so they load offline. Other names fall back to transformers' config loading.
-_CLIP_L14 = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "patch_size": 14,
-    "layer_norm_eps": 1e-5,
-    "hidden_act": "quick_gelu",
-}
-KNOWN_CLIP_TOWERS = {
-    "openai/clip-vit-large-patch14-336": {**_CLIP_L14, "image_size": 336},
-    "openai/clip-vit-large-patch14": {**_CLIP_L14, "image_size": 224},
-}
-DEFAULT_ACT = {"siglip": "gelu_pytorch_tanh", "clip": "quick_gelu"}
 VALID_PINPOINT_SIDES = (224, 336, 384, 448, 512)
 MERGE_TYPES = ("flat", "spatial", "spatial_unpad", "spatial_unpad_nobase", "spatial_maxpool2x2", "spatial_nobase")
 NEWLINE_POSITIONS = ("one_token", "no_token", "frame", "grid")
@@ -82,83 +51,6 @@ PROJECTOR_PATTERNS = (r"linear", r"identity", r"pooler", r"mlp[1-9]\d*x_gelu", r
 RESAMPLER_TYPES = (None, "spatial_pool", "masked_drop", "perceiver", "qformer")
 PADDING_SIDES = ("left", "right")
 VIDEO_POOL_STRIDE = 2  # ORIG HEAD pools videos with stride 2 whatever mm_spatial_pool_stride says
-
-log = logging.getLogger(__name__)
-_logged_once: set[str] = set()
-
-
-def log_once(message: str) -> None:
-    """Log a configuration fallback once per process, not once per model construction."""
-    if message not in _logged_once:
-        _logged_once.add(message)
-        log.warning(message)
-
-
-class ConfigError(ValueError):
-    """A checkpoint config that cannot be served; the message names the key and the value."""
-
-
-@dataclass(frozen=True)
-class VisionTowerConfig:
-    """Dimensions of the vision tower as published (ORIG drops SigLIP's last layer at load)."""
-
-    kind: str  # "siglip" | "clip"
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int  # layers of the published tower, before ORIG's last-layer drop
-    num_attention_heads: int
-    image_size: int  # S: side of one crop in pixels
-    patch_size: int  # p
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = ""  # "" -> the kind's default (gelu_pytorch_tanh / quick_gelu)
-
-    def __post_init__(self) -> None:
-        if self.kind not in DEFAULT_ACT:
-            raise ConfigError(f"mm_vision_tower_config.kind={self.kind!r}: expected one of {sorted(DEFAULT_ACT)}")
-        if not self.hidden_act:
-            object.__setattr__(self, "hidden_act", DEFAULT_ACT[self.kind])
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                     "patch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"vision tower {name}={getattr(self, name)!r}: must be >= 1")
-
-    @property
-    def num_patches_per_side(self) -> int:  # P
-        return self.image_size // self.patch_size
-
-
-@dataclass(frozen=True)
-class AudioTowerConfig:
-    """The Whisper encoder + concat-k projector (EgoGPT's `speech_*` keys, spec 11.1 / 11.3)."""
-
-    speech_encoder: str  # the Whisper checkpoint the tower came from (its weights are in this checkpoint)
-    hidden_size: int  # Ca: Whisper d_model (`speech_encoder_hidden_size`)
-    num_hidden_layers: int  # Whisper encoder_layers
-    num_attention_heads: int  # Whisper encoder_attention_heads
-    intermediate_size: int  # Whisper encoder_ffn_dim
-    num_mel_bins: int = 128
-    speech_encoder_type: str = "whisper"
-    speech_projector_type: str = "linear"  # EgoGPT's name for the concat-k MLP
-    speech_encoder_ds_rate: int = 5  # k: encoder frames concatenated into one LM token
-    speech_projector_hidden_size: int = 2048  # EgoGPT hard-codes 2048
-    speech_trim_padding: bool = False  # keep only the rows of real audio in the last chunk (llava-serve)
-
-    def __post_init__(self) -> None:
-        if self.speech_encoder_type != "whisper":
-            raise ConfigError(f"speech_encoder_type={self.speech_encoder_type!r}: only 'whisper' is supported")
-        if self.speech_projector_type != "linear":
-            raise ConfigError(
-                f"speech_projector_type={self.speech_projector_type!r}: only 'linear' (concat-k MLP) is supported"
-            )
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "num_mel_bins", "speech_encoder_ds_rate", "speech_projector_hidden_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"audio tower {name}={getattr(self, name)!r}: must be >= 1")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"speech encoder d_model={self.hidden_size} is not a multiple of its "
-                f"{self.num_attention_heads} attention heads"
-            )
 
 
 @dataclass(frozen=True)
@@ -312,7 +204,7 @@ class LlavaConfig:
             raise ConfigError("mm_vision_tower is missing: not a LLaVA multimodal checkpoint")
         if raw.get("s2"):
             raise ConfigError("s2=true (CLIP-S2 multi-scale tower) is not supported")
-        vision = _vision_tower_config(str(tower), raw)
+        vision = vision_tower_config(str(tower), raw)
         language = _language(raw)
         kwargs: dict[str, Any] = {
             "language": language,
@@ -320,7 +212,7 @@ class LlavaConfig:
             "vision": vision,
             "mm_vision_tower": str(tower),
             "image_grid_pinpoints": parse_pinpoints(raw.get("image_grid_pinpoints"), vision.image_size),
-            "audio": _audio_tower_config(raw),
+            "audio": audio_tower_config(raw),
             "raw": dict(raw),
         }
         plain = {f.name for f in fields(cls)} - set(kwargs)
@@ -378,97 +270,6 @@ def _language(raw: dict[str, Any]) -> str:
     )
 
 
-def _vision_tower_config(tower: str, raw: dict[str, Any]) -> VisionTowerConfig:
-    """Tower dimensions without the hub where possible: the explicit `mm_vision_tower_config`
-    (a llava-serve extension; demo checkpoints use it), then ORIG's hard-coded SigLIP so400m for
-    any name containing "siglip", then the built-in CLIP table, then transformers' config loading
-    (a local tower folder, or the hub for names we do not know)."""
-    explicit = dict(raw.get("mm_vision_tower_config") or {})
-    kind = explicit.pop("kind", None)
-    if kind is not None and kind not in DEFAULT_ACT:
-        raise ConfigError(f"mm_vision_tower_config.kind={kind!r}: expected one of {sorted(DEFAULT_ACT)}")
-    if kind is None and tower in KNOWN_CLIP_TOWERS:
-        kind = "clip"
-    if kind is None and "siglip" in tower.lower() and not Path(tower).is_dir():
-        kind = "siglip"
-    if kind == "siglip":
-        base = SIGLIP_SO400M
-    elif kind == "clip":
-        base = KNOWN_CLIP_TOWERS.get(tower, {})
-    else:
-        kind, base = _pretrained_tower_dims(tower)
-    try:
-        return VisionTowerConfig(kind=kind, **{**base, **explicit})
-    except TypeError as e:
-        raise ConfigError(f"vision tower {tower!r}: incomplete or unknown dimensions in mm_vision_tower_config ({e})") from e
-
-
-def _pretrained_tower_dims(tower: str) -> tuple[str, dict[str, Any]]:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(tower)
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"vision tower {tower!r} is not built in and its config could not be loaded; state its dimensions in "
-            "mm_vision_tower_config"
-        ) from e
-    vision = getattr(config, "vision_config", None) or config
-    model_type = str(getattr(vision, "model_type", ""))
-    kind = "siglip" if "siglip" in model_type else "clip" if "clip" in model_type else None
-    if kind is None:
-        raise ConfigError(f"vision tower {tower!r} has model_type {model_type!r}; expected a CLIP or SigLIP tower")
-    names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-             "patch_size", "layer_norm_eps", "hidden_act")
-    return kind, {name: getattr(vision, name) for name in names}
-
-
-def _audio_tower_config(raw: dict[str, Any]) -> AudioTowerConfig | None:
-    """EgoGPT keys (`speech_encoder`, `speech_encoder_type`, `speech_projector_type`,
-    `speech_encoder_ds_rate`, `speech_encoder_hidden_size`) plus llava-serve's `speech_encoder_config`
-    (Whisper config keys; default large-v3), `speech_projector_hidden_size`, `speech_trim_padding`."""
-    encoder = raw.get("speech_encoder")
-    if not encoder:
-        return None
-    explicit = raw.get("speech_encoder_config") or {}
-    if not isinstance(explicit, dict):
-        raise ConfigError(f"speech_encoder_config={explicit!r}: expected an object of Whisper config keys")
-    unknown = set(explicit) - set(WHISPER_LARGE_V3) - {"max_source_positions"}
-    if unknown:
-        raise ConfigError(f"speech_encoder_config: unknown keys {sorted(unknown)}; known {sorted(WHISPER_LARGE_V3)}")
-    if explicit.get("max_source_positions", WHISPER_MAX_SOURCE_POSITIONS) != WHISPER_MAX_SOURCE_POSITIONS:
-        raise ConfigError(
-            f"speech_encoder_config.max_source_positions={explicit['max_source_positions']}: the audio front end "
-            f"feeds 30 s chunks, i.e. {WHISPER_MAX_SOURCE_POSITIONS} encoder positions"
-        )
-    dims = {**WHISPER_LARGE_V3, **{k: v for k, v in explicit.items() if k in WHISPER_LARGE_V3}}
-    stated = raw.get("speech_encoder_hidden_size")
-    if stated is not None and int(stated) != int(dims["d_model"]):
-        raise ConfigError(
-            f"speech_encoder_hidden_size={stated} differs from the speech encoder's d_model {dims['d_model']}"
-        )
-    optional = {
-        key: raw[key]
-        for key in ("speech_encoder_type", "speech_projector_type", "speech_encoder_ds_rate",
-                    "speech_projector_hidden_size", "speech_trim_padding")
-        if raw.get(key) is not None
-    }
-    try:
-        return AudioTowerConfig(
-            speech_encoder=str(encoder),
-            hidden_size=int(dims["d_model"]),
-            num_hidden_layers=int(dims["encoder_layers"]),
-            num_attention_heads=int(dims["encoder_attention_heads"]),
-            intermediate_size=int(dims["encoder_ffn_dim"]),
-            num_mel_bins=int(dims["num_mel_bins"]),
-            **optional,
-        )
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"audio tower keys: {e}") from e
-
-
 def parse_pinpoints(value: Any, image_size: int) -> tuple[tuple[int, int], ...]:
     """ORIG pinpoints: a list of [w, h], or range syntax "(1x1),...,(6x6)" scaled by S."""
     if value is None:
@@ -498,39 +299,3 @@ def parse_pinpoints(value: Any, image_size: int) -> tuple[tuple[int, int], ...]:
     if not pairs or any(w <= 0 or h <= 0 for w, h in pairs):
         raise ConfigError(f"image_grid_pinpoints={value!r}: expected positive [w, h] pairs")
     return pairs
-
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """TESTS ONLY: make the engine's LM forward fail on purpose (fault-isolation tests).
-
-    The fault is raised inside the model (before its last decoder layer), so earlier layers have
-    already written to the KV cache, as a real mid-forward failure would.
-    """
-
-    poison_request_ids: frozenset[str] = frozenset()  # a forward whose batch holds one of these raises
-    poison_phases: frozenset[str] = frozenset({"prefill", "decode"})  # where the poison acts
-    oom_over_rows: int | None = None  # a forward over more rows than this raises torch.OutOfMemoryError
-    fatal_at_step: int | None = None  # the forward of this engine step (from 1) raises a fatal device error
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Runtime knobs of the generation engine (not part of the checkpoint)."""
-
-    max_num_seqs: int = 32  # rows in one running batch (each of a request's n choices is a row)
-    max_model_len: int | None = None  # None: the checkpoint's context length
-    seed: int = 0  # seeds the choice of seeds for requests that give none
-    max_prefill_tokens: int = 8192  # padded prompt tokens (rows x longest) prefilled in one step
-    encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
-    fault_injection: FaultInjection | None = None  # tests only
-
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
-        if self.max_model_len is not None and self.max_model_len < 16:
-            raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
-        if self.max_prefill_tokens < 1:
-            raise ValueError(f"max_prefill_tokens={self.max_prefill_tokens}: must be >= 1")
-        if self.encoder_cache_bytes < 0:
-            raise ValueError(f"encoder_cache_bytes={self.encoder_cache_bytes}: must be >= 0")
