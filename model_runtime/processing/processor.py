@@ -67,8 +67,16 @@ class Processor:
 
     @property
     def modalities(self) -> frozenset[str]:
-        """Media kinds this checkpoint accepts."""
-        return frozenset({"image", "video"} | ({"audio"} if self.cfg.audio is not None else set()))
+        """Media kinds this checkpoint accepts (no video where its layout cannot build one)."""
+        kinds = {"image"}
+        try:
+            layout.check_video_layout(self.cfg)
+            kinds.add("video")
+        except layout.LayoutError:
+            pass
+        if self.cfg.audio is not None:
+            kinds.add("audio")
+        return frozenset(kinds)
 
     @property
     def max_video_frames(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from model_runtime import InvalidMediaError, MediaInput, Processor
+from model_runtime import InvalidMediaError, LayoutError, MediaInput, Processor
 from server.chat import MediaRef
 from server.config import MediaLimits
 from server.errors import APIError, media_error
@@ -80,7 +80,7 @@ class MediaLoader:
             return await self._audio(ref, data, source)
         except MediaError as e:
             raise _api_error(e, ref) from None
-        except InvalidMediaError as e:
+        except (InvalidMediaError, LayoutError) as e:
             raise media_error(f"invalid_{ref.modality}", f"the {ref.modality} cannot be used: {e}", ref.param) from e
 
     async def _fetch(self, ref: MediaRef) -> tuple[bytes, dict[str, Any]]:
