@@ -21,6 +21,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from model_runtime.arch.attention import ATTN_IMPLEMENTATION
 from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
 from model_runtime.checkpoint.delta import DELTA_KEY
@@ -112,7 +113,7 @@ def load_pretrained_model(
             dtype=torch_dtype,
             device_map=device_map if device_map is not None else device,
             quantization_config=bitsandbytes_config(quantization, torch_dtype),
-            attn_implementation="sdpa",
+            attn_implementation=ATTN_IMPLEMENTATION,
             use_safetensors=True,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below as a ConfigError
