@@ -133,7 +133,17 @@ class _TimingStreamer:
 
 
 @torch.inference_mode()
-def run_sequential(loaded: LoadedModel, requests: list[Request]):
+def run_sequential(loaded: LoadedModel, requests: list[Request], attention: str = "sdpa"):
+    model = loaded.model
+    engine_attention = model.config._attn_implementation
+    model.config._attn_implementation = attention  # the baseline's kernel (see --baseline-attention)
+    try:
+        return _run_sequential(loaded, requests)
+    finally:
+        model.config._attn_implementation = engine_attention
+
+
+def _run_sequential(loaded: LoadedModel, requests: list[Request]):
     model = loaded.model
     pad = loaded.tokenizer.pad_token_id or loaded.eos_token_ids[0]
     tokens: dict[str, list[int]] = {}
@@ -167,7 +177,7 @@ def bench_model(name: str, path: Path, args, save) -> list[Result]:
     loaded = load_pretrained_model(str(path), dtype=args.dtype, device=args.device, quantization=args.quantization)
     warm = build_requests(loaded, "image", 2, 4, args.image_side)
     run_engine(loaded, warm, args.max_prefill_tokens)
-    run_sequential(loaded, build_requests(loaded, "image", 1, 4, args.image_side))
+    run_sequential(loaded, build_requests(loaded, "image", 1, 4, args.image_side), args.baseline_attention)
     results = []
     for kind, levels, max_tokens in (("text", args.text_concurrency, args.text_tokens),
                                      ("image", args.image_concurrency, args.image_tokens)):
@@ -179,7 +189,7 @@ def bench_model(name: str, path: Path, args, save) -> list[Result]:
             for rep in range(args.repeats):
                 engine = run_engine(loaded, _fresh(requests[:level]), args.max_prefill_tokens)
                 sample = requests[(rep * args.baseline_requests) % len(requests):][: args.baseline_requests]
-                base = run_sequential(loaded, _fresh(sample))
+                base = run_sequential(loaded, _fresh(sample), args.baseline_attention)
                 best_engine = engine if best_engine is None or engine[1] > best_engine[1] else best_engine
                 best_base = base if best_base is None or base[1] > best_base[1] else best_base
                 if sum(len(t) for t in engine[0].values()) / engine[1] > args.max_repeat_seconds:
@@ -263,6 +273,9 @@ def main() -> None:
     parser.add_argument("--models", default="small,realistic", help="demo sizes, comma separated")
     parser.add_argument("--demo-root", type=Path, default=Path(".demo"), help="where the demo checkpoints live")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--baseline-attention", default="sdpa",
+                        help="the one-by-one baseline's attention: sdpa (transformers' stock kernel, what plain "
+                             "`generate` uses) or llava_sdpa (the engine's; isolates the gain of batching alone)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--quantization", default="none", help="none | bitsandbytes-8bit | bitsandbytes-4bit")
     parser.add_argument("--text-concurrency", default="1,4,16,32")

@@ -28,6 +28,7 @@ class EngineConfig:
     seed: int = 0  # seeds the choice of seeds for requests that give none
     max_prefill_tokens: int = 8192  # padded prompt tokens (rows x longest) prefilled in one step
     encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
+    split_prefill_tokens: int = 512  # CPU: prefill rows one by one when every new prompt is this long
     fault_injection: FaultInjection | None = None  # tests only
 
     def __post_init__(self) -> None:
@@ -37,5 +38,7 @@ class EngineConfig:
             raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
         if self.max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens={self.max_prefill_tokens}: must be >= 1")
+        if self.split_prefill_tokens < 1:
+            raise ValueError(f"split_prefill_tokens={self.split_prefill_tokens}: must be >= 1")
         if self.encoder_cache_bytes < 0:
             raise ValueError(f"encoder_cache_bytes={self.encoder_cache_bytes}: must be >= 0")

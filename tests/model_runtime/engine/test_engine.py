@@ -180,3 +180,20 @@ def test_mixed_modalities_batched_equal_solo(tiny_audio_model):
     assert metrics.media_cache_hits == (True, False)  # the same video was encoded for an earlier request
     assert set(metrics.encoder_seconds) == {"audio"} and metrics.encoder_seconds["audio"] > 0
     assert set(batched["video"].final.metrics.encoder_seconds) == {"video"}
+
+
+def test_split_prefill_equals_batched_prefill_and_solo(new_engine, make_request):
+    """Long prompts on the CPU are prefilled row by row and their caches merged: same tokens."""
+
+    def requests():
+        return [make_request(f"s{i}", " ".join(["word"] * (2 + 3 * i)), images((40 + 20 * i, 50), seed=i) if i % 2 else [],
+                             max_tokens=6) for i in range(4)]
+
+    split = new_engine(split_prefill_tokens=1)
+    assert split.runner._is_split_prefill(requests())
+    split_ids = {rid: r.ids for rid, r in run(split, requests()).items()}
+    batched = new_engine(split_prefill_tokens=10**6)
+    assert not batched.runner._is_split_prefill(requests())
+    assert split_ids == {rid: r.ids for rid, r in run(batched, requests()).items()}
+    for request in requests():
+        assert run(new_engine(), [request])[request.request_id].ids == split_ids[request.request_id]
