@@ -87,10 +87,10 @@ def build_requests(loaded: LoadedModel, kind: str, count: int, max_tokens: int, 
     return requests
 
 
-def run_engine(loaded: LoadedModel, requests: list[Request], max_prefill_tokens: int):
+def run_engine(loaded: LoadedModel, requests: list[Request], max_num_batched_tokens: int | None):
     engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
-                    EngineConfig(max_num_seqs=max(32, len(requests)), max_prefill_tokens=max_prefill_tokens,
-                                 encoder_cache_bytes=0))
+                    EngineConfig(max_num_seqs=max(32, len(requests)), max_num_batched_tokens=max_num_batched_tokens,
+                                 encoder_cache_bytes=0, enable_prefix_caching=False))
     tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
     finals = []
     decode_step = decode_forward = 0.0
@@ -176,7 +176,7 @@ def ensure_demo(size: str, root: Path) -> Path:
 def bench_model(name: str, path: Path, args, save) -> list[Result]:
     loaded = load_pretrained_model(str(path), dtype=args.dtype, device=args.device, quantization=args.quantization)
     warm = build_requests(loaded, "image", 2, 4, args.image_side)
-    run_engine(loaded, warm, args.max_prefill_tokens)
+    run_engine(loaded, warm, args.max_num_batched_tokens)
     run_sequential(loaded, build_requests(loaded, "image", 1, 4, args.image_side), args.baseline_attention)
     results = []
     for kind, levels, max_tokens in (("text", args.text_concurrency, args.text_tokens),
@@ -187,7 +187,7 @@ def bench_model(name: str, path: Path, args, save) -> list[Result]:
             # NOTE: the machine is shared: engine runs and baseline samples alternate, and the best of
             # each is kept, so both sides of a ratio saw the same conditions.
             for rep in range(args.repeats):
-                engine = run_engine(loaded, _fresh(requests[:level]), args.max_prefill_tokens)
+                engine = run_engine(loaded, _fresh(requests[:level]), args.max_num_batched_tokens)
                 sample = requests[(rep * args.baseline_requests) % len(requests):][: args.baseline_requests]
                 base = run_sequential(loaded, _fresh(sample), args.baseline_attention)
                 best_engine = engine if best_engine is None or engine[1] > best_engine[1] else best_engine
@@ -287,7 +287,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="engine runs / baseline samples per cell (best kept)")
     parser.add_argument("--max-repeat-seconds", type=float, default=240.0,
                         help="cells whose engine run takes longer are not repeated")
-    parser.add_argument("--max-prefill-tokens", type=int, default=EngineConfig().max_prefill_tokens)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="the engine's step budget (default: its own for the device)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--replot", type=Path, help="only redraw the table and plot from this JSON file")

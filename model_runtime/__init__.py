@@ -27,7 +27,7 @@ from model_runtime.engine.request import (
     SamplingParamsError,
     TokenLogprobs,
 )
-from model_runtime.engine.stats import EngineStats
+from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats
 from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn
@@ -62,6 +62,7 @@ __all__ = [
     "Processor",
     "PromptInput",
     "QUANTIZATIONS",
+    "STEP_TOKEN_BOUNDS",
     "Request",
     "RequestMetrics",
     "RequestOutput",

@@ -40,5 +40,9 @@ class EncodedItem:
     features: torch.Tensor  # [n, D]
 
     @property
+    def num_tokens(self) -> int:
+        return self.features.shape[0]
+
+    @property
     def sentinel(self) -> int:
         return SENTINEL_BY_MODALITY[self.modality]

@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model_runtime import (
     Engine,
-    EngineConfig,
     EngineWorker,
     FaultInjection,
     LoadedModel,
@@ -132,8 +131,8 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             model = await asyncio.to_thread(load_model)
             context_len = min(config.max_model_len or model.context_len, model.context_len)
             engine = Engine(model.model, model.tokenizer, model.eos_token_ids,
-                            EngineConfig(max_num_seqs=config.max_num_seqs, max_model_len=context_len,
-                                         fault_injection=fault_injection))
+                            config.engine_config(context_len, fault_injection))
+            context_len = engine.max_model_len  # at most what the KV cache holds
             worker = EngineWorker(engine)
             worker.start()
         except Exception as e:

@@ -22,6 +22,7 @@ from server.config import (
     env_flag,
     env_list,
     env_name,
+    parse_memory,
     parse_mm_limits,
 )
 
@@ -50,7 +51,17 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     _flag(model, "--quantization", "bitsandbytes quantization of the language model", "none", choices=QUANTIZATIONS)
     _flag(model, "--model-base", "base model under a LoRA or projector-only --model (folder or hub id)")
     _flag(model, "--max-model-len", "context length (prompt + output tokens); default: the checkpoint's", type=int)
-    _flag(model, "--max-num-seqs", "rows in one running batch", "32", type=int)
+
+    engine = serve.add_argument_group("engine (docs/ENGINE.md)")
+    _flag(engine, "--max-num-seqs", "sequences decoding at once (each of a request's n choices is one)", "32",
+          type=int)
+    _flag(engine, "--kv-cache-memory", "KV cache size: a size (4GiB, 512MiB), a share of the memory available at "
+          "start-up (0.5), or auto (GPU: 0.8 of free memory; CPU: min(4 GiB, half the available memory))", "auto")
+    _flag(engine, "--block-size", "token positions per KV cache block (a power of two)", "16", type=int)
+    _flag(engine, "--max-num-batched-tokens", "work per engine step in prompt tokens: decode rows always run, "
+          "prompts and media encoding are cut into chunks to fit (default: 512 on the CPU, 4096 on a GPU)", type=int)
+    _switch(engine, "--no-prefix-caching", "do not reuse the KV of prompt prefixes seen before")
+    _flag(engine, "--encoder-cache-mb", "encoded media kept for reuse, in MiB (0: none)", "512", type=float)
 
     http = serve.add_argument_group("HTTP")
     _flag(http, "--host", "address to bind", "127.0.0.1")
@@ -152,6 +163,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, dtype=args.dtype, device=args.device, device_map=args.device_map,
         quantization=args.quantization, model_base=args.model_base, max_num_seqs=args.max_num_seqs,
         max_model_len=int(args.max_model_len) if args.max_model_len is not None else None,
+        kv_cache_memory=parse_memory(args.kv_cache_memory), block_size=int(args.block_size),
+        max_num_batched_tokens=int(args.max_num_batched_tokens) if args.max_num_batched_tokens is not None else None,
+        enable_prefix_caching=not args.no_prefix_caching, encoder_cache_bytes=int(float(args.encoder_cache_mb) * MiB),
         log_level=args.log_level,
         api_keys=tuple(args.api_key or env_list("--api-key")),
         metrics_public=args.metrics_public,

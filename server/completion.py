@@ -69,6 +69,7 @@ class Generation:
         self.choices = [_ChoiceState() for _ in range(request.params.n)]
         self.first_token_time: float | None = None
         self.cache_hits: tuple[bool, ...] = ()
+        self.num_cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.is_recorded = False
 
     @property
@@ -110,6 +111,7 @@ class Generation:
                           out.error)
             if out.metrics is not None:
                 self.cache_hits = out.metrics.media_cache_hits or self.cache_hits
+                self.num_cached_tokens = max(self.num_cached_tokens, out.metrics.num_cached_tokens)
                 if out.index == 0:
                     self._observe_timings(out)
 
@@ -147,12 +149,10 @@ class Generation:
     # -- pieces of both responses -----------------------------------------------------------
     def usage_details(self) -> PromptTokensDetails:
         per_modality = {"image": 0, "video": 0, "audio": 0}
-        cached = 0
-        for k, item in enumerate(self.request.media):
+        for item in self.request.media:
             per_modality[item.modality] += item.num_tokens
-            if k < len(self.cache_hits) and self.cache_hits[k]:
-                cached += item.num_tokens
-        return PromptTokensDetails(text_tokens=self.request.prompt.num_text_tokens, cached_tokens=cached,
+        return PromptTokensDetails(text_tokens=self.request.prompt.num_text_tokens,
+                                   cached_tokens=self.num_cached_tokens,
                                    **{f"{m}_tokens": n for m, n in per_modality.items()})
 
     def usage(self) -> Usage:

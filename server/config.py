@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_runtime import EngineConfig
+
 ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
 MODALITIES = ("image", "video", "audio")
@@ -67,6 +69,32 @@ def parse_mm_limits(value: str | None) -> dict[str, int]:
         if limits[key] < 0:
             raise ValueError(f"limit_mm_per_prompt: {key}={limits[key]} must be >= 0")
     return limits
+
+
+_SIZE_UNITS = {"": 1, "k": 10**3, "ki": 2**10, "m": 10**6, "mi": 2**20, "g": 10**9, "gi": 2**30, "t": 10**12,
+               "ti": 2**40}
+
+
+def parse_memory(value: str | None) -> int | float | None:
+    """`--kv-cache-memory`: `auto` (None), a share of the memory available at start-up (a number in
+    (0, 1], e.g. 0.5), or a size in bytes with an optional unit (`4GiB`, `512MiB`, `2G`, `1073741824`)."""
+    if value is None or value.strip().lower() in ("", "auto"):
+        return None
+    text = value.strip().lower().removesuffix("b")
+    number = text.rstrip("kmgti")
+    unit = text[len(number):]
+    try:
+        amount = float(number)
+    except ValueError as e:
+        raise ValueError(f"kv_cache_memory={value!r}: expected auto, a share like 0.5 or a size like 4GiB") from e
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"kv_cache_memory={value!r}: unknown unit {unit!r}")
+    if not unit and 0 < amount <= 1:
+        return amount
+    size = int(amount * _SIZE_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"kv_cache_memory={value!r}: must be positive")
+    return size
 
 
 @dataclass(frozen=True)
@@ -162,6 +190,11 @@ class ServerConfig:
     model_base: str | None = None  # base under a LoRA / projector-only checkpoint
     max_num_seqs: int = 32
     max_model_len: int | None = None
+    kv_cache_memory: int | float | None = None  # bytes, a share of available memory, or None: auto (EngineConfig)
+    block_size: int = 16
+    max_num_batched_tokens: int | None = None  # None: the engine's default for the device
+    enable_prefix_caching: bool = True
+    encoder_cache_bytes: int = 512 * MiB
     log_level: str = "info"
     api_keys: tuple[str, ...] = ()  # empty: no auth
     metrics_public: bool = False  # /metrics without a key
@@ -178,14 +211,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: must be 0..65535")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
+        self.engine_config()  # the engine's knobs are validated where they are defined
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
-        if self.max_model_len is not None and self.max_model_len < 16:
-            raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
         if self.max_queued_requests < 1:
             raise ValueError(f"max_queued_requests={self.max_queued_requests}: must be >= 1")
         if self.shutdown_timeout < 0:
@@ -202,6 +232,14 @@ class ServerConfig:
             raise ValueError(f"ready_stall_seconds={self.ready_stall_seconds}: must be > 0")
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys: an API key must not be empty")
+
+    def engine_config(self, max_model_len: int | None = None, fault_injection=None) -> EngineConfig:
+        return EngineConfig(
+            max_num_seqs=self.max_num_seqs, max_model_len=max_model_len or self.max_model_len,
+            kv_cache_memory=self.kv_cache_memory, block_size=self.block_size,
+            max_num_batched_tokens=self.max_num_batched_tokens, enable_prefix_caching=self.enable_prefix_caching,
+            encoder_cache_bytes=self.encoder_cache_bytes, fault_injection=fault_injection,
+        )
 
     @staticmethod
     def default_served_name(model: str) -> str:

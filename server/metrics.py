@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from model_runtime import EngineStats
+from model_runtime import STEP_TOKEN_BOUNDS, EngineStats
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
@@ -45,6 +45,32 @@ class _EngineCollector(Collector):
                                   value=s.encoder_cache_queries if s else 0)
         yield CounterMetricFamily("llava_encoder_cache_hits", "Media items found in the encoder cache",
                                   value=s.encoder_cache_hits if s else 0)
+        # the paged KV cache and the scheduler (docs/ENGINE.md)
+        yield GaugeMetricFamily("llava_kv_cache_usage_ratio", "Share of KV cache blocks held by sequences (0-1)",
+                                value=s.kv_cache_usage if s else 0)
+        blocks = GaugeMetricFamily("llava_kv_cache_blocks", "KV cache blocks by state: used (held by a sequence), "
+                                   "cached (free, still findable by the prefix cache), free (all free ones, "
+                                   "cached included)", labels=["state"])
+        used, total, cached = (s.kv_blocks_used, s.kv_blocks_total, s.kv_blocks_cached) if s else (0, 0, 0)
+        for state, value in (("used", used), ("cached", cached), ("free", total - used)):
+            blocks.add_metric([state], value)
+        yield blocks
+        yield GaugeMetricFamily("llava_kv_cache_capacity_tokens", "Token positions the KV cache holds",
+                                value=s.kv_blocks_total * s.block_size if s else 0)
+        yield CounterMetricFamily("llava_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                  value=s.prefix_cache_queried_tokens if s else 0)
+        yield CounterMetricFamily("llava_prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache",
+                                  value=s.prefix_cache_hit_tokens if s else 0)
+        yield CounterMetricFamily("llava_preemptions", "Sequences sent back to wait (KV recomputed later) for lack "
+                                  "of KV blocks", value=s.num_preemptions if s else 0)
+        for kind, doc in (("prompt", "Prompt tokens (text and media rows) computed per engine step"),
+                          ("decode", "Decode tokens (one per decoding sequence) per engine step")):
+            h = getattr(s, f"step_{kind}_tokens") if s else None
+            bounds = h.bounds if h else STEP_TOKEN_BOUNDS
+            counts = h.counts if h else (0,) * (len(bounds) + 1)
+            buckets = [(str(b), c) for b, c in zip(bounds, counts, strict=False)] + [("+Inf", counts[-1])]
+            yield HistogramMetricFamily(f"llava_step_{kind}_tokens", doc, buckets=buckets,
+                                        sum_value=h.total if h else 0)
 
 
 class Metrics:

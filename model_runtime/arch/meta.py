@@ -20,13 +20,12 @@ from torch import nn
 
 from model_runtime.arch import layout, merge
 from model_runtime.arch.audio import build_audio_tower
+from model_runtime.arch.encoding import VISUAL_MODALITIES, EncodingJob
 from model_runtime.arch.projector import SpeechProjector, build_vision_projector
 from model_runtime.arch.vision import build_vision_tower
 from model_runtime.config import LlavaConfig
 from model_runtime.constants import IGNORE_INDEX
 from model_runtime.inputs import EncodedItem, MediaInput
-
-VISUAL_MODALITIES = ("image", "video")
 
 
 class MediaMismatchError(ValueError):
@@ -114,13 +113,17 @@ class LlavaMetaForCausalLM:
         device = self.model.embed_tokens.weight.device
         features = self.encode_images(torch.cat([m.data.to(device) for m in media], dim=0))
         per_item = torch.split(features, [m.data.shape[0] for m in media], dim=0)
-        out = []
-        for m, f in zip(media, per_item, strict=True):
-            if m.modality == "video":
-                out.append(self.merge_video_features(f))
-            else:
-                out.append(self.merge_image_features(f, m.image_size, m.single_crop))
-        return out
+        return [self.finish_visual_item(m, f) for m, f in zip(media, per_item, strict=True)]
+
+    def finish_visual_item(self, item: MediaInput, projected: torch.Tensor) -> torch.Tensor:
+        """An image's or video's projected crops / frames [k, T, D] -> its rows [n, D]."""
+        if item.modality == "video":
+            return self.merge_video_features(projected)
+        return self.merge_image_features(projected, item.image_size, item.single_crop)
+
+    def start_encoding(self, item: MediaInput, max_crops: int) -> EncodingJob:
+        """`item`'s encoding as units to run one after another (arch/encoding.py)."""
+        return EncodingJob(self, item, max_crops)
 
     def encode_image_items(
         self, crops: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], single_crop: Sequence[bool]
@@ -159,8 +162,9 @@ class LlavaMetaForCausalLM:
     def prepare_inputs_for_multimodal(
         self,
         rows: Sequence[Sequence[int]],
-        items: Sequence[Sequence[EncodedItem]],
+        items: Sequence[Sequence[EncodedItem | MediaInput]],
         padding_side: str = "left",
+        spans: Sequence[tuple[int, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids with sentinels + each row's encoded items -> padded LM inputs.
 
@@ -168,8 +172,12 @@ class LlavaMetaForCausalLM:
         Each sentinel takes the next item OF ITS MODALITY within its own row; a row without
         sentinels takes none. Returns inputs_embeds [B, L, D], attention_mask [B, L] (long) and
         position_ids [B, L] (0.. over real tokens, 0 on padding).
+
+        `spans[b] = (start, end)` builds only positions start..end-1 of row b's spliced sequence
+        (a prompt chunk; a boundary may fall inside an item's rows), with position ids start..end-1.
+        An item whose rows lie outside every span may be given as its `MediaInput` (not encoded).
         """
-        embeds, mask, positions, _ = self._assemble(rows, items, None, padding_side)
+        embeds, mask, positions, _ = self._assemble(rows, items, None, padding_side, spans)
         return embeds, mask, positions
 
     def prepare_inputs_for_training(
@@ -198,67 +206,91 @@ class LlavaMetaForCausalLM:
             positions = positions[None].expand(embeds.shape[0], length).clone()
         return embeds, mask, positions, out_labels
 
-    def _assemble(self, rows, items, labels, padding_side: str):
+    def _assemble(self, rows, items, labels, padding_side: str, spans=None):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}")
         embed = self.model.embed_tokens
         device = embed.weight.device
         label_rows = labels if labels is not None else [None] * len(rows)
+        row_spans = spans if spans is not None else [None] * len(rows)
         spliced = [
-            self._splice_row(b, list(ids), list(row_items), row_labels, embed, device)
-            for b, (ids, row_items, row_labels) in enumerate(zip(rows, items, label_rows, strict=True))
+            self._splice_row(b, list(ids), list(row_items), row_labels, embed, device, span)
+            for b, (ids, row_items, row_labels, span) in enumerate(zip(rows, items, label_rows, row_spans, strict=True))
         ]
-        max_len = max(seq.shape[0] for seq, _ in spliced)
-        batch, dim = len(spliced), spliced[0][0].shape[1]
+        max_len = max(seq.shape[0] for seq, _, _ in spliced)
+        batch, dim = len(spliced), embed.weight.shape[1]
         embeds = torch.zeros(batch, max_len, dim, dtype=embed.weight.dtype, device=device)
         mask = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         positions = torch.zeros(batch, max_len, dtype=torch.long, device=device)
         out_labels = torch.full((batch, max_len), IGNORE_INDEX, dtype=torch.long, device=device)
-        for b, (seq, row_labels) in enumerate(spliced):
+        for b, (seq, row_labels, first) in enumerate(spliced):
             n = seq.shape[0]
             start = max_len - n if padding_side == "left" else 0
             embeds[b, start : start + n] = seq
             mask[b, start : start + n] = 1
-            positions[b, start : start + n] = torch.arange(n, device=device)
+            positions[b, start : start + n] = torch.arange(first, first + n, device=device)
             if row_labels is not None:
                 out_labels[b, start : start + n] = row_labels
         return embeds, mask, positions, (out_labels if labels is not None else None)
 
-    def _splice_row(self, b: int, ids: list[int], items: list[EncodedItem], labels, embed: nn.Module, device):
-        """One row -> (embeds [n, D], labels [n] or None)."""
-        if labels is not None and len(labels) != len(ids):
-            raise ValueError(f"row {b}: {len(labels)} labels for {len(ids)} ids")
-        queues: dict[int, list[torch.Tensor]] = {}
+    def _splice_row(self, b: int, ids: list[int], items: list, labels, embed: nn.Module, device, span=None):
+        """One row -> (embeds [n, D], labels [n] or None, first position) for positions `span` (default all)."""
+        if labels is not None and (len(labels) != len(ids) or span is not None):
+            raise ValueError(f"row {b}: {len(labels)} labels for {len(ids)} ids" if span is None
+                             else f"row {b}: labels need the whole row")
+        queues: dict[int, list] = {}
         for item in items:
-            queues.setdefault(item.sentinel, []).append(item.features)
-        slots = [(i, t) for i, t in enumerate(ids) if t < 0]
+            queues.setdefault(item.sentinel, []).append(item)
         wanted: dict[int, int] = {}
-        for _, t in slots:
-            wanted[t] = wanted.get(t, 0) + 1
+        for t in ids:
+            if t < 0:
+                wanted[t] = wanted.get(t, 0) + 1
         have = {s: len(q) for s, q in queues.items()}
         if wanted != have:
             raise MediaMismatchError(f"row {b}: placeholders by sentinel {wanted} but items {have}")
-        text_ids = torch.tensor([t for t in ids if t >= 0], dtype=torch.long, device=device)
-        text_embeds = embed(text_ids)
+        taken = dict.fromkeys(queues, 0)
+        # segments of the spliced row: ("text", first index into ids, count) or ("media", item)
+        segments: list[tuple] = []
+        run_start = 0
+        for i, t in enumerate(ids):
+            if t < 0:
+                segments.append(("text", run_start, i - run_start))
+                segments.append(("media", queues[t][taken[t]]))
+                taken[t] += 1
+                run_start = i + 1
+        segments.append(("text", run_start, len(ids) - run_start))
+        total = sum(seg[2] if seg[0] == "text" else seg[1].num_tokens for seg in segments)
+        first, end = span if span is not None else (0, total)
+        if not 0 <= first < end <= total:
+            raise ValueError(f"row {b}: span {span} outside its {total} positions")
+        # (kind, source slice) of every segment piece inside [first, end)
+        picked: list[tuple[str, object, int, int]] = []
+        pos = 0
+        for seg in segments:
+            n = seg[2] if seg[0] == "text" else seg[1].num_tokens
+            lo, hi = max(first, pos) - pos, min(end, pos + n) - pos
+            if lo < hi:
+                picked.append((seg[0], seg[1], lo, hi))
+            pos += n
+            if pos >= end:
+                break
+        text_ids = [t for kind, start, lo, hi in picked if kind == "text" for t in ids[start + lo : start + hi]]
+        text_embeds = embed(torch.tensor(text_ids, dtype=torch.long, device=device))
         pieces: list[torch.Tensor] = []
         label_pieces: list[torch.Tensor] = []
         label_tensor = torch.tensor(list(labels), dtype=torch.long, device=device) if labels is not None else None
         cursor = 0  # index into text_embeds
-        start = 0  # index into ids
-        taken = dict.fromkeys(queues, 0)
-        for pos, sentinel in slots:
-            n_text = pos - start
-            pieces.append(text_embeds[cursor : cursor + n_text])
-            feature = queues[sentinel][taken[sentinel]]
-            taken[sentinel] += 1
-            pieces.append(feature.to(device=device, dtype=text_embeds.dtype))
+        for kind, source, lo, hi in picked:
+            if kind == "text":
+                pieces.append(text_embeds[cursor : cursor + hi - lo])
+                cursor += hi - lo
+                if label_tensor is not None:
+                    label_pieces.append(label_tensor[source + lo : source + hi])
+                continue
+            if not isinstance(source, EncodedItem):
+                raise ValueError(f"row {b}: a {source.modality} item inside the span is not encoded")
+            pieces.append(source.features[lo:hi].to(device=device, dtype=text_embeds.dtype))
             if label_tensor is not None:
-                label_pieces.append(label_tensor[start:pos])
-                label_pieces.append(torch.full((feature.shape[0],), IGNORE_INDEX, dtype=torch.long, device=device))
-            cursor += n_text
-            start = pos + 1
-        pieces.append(text_embeds[cursor:])
-        if label_tensor is None:
-            return torch.cat(pieces, dim=0), None
-        label_pieces.append(label_tensor[start:])
-        return torch.cat(pieces, dim=0), torch.cat(label_pieces)
+                label_pieces.append(torch.full((hi - lo,), IGNORE_INDEX, dtype=torch.long, device=device))
+        embeds = torch.cat(pieces, dim=0)
+        return embeds, (torch.cat(label_pieces) if label_tensor is not None else None), first

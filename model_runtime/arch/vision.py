@@ -7,6 +7,11 @@ the full tower, features read from `hidden_states[mm_vision_select_layer]` (or s
 concatenated on channels for the slice features), CLS dropped unless `*cls_patch`. Module names
 mirror ORIG so `model.vision_tower.vision_tower.vision_model.*` keys load as they are. Both cast
 the output back to the pixel dtype (ORIG).
+
+A tower runs through `TowerPass`: embeddings, then its encoder layers a few at a time, then the
+feature selection. `forward` is one pass run to the end; the engine runs a pass over several
+steps (arch/encoding.py) so that one big image or video cannot hold up decoding. Same code, so
+the same numbers either way.
 """
 
 from __future__ import annotations
@@ -25,6 +30,38 @@ class _TowerHolder(nn.Module):
     def __init__(self, vision_model: nn.Module) -> None:
         super().__init__()
         self.vision_model = vision_model
+
+
+class TowerPass:
+    """A group of crops [N, 3, S, S] going through a vision tower, some layers at a time."""
+
+    def __init__(self, tower: nn.Module, pixel_values: torch.Tensor) -> None:
+        self.tower = tower
+        self.out_dtype = pixel_values.dtype
+        self.hidden = tower.embed(pixel_values.to(tower.dtype))
+        self.num_done = 0  # layers run
+        self.states = {0: self.hidden} if 0 in tower.kept_states else {}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.tower.pass_layers)
+
+    @property
+    def is_done(self) -> bool:
+        return self.num_done == self.num_layers
+
+    def run(self, num_layers: int) -> None:
+        for layer in self.tower.pass_layers[self.num_done : self.num_done + num_layers]:
+            self.hidden = layer(self.hidden, None)
+            self.num_done += 1
+            if self.num_done in self.tower.kept_states:
+                self.states[self.num_done] = self.hidden
+
+    def features(self) -> torch.Tensor:
+        """[N, T, Cv] in the pixel dtype; every layer must have run."""
+        if not self.is_done:
+            raise RuntimeError(f"tower pass at layer {self.num_done} of {self.num_layers}")
+        return self.tower.select(self).to(self.out_dtype)
 
 
 class SigLipVisionTower(nn.Module):
@@ -50,12 +87,25 @@ class SigLipVisionTower(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
 
+    @property
+    def pass_layers(self) -> nn.ModuleList:
+        return self.vision_tower.vision_model.encoder.layers
+
+    @property
+    def kept_states(self) -> frozenset[int]:
+        return frozenset({len(self.pass_layers)})
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_tower.vision_model.embeddings(pixel_values)
+
+    def select(self, run: TowerPass) -> torch.Tensor:
+        return run.hidden  # the last layer's output, before post_layernorm (ORIG)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: [N, 3, S, S] -> [N, P*P, Cv], in the dtype of pixel_values (ORIG casts back)
-        model = self.vision_tower.vision_model
-        hidden = model.embeddings(pixel_values.to(self.dtype))
-        hidden = model.encoder(inputs_embeds=hidden).last_hidden_state
-        return hidden.to(pixel_values.dtype)
+        run = TowerPass(self, pixel_values)
+        run.run(run.num_layers)
+        return run.features()
 
 
 class CLIPVisionTower(nn.Module):
@@ -84,18 +134,27 @@ class CLIPVisionTower(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
 
+    @property
+    def pass_layers(self) -> nn.ModuleList:
+        return self.vision_tower.vision_model.encoder.layers[: max(self.feature_layers)]
+
+    @property
+    def kept_states(self) -> frozenset[int]:
+        return frozenset(self.feature_layers)  # state i == transformers' hidden_states[i]
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        model = self.vision_tower.vision_model
+        return model.pre_layrnorm(model.embeddings(pixel_values))
+
+    def select(self, run: TowerPass) -> torch.Tensor:
+        features = torch.cat([run.states[i] for i in self.feature_layers], dim=-1)
+        return features if self.keeps_cls else features[:, 1:]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: [N, 3, S, S] -> [N, T, Cv] with T = P*P (+1 CLS first for *cls_patch)
-        model = self.vision_tower.vision_model
-        hidden = model.pre_layrnorm(model.embeddings(pixel_values.to(self.dtype)))
-        states = [hidden]  # states[i] == transformers' hidden_states[i]
-        for layer in model.encoder.layers[: max(self.feature_layers)]:
-            hidden = layer(hidden, None)
-            states.append(hidden)
-        features = torch.cat([states[i] for i in self.feature_layers], dim=-1)
-        if not self.keeps_cls:
-            features = features[:, 1:]
-        return features.to(pixel_values.dtype)
+        run = TowerPass(self, pixel_values)
+        run.run(run.num_layers)
+        return run.features()
 
 
 def build_vision_tower(cfg: LlavaConfig) -> nn.Module:

@@ -21,14 +21,21 @@ class FaultInjection:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Runtime knobs of the generation engine (not part of the checkpoint)."""
+    """Runtime knobs of the generation engine (not part of the checkpoint); docs/ENGINE.md."""
 
-    max_num_seqs: int = 32  # rows in one running batch (each of a request's n choices is a row)
-    max_model_len: int | None = None  # None: the checkpoint's context length
+    max_num_seqs: int = 32  # sequences running at once (each of a request's n choices is one)
+    max_model_len: int | None = None  # None: the checkpoint's context length (and at most what the KV cache holds)
     seed: int = 0  # seeds the choice of seeds for requests that give none
-    max_prefill_tokens: int = 8192  # padded prompt tokens (rows x longest) prefilled in one step
+    # KV cache size: bytes (int), a share of the memory available at start-up (float in (0, 1]), or None:
+    # auto (CUDA: 0.8 of free device memory; CPU: min(4 GiB, half of the available memory))
+    kv_cache_memory: int | float | None = None
+    block_size: int = 16  # token positions per KV block
+    # work per step, in prompt tokens at zero context (decode rows count one each and always run; a later
+    # prompt token and a slice of encoder work count what their FLOPs are worth): None = 512 on the CPU,
+    # 4096 on a GPU
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True  # keep full KV blocks findable by content after their request
     encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
-    split_prefill_tokens: int = 512  # CPU: prefill rows one by one when every new prompt is this long
     fault_injection: FaultInjection | None = None  # tests only
 
     def __post_init__(self) -> None:
@@ -36,9 +43,18 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs={self.max_num_seqs}: must be >= 1")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError(f"max_model_len={self.max_model_len}: must be >= 16")
-        if self.max_prefill_tokens < 1:
-            raise ValueError(f"max_prefill_tokens={self.max_prefill_tokens}: must be >= 1")
-        if self.split_prefill_tokens < 1:
-            raise ValueError(f"split_prefill_tokens={self.split_prefill_tokens}: must be >= 1")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size={self.block_size}: must be a power of two")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 16:
+            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens}: must be >= 16")
+        memory = self.kv_cache_memory
+        if isinstance(memory, bool) or (isinstance(memory, int) and memory < 1) or (
+                isinstance(memory, float) and not 0 < memory <= 1):
+            raise ValueError(f"kv_cache_memory={memory!r}: bytes >= 1, a share in (0, 1], or None (auto)")
         if self.encoder_cache_bytes < 0:
             raise ValueError(f"encoder_cache_bytes={self.encoder_cache_bytes}: must be >= 0")
+
+    def step_tokens(self, device_type: str) -> int:
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        return 512 if device_type == "cpu" else 4096

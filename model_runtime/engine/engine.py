@@ -1,11 +1,12 @@
-"""The generation engine: a synchronous `step()` = schedule -> run -> postprocess.
+"""The generation engine: a synchronous `step()` = schedule -> encode -> forward -> sample.
 
-Each step either prefills newly admitted requests (their rows then join the running batch, the
-shorter side left-padded) or decodes one token for every running row; finished and aborted rows
-leave between steps, so requests join and leave at every step. A failing forward is retried row
-by row (in halves after an out-of-memory error) so only the culprit fails; an unrecoverable
-device error finishes everything with "error" and marks the engine dead. No threads here
-(`worker.py` drives `step()`); nothing of HTTP.
+Each step runs one token of every decoding sequence and chunks of prompts (scheduler.py) in one
+packed forward over the paged KV cache (kv.py, runner.py); media are encoded in slices before
+it. Requests join and leave at every step. Choice 0 of a request computes its prompt; at its
+first token the other choices start from the same KV blocks. A failing forward is retried
+sequence by sequence (in halves after an out-of-memory error) so only the culprit fails; an
+unrecoverable device error finishes everything with "error" and marks the engine dead. No
+threads here (`worker.py` drives `step()`); nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import time
 
 import torch
 
+from model_runtime.arch.cost import LanguageCost, vision_layer_flops
 from model_runtime.config import EngineConfig
+from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.detokenizer import IncrementalDetokenizer, TokenTexts
-from model_runtime.engine.kv import BatchCache, concat
+from model_runtime.engine.encoder_cache import media_key
+from model_runtime.engine.kv import bytes_per_block, kv_cache_bytes
 from model_runtime.engine.request import (
     FINISH_REASONS,
     Logprob,
@@ -29,12 +33,14 @@ from model_runtime.engine.request import (
     Sequence,
     TokenLogprobs,
 )
-from model_runtime.engine.runner import ModelRunner, is_fatal, is_out_of_memory
+from model_runtime.engine.runner import ForwardRow, ModelRunner, is_fatal, is_out_of_memory
 from model_runtime.engine.sampler import SamplingRow, choice_generator, sample
-from model_runtime.engine.scheduler import Scheduler, SchedulerOutput
-from model_runtime.engine.stats import EngineStats
+from model_runtime.engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
+from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats, TokenHistogram
 
 log = logging.getLogger(__name__)
+
+MAX_CROPS_PER_UNIT = 64  # crops (or frames) in one encoder unit, at most
 
 
 class EngineDeadError(RuntimeError):
@@ -43,29 +49,55 @@ class EngineDeadError(RuntimeError):
 
 class Engine:
     def __init__(self, model, tokenizer, eos_token_ids, config: EngineConfig | None = None) -> None:
-        self.config = config or EngineConfig()
+        self.config = config = config or EngineConfig()
+        _check_model(model)
         self.tokenizer = tokenizer
         self.eos_token_ids = frozenset(eos_token_ids)
-        self.max_model_len = self.config.max_model_len or getattr(model.config, "max_position_embeddings", None)
-        self.runner = ModelRunner(model, self.config)
-        self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_prefill_tokens)
-        self.batch: BatchCache | None = None  # rows aligned with scheduler.running
+        device = model.model.embed_tokens.weight.device
+        self.block_size = bs = config.block_size
+        per_block = bytes_per_block(model.config, bs, model.model.embed_tokens.weight.dtype)
+        num_blocks = int(kv_cache_bytes(config.kv_cache_memory, device) // per_block)
+        if num_blocks < 2:
+            raise ValueError(f"kv_cache_memory holds {num_blocks} blocks of {per_block} bytes; at least 2 are needed")
+        self.runner = ModelRunner(model, config, num_blocks)
+        capacity = (num_blocks - 1) * bs
+        context = config.max_model_len or getattr(model.config, "max_position_embeddings", None) or capacity
+        if context > capacity:
+            log.warning("the KV cache holds %d tokens, fewer than the context length %d: requests are limited to %d",
+                        capacity, context, capacity)
+        self.max_model_len = min(context, capacity)
+        self.cost = LanguageCost.of(model.config)
+        self.pool = BlockPool(num_blocks, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config.max_num_seqs, config.step_tokens(device.type), self.pool, bs, self.cost,
+                                   self._resolve_media)
+        unit = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop through one layer
+        self.max_crops = max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / unit)))
+        self.max_forward_rows = config.max_num_seqs  # halved after an out-of-memory error
         self.requests: dict[str, Request] = {}  # unfinished
-        self.choices: dict[str, list[Sequence]] = {}  # request id -> its rows, once prefilled
-        self.max_decode_rows = self.config.max_num_seqs  # halved after an out-of-memory error
+        self.choices: dict[str, list[Sequence]] = {}  # request id -> its sequences (choice 0 first)
+        self._media_waiters: dict[str, list[Request]] = {}  # media key -> requests waiting for its encoding
         self.dead_reason: str | None = None
         self._texts = TokenTexts(tokenizer)
-        self._seed_source = torch.Generator().manual_seed(self.config.seed)
+        self._seed_source = torch.Generator().manual_seed(config.seed)
         self._counters = dict.fromkeys(
             ("num_steps", "num_prefill_steps", "num_decode_steps", "num_prefill_tokens", "num_generation_tokens",
              "num_errors", "num_out_of_memory"), 0)
+        self._prompt_hist = TokenHistogram.empty(STEP_TOKEN_BOUNDS)
+        self._decode_hist = TokenHistogram.empty(STEP_TOKEN_BOUNDS)
         self._step_seconds = 0.0
         self._last_step_time = 0.0
         self._last_step_seconds = 0.0
+        log.info("KV cache: %.2f GiB, %d blocks of %d tokens (%d tokens); %d tokens per step; prefix caching %s",
+                 self.runner.kv.num_bytes / 2**30, num_blocks - 1, bs, capacity, self.scheduler.step_tokens,
+                 "on" if config.enable_prefix_caching else "off")
 
     @property
     def is_dead(self) -> bool:
         return self.dead_reason is not None
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.pool.num_usable * self.block_size
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -75,8 +107,20 @@ class Engine:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         if request.params.n > self.config.max_num_seqs:
             raise SamplingParamsError("n", f"{request.params.n}: at most {self.config.max_num_seqs} here")
+        if request.num_prompt_tokens >= self.max_model_len:
+            raise ValueError(f"a prompt of {request.num_prompt_tokens} tokens does not fit: at most "
+                             f"{self.max_model_len - 1} here")
+        request.media_keys = tuple(media_key(m) for m in request.media)
+        request.layout = PromptLayout.from_ids(
+            request.prompt.token_ids, [(k, m.num_tokens) for k, m in zip(request.media_keys, request.media, strict=True)])
+        if request.layout.num_tokens != request.num_prompt_tokens:
+            raise ValueError(f"the prompt's items make {request.layout.num_tokens} positions, "
+                             f"not {request.num_prompt_tokens}")
+        request.media_cache_hits = [None] * len(request.media)
         self.requests[request.request_id] = request
-        self.scheduler.add(request)
+        seq = self._new_sequence(request, 0)
+        self.choices[request.request_id] = [seq]
+        self.scheduler.add(seq)
 
     def abort_request(self, request_id: str) -> list[RequestOutput]:
         """Finish a request with "abort" (one output per unfinished choice); [] if unknown."""
@@ -88,15 +132,42 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the idle content of the prefix cache (blocks in use stay); returns the blocks dropped."""
+        return self.pool.reset_prefix_cache()
+
+    def kv_token_count(self) -> int:
+        """Positions held in KV blocks by running sequences, each shared position once."""
+        filled: dict[int, int] = {}
+        bs = self.block_size
+        for seq in self.scheduler.running:
+            for i, block in enumerate(seq.block_ids):
+                n = min(bs, max(0, seq.num_computed - i * bs))
+                if n > filled.get(block, 0):
+                    filled[block] = n
+        return sum(filled.values())
+
     def stats(self) -> EngineStats:
-        batch, cache, c = self.batch, self.runner.encoder_cache, self._counters
+        cache, c, pool, kv = self.runner.encoder_cache, self._counters, self.pool, self.runner.kv
+        running = self.scheduler.running
         return EngineStats(
-            num_running=len({id(s.request) for s in self.scheduler.running}),
-            num_waiting=len(self.scheduler.waiting),
-            batch_size=len(self.scheduler.running),
-            num_kv_tokens=batch.num_tokens if batch else 0,
-            num_kv_slots=batch.num_rows * batch.num_columns if batch else 0,
-            kv_cache_bytes=batch.num_bytes if batch else 0,
+            num_running=len({id(s.request) for s in running}),
+            num_waiting=len({id(s.request) for s in self.scheduler.waiting} - {id(s.request) for s in running}),
+            batch_size=len(running),
+            num_kv_tokens=self.kv_token_count(),
+            num_kv_slots=pool.num_used * self.block_size,
+            kv_cache_bytes=pool.num_used * kv.block_bytes,
+            kv_cache_capacity_bytes=kv.num_bytes,
+            kv_blocks_total=pool.num_usable,
+            kv_blocks_used=pool.num_used,
+            kv_blocks_cached=pool.num_cached,
+            kv_cache_usage=pool.usage,
+            block_size=self.block_size,
+            prefix_cache_queried_tokens=pool.num_queried_tokens,
+            prefix_cache_hit_tokens=pool.num_hit_tokens,
+            num_preemptions=self.scheduler.num_preemptions,
+            step_prompt_tokens=self._prompt_hist,
+            step_decode_tokens=self._decode_hist,
             last_step_time=self._last_step_time,
             last_step_seconds=self._last_step_seconds,
             step_seconds=self._step_seconds,
@@ -119,15 +190,24 @@ class Engine:
         started = time.perf_counter()
         self._counters["num_steps"] += 1
         self.runner.step_index = self._counters["num_steps"]
-        plan: SchedulerOutput = self.scheduler.schedule(time.monotonic())
-        outputs = [o for r in plan.expired for o in self._finish_request(r.request_id, RequestStatus.FINISHED_ABORTED)]
+        now = time.monotonic()
+        outputs = [o for r in self.scheduler.expired(now)
+                   for o in self._finish_request(r.request_id, RequestStatus.FINISHED_ABORTED)]
+        plan: SchedulerOutput = self.scheduler.schedule()
         try:
-            if plan.prefill:
-                self._counters["num_prefill_steps"] += 1
-                outputs += self._prefill(plan.prefill)
-            elif plan.is_decode:
-                self._counters["num_decode_steps"] += 1
-                outputs += self._decode()
+            self.runner.kv.zero(plan.fresh_blocks)
+            outputs += self._encode(plan)
+            chunks = [c for c in plan.chunks if not c.seq.status.is_finished]
+            for c in chunks:
+                c.seq.request.scheduled_time = c.seq.request.scheduled_time or now
+            if chunks:
+                num_prompt = sum(c.num_tokens for c in chunks if not c.is_decode)
+                num_decode = len(chunks) - sum(1 for c in chunks if not c.is_decode)
+                self._counters["num_prefill_steps"] += num_prompt > 0
+                self._counters["num_decode_steps"] += num_prompt == 0
+                self._prompt_hist = self._prompt_hist.observe(num_prompt) if num_prompt else self._prompt_hist
+                self._decode_hist = self._decode_hist.observe(num_decode) if num_decode else self._decode_hist
+                outputs += self._run(chunks)
         except Exception as error:
             if not is_fatal(error):
                 raise
@@ -137,120 +217,186 @@ class Engine:
         self._last_step_time = time.time()
         return outputs
 
-    def _prefill(self, requests: list[Request]) -> list[RequestOutput]:
-        now = time.monotonic()
-        for r in requests:
-            r.scheduled_time = r.scheduled_time or now
-        groups, failed = self._prefill_isolated(requests)
-        outputs = [o for r, err in failed for o in self._finish_request(r.request_id, RequestStatus.FINISHED_ERROR, err)]
-        if not groups:
-            return outputs
-        parts, logits, seqs = [], [], []
-        for group, group_logits, part, reports in groups:
-            rows = [i for i, r in enumerate(group) for _ in range(r.params.n)]
-            if len(rows) != len(group):
-                part.select(rows)  # n choices share the prefilled prompt
-            parts.append(part)
-            logits.append(group_logits[rows])
-            for request, report in zip(group, reports, strict=True):
-                request.media_cache_hits = tuple(report.cache_hits)
-                request.encoder_seconds = report.encoder_seconds
-                self._counters["num_prefill_tokens"] += request.num_prompt_tokens
-                seqs += self._start(request)
-        batch = concat(parts)
-        step_outputs, keep = self._append_tokens(seqs, torch.cat(logits))
-        if keep:
-            if len(keep) != len(seqs):
-                batch.select(keep)
-            self.scheduler.running += [seqs[i] for i in keep]
-            self.batch = batch if self.batch is None else concat([self.batch, batch])
-        return outputs + step_outputs
+    # -- media ------------------------------------------------------------------------------
+    def _resolve_media(self, seq: Sequence) -> None:
+        """Find the encoded rows of the media that `seq`'s remaining positions need, or start encoding them."""
+        request = seq.request
+        cache = self.runner.encoder_cache
+        for i, (_, stop, key) in enumerate(request.layout.media_spans):
+            if stop <= seq.num_computed or key in request.encoded:
+                continue
+            waiting = self._media_waiters.get(key)
+            if waiting is not None:  # being encoded for this or another request: encoded once
+                if request not in waiting:
+                    waiting.append(request)
+                    cache.count_hit()
+                _first_report(request, i, True)
+                continue
+            found = cache.get(key)
+            if found is not None:
+                request.encoded[key] = found
+                _first_report(request, i, True)
+                continue
+            job = self.runner.start_job(key, request.media[i], self.max_crops)
+            self.scheduler.encoder_work[key] = [f / self.cost.token_flops for f in job.remaining_flops()]
+            self._media_waiters[key] = [request]
+            _first_report(request, i, False)
 
-    def _prefill_isolated(self, requests: list[Request]):
-        """Prefill; on a failure retry in halves (out of memory) or one by one, so only culprits fail."""
-        try:
-            logits, batch, reports = self.runner.prefill(requests)
-            return [(requests, logits, batch, reports)], []
-        except Exception as error:
-            if is_fatal(error):
-                raise
-            if len(requests) == 1:
-                log.error("prefill failed for %s", requests[0].request_id, exc_info=error)
-                return [], [(requests[0], _describe(error))]
-            chunks = self._split(requests, error)
-            log.warning("prefill of %d requests failed (%s); retrying in %d parts",
-                        len(requests), type(error).__name__, len(chunks))
-        groups, failed = [], []
-        for chunk in chunks:
-            g, f = self._prefill_isolated(chunk)
-            groups += g
-            failed += f
-        return groups, failed
-
-    def _decode(self) -> list[RequestOutput]:
-        seqs = self.scheduler.running
-        size = self.max_decode_rows
-        if len(seqs) <= size:
-            groups, failed = self._decode_isolated(self.batch, seqs)
-        else:
-            groups, failed = [], []
-            for start in range(0, len(seqs), size):
-                rows = list(range(start, min(start + size, len(seqs))))
-                g, f = self._decode_isolated(self.batch.take(rows), seqs[start : start + size])
-                groups += g
-                failed += f
+    def _encode(self, plan: SchedulerOutput) -> list[RequestOutput]:
         outputs = []
-        for seq, err in failed:
-            outputs += self._finish_sequence(seq, RequestStatus.FINISHED_ERROR, error=err, drop_row=False)
-        if not groups:
-            self.scheduler.running, self.batch = [], None
-            return outputs
-        seqs = [s for group, _, _ in groups for s in group]
-        batch = concat([part for _, _, part in groups])
-        step_outputs, keep = self._append_tokens(seqs, torch.cat([logits for _, logits, _ in groups]))
-        self.scheduler.running = [seqs[i] for i in keep]
-        if not keep:
-            self.batch = None
-        else:
-            if len(keep) != len(seqs):
-                batch.select(keep)
-            self.batch = batch
-        return outputs + step_outputs
+        for key, units in plan.encoder_work:
+            if key not in self.runner.jobs:
+                continue  # cancelled: nobody waits for it any more
+            job = self.runner.jobs[key]
+            try:
+                item = self.runner.run_encoder(key, units)
+            except Exception as error:
+                if is_fatal(error):
+                    raise
+                log.error("encoding a %s item failed", job.item.modality, exc_info=error)
+                self.scheduler.encoder_work.pop(key, None)
+                for request in self._media_waiters.pop(key, []):
+                    outputs += self._finish_request(request.request_id, RequestStatus.FINISHED_ERROR,
+                                                    _describe(error))
+                continue
+            if item is not None:
+                for request in self._media_waiters.pop(key, []):
+                    request.encoded[key] = item
+                    modality = job.item.modality
+                    request.encoder_seconds[modality] = request.encoder_seconds.get(modality, 0.0) + job.seconds
+        self.scheduler.commit_encoder_work(plan)
+        return outputs
 
-    def _decode_isolated(self, batch: BatchCache, seqs: list[Sequence]):
+    def _release_media(self, request: Request) -> None:
+        """Drop a request's encoded rows once none of its choices needs them any more."""
+        if not request.encoded or (request.params.n > 1 and not request.is_forked):
+            return
+        last = request.layout.media_spans[-1][1]
+        if all(s.num_computed >= last for s in self.choices[request.request_id] if not s.status.is_finished):
+            request.encoded.clear()
+
+    # -- the forward ------------------------------------------------------------------------
+    def _run(self, chunks: list[ScheduledChunk]) -> list[RequestOutput]:
+        groups, failed = [], []
+        size = self.max_forward_rows
+        for start in range(0, len(chunks), size):
+            g, f = self._forward_isolated(chunks[start : start + size])
+            groups += g
+            failed += f
+        outputs = []
+        for chunk, err in failed:
+            seq = chunk.seq
+            if seq.index == 0 and not seq.request.is_forked:
+                outputs += self._finish_request(seq.request.request_id, RequestStatus.FINISHED_ERROR, err)
+            else:
+                outputs += self._finish_sequence(seq, RequestStatus.FINISHED_ERROR, error=err)
+        sampling: list[Sequence] = []
+        rows: list[torch.Tensor] = []
+        for group, logits in groups:
+            k = 0
+            for chunk in group:
+                seq = chunk.seq
+                if seq.status.is_finished:
+                    continue
+                seq.num_computed = chunk.start + chunk.num_tokens
+                self._register_blocks(seq)
+                if not chunk.is_decode:
+                    self._counters["num_prefill_tokens"] += chunk.num_tokens
+                if chunk.wants_logits:
+                    row = logits[k]
+                    k += 1
+                    if seq.index == 0 and seq.request.params.n > 1 and not seq.request.is_forked:
+                        for child in [seq, *self._fork(seq)]:
+                            sampling.append(child)
+                            rows.append(row)
+                    else:
+                        sampling.append(seq)
+                        rows.append(row)
+                self._release_media(seq.request)
+        if sampling:
+            outputs += self._append_tokens(sampling, torch.stack(rows))
+        return outputs
+
+    def _forward_isolated(self, chunks: list[ScheduledChunk]):
+        """Run a forward; on a failure retry in halves (out of memory) or one by one, so only culprits fail."""
         try:
-            tokens = [s.output_ids[-1] for s in seqs]
-            logits = self.runner.decode(batch, tokens, [s.request.request_id for s in seqs])
-            return [(seqs, logits, batch)], []
+            logits = self.runner.forward([self._forward_row(c) for c in chunks])
+            return [(chunks, logits)], []
         except Exception as error:
             if is_fatal(error):
                 raise
-            if len(seqs) == 1:
-                log.error("decode failed for %s", seqs[0].row_id, exc_info=error)
-                return [], [(seqs[0], _describe(error))]
+            if len(chunks) == 1:
+                log.error("the forward failed for %s", chunks[0].seq.row_id, exc_info=error)
+                return [], [(chunks[0], _describe(error))]
             if is_out_of_memory(error):
-                self.max_decode_rows = max(1, min(self.max_decode_rows, len(seqs) // 2))
-            chunks = self._split(list(range(len(seqs))), error)
-            log.warning("decode of %d rows failed (%s); retrying in %d parts",
-                        len(seqs), type(error).__name__, len(chunks))
+                self._counters["num_out_of_memory"] += 1
+                half = len(chunks) // 2
+                self.max_forward_rows = max(1, min(self.max_forward_rows, half))
+                self.scheduler.max_num_seqs = max(1, min(self.scheduler.max_num_seqs, half))
+                parts = [chunks[:half], chunks[half:]]
+            else:
+                parts = [[c] for c in chunks]
+            log.warning("a forward of %d sequences failed (%s); retrying in %d parts",
+                        len(chunks), type(error).__name__, len(parts))
         groups, failed = [], []
-        for rows in chunks:
-            g, f = self._decode_isolated(batch.take(rows), [seqs[i] for i in rows])
+        for part in parts:
+            g, f = self._forward_isolated(part)
             groups += g
             failed += f
         return groups, failed
 
-    def _split(self, items: list, error: Exception) -> list[list]:
-        if is_out_of_memory(error):
-            self._counters["num_out_of_memory"] += 1
-            self.scheduler.max_num_seqs = max(1, min(self.scheduler.max_num_seqs, len(items) // 2))
-            half = len(items) // 2
-            return [items[:half], items[half:]]
-        return [[item] for item in items]
+    def _forward_row(self, chunk: ScheduledChunk) -> ForwardRow:
+        seq, request = chunk.seq, chunk.seq.request
+        if chunk.is_decode:
+            return ForwardRow(request.request_id, (seq.output_ids[-1],), (), chunk.start, 1, seq.block_ids,
+                              chunk.wants_logits, is_decode=True)
+        items = [request.encoded.get(k, m) for k, m in zip(request.media_keys, request.media, strict=True)]
+        return ForwardRow(request.request_id, seq.token_ids(), items, chunk.start, chunk.num_tokens, seq.block_ids,
+                          chunk.wants_logits, is_decode=False)
+
+    def _register_blocks(self, seq: Sequence) -> None:
+        """Offer the sequence's newly full blocks to the prefix cache."""
+        if not self.pool.enable_prefix_caching:
+            return
+        full = seq.num_computed // self.block_size
+        if full <= seq.num_registered:
+            return
+        extend_hashes(seq.block_hashes, seq.request.layout, seq.output_ids, full * self.block_size, self.block_size)
+        for i in range(seq.num_registered, full):
+            self.pool.register(seq.block_ids[i], seq.block_hashes[i])
+        seq.num_registered = full
+
+    def _fork(self, seq: Sequence) -> list[Sequence]:
+        """Choices 1..n-1 of `seq`'s request, from the KV of its computed prompt: the full blocks
+        shared, the partial last block copied (or, with no free block, recomputed by the choice)."""
+        request = seq.request
+        bs = self.block_size
+        full = request.num_prompt_tokens // bs
+        partial = request.num_prompt_tokens % bs
+        copies: list[int] = []
+        if partial and self.pool.num_free >= request.params.n - 1:
+            copies, _ = self.pool.allocate(request.params.n - 1)
+            self.runner.kv.copy(seq.block_ids[full], copies)
+        children = []
+        for i in range(1, request.params.n):
+            child = self._new_sequence(request, i)
+            child.block_ids = seq.block_ids[:full]
+            self.pool.share(child.block_ids)
+            child.num_computed = full * bs
+            if copies:
+                child.block_ids.append(copies[i - 1])
+                child.num_computed = request.num_prompt_tokens
+            child.block_hashes = seq.block_hashes[:full]
+            child.num_registered = min(seq.num_registered, full)
+            self.choices[request.request_id].append(child)
+            self.scheduler.add_running(child)
+            children.append(child)
+        request.is_forked = True
+        return children
 
     # -- postprocessing ---------------------------------------------------------------------
-    def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[RequestOutput], list[int]]:
-        """Sample one token per row; returns the outputs and the rows that keep running."""
+    def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
+        """Sample one token per sequence and report it (finishing those that stop)."""
         rows = [
             SamplingRow(s.request.params, s.generator,
                         s.request.prompt_text_ids if s.request.params.repetition_penalty != 1 else (), s.output_ids)
@@ -258,8 +404,8 @@ class Engine:
         ]
         sampled = sample(logits, rows)
         now = time.monotonic()
-        outputs, keep = [], []
-        for i, (seq, token, lp) in enumerate(zip(seqs, sampled.token_ids, sampled.logprobs, strict=True)):
+        outputs = []
+        for seq, token, lp in zip(seqs, sampled.token_ids, sampled.logprobs, strict=True):
             seq.output_ids.append(token)
             seq.first_token_time = seq.first_token_time or now
             self._counters["num_generation_tokens"] += 1
@@ -267,10 +413,9 @@ class Engine:
             status, stop_reason = self._check_stop(seq, token)
             if status is None:
                 outputs.append(self._output(seq, [token], seq.detokenizer.take(), logprobs))
-                keep.append(i)
             else:
-                outputs += self._finish_sequence(seq, status, [token], logprobs, stop_reason, drop_row=False)
-        return outputs, keep
+                outputs += self._finish_sequence(seq, status, [token], logprobs, stop_reason)
+        return outputs
 
     def _check_stop(self, seq: Sequence, token: int) -> tuple[RequestStatus | None, str | int | None]:
         params = seq.request.params
@@ -294,40 +439,32 @@ class Engine:
             top=tuple(Logprob(t, *self._texts.get(t), lp) for t, lp in top),
         )
 
-    # -- lifecycle of requests and rows -----------------------------------------------------
-    def _start(self, request: Request) -> list[Sequence]:
+    # -- lifecycle of requests and sequences ------------------------------------------------
+    def _new_sequence(self, request: Request, index: int) -> Sequence:
         params = request.params
-        seqs = [
-            Sequence(
-                request, i, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
-                None if params.is_greedy else choice_generator(params.seed, i, self.runner.device, self._seed_source),
-            )
-            for i in range(params.n)
-        ]
-        self.choices[request.request_id] = seqs
-        return seqs
+        return Sequence(
+            request, index, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
+            None if params.is_greedy else choice_generator(params.seed, index, self.runner.device, self._seed_source),
+        )
 
     def _finish_request(self, request_id: str, status: RequestStatus, error: str | None = None) -> list[RequestOutput]:
         request = self.requests.get(request_id)
         if request is None:
             return []
-        if request in self.scheduler.waiting:
-            self.scheduler.remove_waiting(request)
-        seqs = self.choices.get(request_id)
-        if seqs is None:  # never prefilled: one final output per choice
-            seqs = self._start(request)
+        seqs = self.choices[request_id]
+        if not request.is_forked:  # choices 1..n-1 never started: one final output each
+            seqs += [self._new_sequence(request, i) for i in range(len(seqs), request.params.n)]
         outputs = []
-        for seq in seqs:
+        for seq in list(seqs):
             if not seq.status.is_finished:
                 outputs += self._finish_sequence(seq, status, error=error)
         return outputs
 
     def _finish_sequence(self, seq: Sequence, status: RequestStatus, ids: list[int] | None = None,
                          logprobs: list[TokenLogprobs] | None = None, stop_reason: str | int | None = None,
-                         error: str | None = None, drop_row: bool = True) -> list[RequestOutput]:
+                         error: str | None = None) -> list[RequestOutput]:
         seq.status = status
-        if drop_row and seq in self.scheduler.running:
-            self._drop_row(self.scheduler.running.index(seq))
+        self.scheduler.remove(seq)
         if status is RequestStatus.FINISHED_ERROR:
             self._counters["num_errors"] += 1
             text = ""
@@ -337,23 +474,30 @@ class Engine:
         metrics = RequestMetrics(
             arrival_time=request.arrival_time, scheduled_time=request.scheduled_time,
             first_token_time=seq.first_token_time, finished_time=time.monotonic(),
-            media_cache_hits=request.media_cache_hits, encoder_seconds=dict(request.encoder_seconds),
+            media_cache_hits=tuple(h is not False for h in request.media_cache_hits),
+            encoder_seconds=dict(request.encoder_seconds), num_cached_tokens=request.num_cached_tokens,
         )
         out = self._output(seq, ids or [], text, logprobs, stop_reason=stop_reason, error=error, metrics=metrics)
-        if all(s.status.is_finished for s in self.choices[request.request_id]):
+        choices = self.choices[request.request_id]
+        if all(s.status.is_finished for s in choices) and (request.is_forked or len(choices) == request.params.n):
             request.status = status
             del self.requests[request.request_id]
             del self.choices[request.request_id]
+            self._drop_waiter(request)
         return [out]
 
-    def _drop_row(self, row: int) -> None:
-        running = self.scheduler.running
-        keep = [i for i in range(len(running)) if i != row]
-        self.scheduler.running = [running[i] for i in keep]
-        if keep:
-            self.batch.select(keep)
-        else:
-            self.batch = None
+    def _drop_waiter(self, request: Request) -> None:
+        """A finished request waits for no encoding; work nobody waits for any more is cancelled."""
+        request.encoded.clear()
+        for key in set(request.media_keys):
+            waiting = self._media_waiters.get(key)
+            if waiting is None or request not in waiting:
+                continue
+            waiting.remove(request)
+            if not waiting:
+                del self._media_waiters[key]
+                self.runner.cancel_job(key)
+                self.scheduler.encoder_work.pop(key, None)
 
     def _output(self, seq: Sequence, ids: list[int], text: str, logprobs: list[TokenLogprobs] | None,
                 **final) -> RequestOutput:
@@ -373,11 +517,23 @@ class Engine:
     def _die(self, error: Exception) -> list[RequestOutput]:
         log.critical("unrecoverable device error; the engine stops", exc_info=error)
         self.dead_reason = _describe(error)
-        self.scheduler.running, self.batch = [], None
         outputs = []
         for request_id in list(self.requests):
             outputs += self._finish_request(request_id, RequestStatus.FINISHED_ERROR, "the engine stopped")
         return outputs
+
+
+def _first_report(request: Request, item: int, reused: bool) -> None:
+    if request.media_cache_hits[item] is None:
+        request.media_cache_hits[item] = reused
+
+
+def _check_model(model) -> None:
+    cfg = model.config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        raise ValueError("sliding-window attention is not supported by the paged KV cache")
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+        raise ValueError("only full-attention layers are supported by the paged KV cache")
 
 
 def _describe(error: BaseException) -> str:

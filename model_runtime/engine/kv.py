@@ -1,120 +1,179 @@
-"""Batch KV cache operations for continuous batching on a LEFT-padded cache.
+"""The paged KV cache's tensors, and the per-step inputs of paged attention.
 
-`BatchCache` is a transformers `DynamicCache` plus its attention mask. Row i of every tensor
-belongs to running row i; each row's real tokens are contiguous and end at the last column, so
-the next position of a row is its number of real tokens (positions = cumsum(mask) - 1).
-Rows are merged (shorter side padded on the left), selected (dropped or repeated for n > 1) and
-all-padding columns on the left trimmed. Knows tensors, not requests.
+`KVCache` holds two tensors per decoder layer, keys and values, each [KV heads, num_blocks,
+block_size, head dim], on that layer's device and in the model's dtype. They are allocated once
+at start-up from a memory budget (`kv_cache_bytes`); on the CPU their pages become resident as
+blocks are first used, and a block is zeroed when first handed out, so a padded read never
+meets uninitialised memory. Block 0 is the zero block that pads block tables.
+`paged_inputs(...)` turns the rows of one step (which positions of which sequence, in which
+blocks) into `PagedAttentionInputs` for arch/attention.py. Knows tensors, not requests.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from transformers import DynamicCache
+
+from model_runtime.arch.attention import DecodeGroup, PagedAttentionInputs, PromptChunk
+from model_runtime.engine.blocks import NULL_BLOCK
+
+log = logging.getLogger(__name__)
+
+GiB = 2**30
+CPU_AUTO_BYTES = 4 * GiB  # "auto" on the CPU: at most this, and at most half of the available memory
+CUDA_AUTO_FRACTION = 0.8  # "auto" on a GPU: this share of its free memory once the model is loaded
+DECODE_GROUP_SLACK = 1.25  # a decode group's padded reads stay within this x its real keys (+ a block per row)
 
 
-class BatchCache:
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
-            raise ValueError("sliding-window attention layers are not supported by the batch cache")
-        self.cache = cache
-        self.mask = mask  # [B, L] long, 1 on real tokens
+def kv_dims(text_config) -> tuple[int, int, int]:
+    """(layers, KV heads, head dim) of a transformers decoder config."""
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return text_config.num_hidden_layers, getattr(text_config, "num_key_value_heads", None) or heads, head_dim
 
-    @property
-    def num_rows(self) -> int:
-        return self.mask.shape[0]
 
-    @property
-    def num_columns(self) -> int:
-        return self.mask.shape[1]
+def bytes_per_block(text_config, block_size: int, dtype: torch.dtype) -> int:
+    layers, kv_heads, head_dim = kv_dims(text_config)
+    return 2 * layers * kv_heads * block_size * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    @property
-    def num_tokens(self) -> int:
-        """Real (unpadded) tokens held, over all rows."""
-        return int(self.mask.sum())
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that could be allocated now: free device memory, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def kv_cache_bytes(setting: int | float | None, device: torch.device) -> int:
+    """The cache's size from `EngineConfig.kv_cache_memory`: bytes (int), a share of what is
+    available now (float in (0, 1]), or None for auto (see the constants above)."""
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        return setting
+    free = available_memory(device)
+    if setting is not None:
+        return int(free * setting)
+    if device.type == "cuda":
+        return int(free * CUDA_AUTO_FRACTION)
+    return min(CPU_AUTO_BYTES, free // 2)
+
+
+class KVCache:
+    def __init__(self, model, num_blocks: int, block_size: int) -> None:
+        layers, kv_heads, head_dim = kv_dims(model.config)
+        dtype = model.model.embed_tokens.weight.dtype
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.dtype = dtype
+        self.key_cache: list[torch.Tensor] = []
+        self.value_cache: list[torch.Tensor] = []
+        for layer in model.model.layers[:layers]:
+            device = layer.self_attn.k_proj.weight.device
+            for store in (self.key_cache, self.value_cache):
+                t = torch.empty(kv_heads, num_blocks, block_size, head_dim, dtype=dtype, device=device)
+                t[:, NULL_BLOCK].zero_()
+                store.append(t)
 
     @property
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._tensors())
+        return sum(t.numel() * t.element_size() for t in (*self.key_cache, *self.value_cache))
 
-    def next_positions(self) -> torch.Tensor:
-        """[B, 1] long: the position of each row's next token."""
-        return self.mask.sum(dim=1, keepdim=True)
+    @property
+    def block_bytes(self) -> int:
+        return self.num_bytes // self.num_blocks
 
-    def append_column(self) -> None:
-        """Extend the mask by one real column for the token a decode step adds to every row."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.num_rows, 1)], dim=1)
+    def copy(self, source: int, targets: Sequence[int]) -> None:
+        """Copy one block's keys and values (every layer) into other blocks."""
+        if not targets:
+            return
+        index = torch.tensor(list(targets), dtype=torch.long)
+        for t in (*self.key_cache, *self.value_cache):
+            t.index_copy_(1, index.to(t.device), t[:, source : source + 1].expand(-1, len(targets), -1, -1))
 
-    def restore(self, num_columns: int) -> None:
-        """Undo a failed forward: cut every layer (and the mask) back to `num_columns` columns."""
-        self.mask = self.mask[:, :num_columns]
-        for layer in self._layers():
-            layer.keys = layer.keys[:, :, :num_columns]
-            layer.values = layer.values[:, :, :num_columns]
-
-    def select(self, rows: Sequence[int]) -> None:
-        """Keep these rows in this order (a row may repeat: n choices of one prompt), then trim."""
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
-        self.mask = self.mask.index_select(0, index)
-        for layer in self._layers():
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
-        self.trim()
-
-    def take(self, rows: Sequence[int]) -> BatchCache:
-        """A new BatchCache with copies of these rows; this one is unchanged."""
-        index = torch.tensor(list(rows), dtype=torch.long, device=self.mask.device)
-        cache = DynamicCache()
-        for i, layer in enumerate(self._layers()):
-            cache.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), i)
-        part = BatchCache(cache, self.mask.index_select(0, index))
-        part.trim()
-        return part
-
-    def trim(self) -> int:
-        """Drop left columns that are padding in every row; returns how many were dropped."""
-        if self.num_rows == 0:
-            return 0
-        is_used = self.mask.any(dim=0)
-        first = int(torch.argmax(is_used.to(torch.int8))) if bool(is_used.any()) else self.num_columns
-        if first:
-            self.mask = self.mask[:, first:]
-            for layer in self._layers():
-                layer.keys = layer.keys[:, :, first:]
-                layer.values = layer.values[:, :, first:]
-        return first
-
-    def _layers(self):
-        return [layer for layer in self.cache.layers if getattr(layer, "is_initialized", False)]
-
-    def _tensors(self):
-        for layer in self._layers():
-            yield layer.keys
-            yield layer.values
+    def zero(self, blocks: Sequence[int]) -> None:
+        """Zero blocks handed out for the first time."""
+        if not blocks:
+            return
+        index = torch.tensor(list(blocks), dtype=torch.long)
+        for t in (*self.key_cache, *self.value_cache):
+            t.index_fill_(1, index.to(t.device), 0)
 
 
-def concat(parts: Sequence[BatchCache]) -> BatchCache:
-    """Stack batches row-wise (in order), left-padding each to the longest; `parts[0]` is reused."""
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    width = max(p.num_columns for p in parts)
-    first.mask = torch.cat([_pad_left(p.mask, width, dim=1) for p in parts], dim=0)
-    layers = [p._layers() for p in parts]
-    if len({len(ls) for ls in layers}) != 1:
-        raise ValueError("batch caches with different layer counts cannot be merged")
-    for i, layer in enumerate(layers[0]):
-        layer.keys = torch.cat([_pad_left(ls[i].keys, width, dim=2) for ls in layers], dim=0)
-        layer.values = torch.cat([_pad_left(ls[i].values, width, dim=2) for ls in layers], dim=0)
-    return first
+@dataclass(frozen=True)
+class StepRow:
+    """One sequence's share of a step: `num_queries` positions from `start`, its blocks."""
+
+    query_start: int  # its first token in the packed axis
+    num_queries: int
+    start: int  # the sequence's first position computed this step
+    block_ids: Sequence[int]  # covers every position up to start + num_queries
 
 
-def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    pad = [0, 0] * (t.dim() - dim - 1) + [missing, 0]  # F.pad lists dims from the last one
-    return F.pad(t, pad)
+def paged_inputs(cache: KVCache, rows: Sequence[StepRow], device: torch.device) -> PagedAttentionInputs:
+    bs = cache.block_size
+    slots = []
+    decode: list[StepRow] = []
+    chunks: list[PromptChunk] = []
+    for row in rows:
+        positions = torch.arange(row.start, row.start + row.num_queries)
+        table = torch.tensor(list(row.block_ids), dtype=torch.long)
+        slots.append(table[positions // bs] * bs + positions % bs)
+        if row.num_queries == 1:
+            decode.append(row)
+            continue
+        length = row.start + row.num_queries
+        mask = None
+        if row.start:  # query i sees positions up to start + i
+            mask = torch.arange(length)[None, :] <= (row.start + torch.arange(row.num_queries))[:, None]
+        blocks = table[: -(-length // bs)]
+        chunks.append(PromptChunk(row.query_start, row.num_queries, length, blocks.to(device), _to(mask, device)))
+    return PagedAttentionInputs(
+        cache.key_cache, cache.value_cache, torch.cat(slots).to(device) if slots else torch.empty(0, dtype=torch.long),
+        [_decode_group(g, bs, device) for g in _group_by_length(decode, bs)], chunks,
+    )
+
+
+def _group_by_length(rows: list[StepRow], block_size: int) -> list[list[StepRow]]:
+    """Decode rows sorted by context length, cut into groups whose padded read stays bounded."""
+    groups: list[list[StepRow]] = []
+    current: list[StepRow] = []
+    real = 0
+    for row in sorted(rows, key=lambda r: r.start):
+        length = row.start + 1
+        padded = -(-length // block_size) * block_size * (len(current) + 1)  # rows sorted: this one is the longest
+        if current and padded > DECODE_GROUP_SLACK * (real + length) + block_size * (len(current) + 1):
+            groups.append(current)
+            current, real = [], 0
+        current.append(row)
+        real += length
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _decode_group(rows: list[StepRow], block_size: int, device: torch.device) -> DecodeGroup:
+    lengths = tuple(r.start + 1 for r in rows)
+    width = -(-max(lengths) // block_size)
+    table = torch.full((len(rows), width), NULL_BLOCK, dtype=torch.long)
+    for i, (row, length) in enumerate(zip(rows, lengths, strict=True)):
+        n = -(-length // block_size)
+        table[i, :n] = torch.tensor(list(row.block_ids[:n]), dtype=torch.long)
+    mask = None
+    if len(rows) > 1 and any(length != width * block_size for length in lengths):
+        mask = (torch.arange(width * block_size)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    index = torch.tensor([r.query_start for r in rows], dtype=torch.long)
+    return DecodeGroup(index.to(device), table.to(device), lengths, _to(mask, device))
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)

@@ -1,8 +1,9 @@
 """Request, sampling parameters and per-step outputs: the messages between server and engine.
 
 A `Request` carries one prompt and its media; `SamplingParams.n` choices of it become `n`
-`Sequence`s (rows of the running batch) that share one prefill. The status enum is mapped once
-to OpenAI finish reasons (`FINISH_REASONS`). Nothing here knows tensors beyond the media inputs.
+`Sequence`s (rows of the running batch): choice 0 computes the prompt, the others then share its
+full KV blocks. The status enum is mapped once to OpenAI finish reasons (`FINISH_REASONS`).
+Nothing here knows tensors beyond the media inputs.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model_runtime.engine.blocks import BlockHash, PromptLayout
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
-from model_runtime.inputs import MediaInput
+from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.processor import PromptInput
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's ceiling for `top_logprobs`
@@ -125,9 +127,15 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)  # time.monotonic()
     deadline: float | None = None  # time.monotonic() after which the engine aborts it
     status: RequestStatus = RequestStatus.WAITING
-    scheduled_time: float | None = None  # when its prefill started
-    media_cache_hits: tuple[bool, ...] = ()  # per media item, after prefill
-    encoder_seconds: dict[str, float] = field(default_factory=dict)  # modality -> encoder calls it waited on
+    # -- the engine's state of the request (engine thread only) --
+    scheduled_time: float | None = None  # when it was first scheduled
+    media_keys: tuple[str, ...] = ()  # content key of each media item (encoder and prefix caches)
+    layout: PromptLayout | None = None  # what fills each prompt position (text ids, media rows)
+    encoded: dict[str, EncodedItem] = field(default_factory=dict)  # media rows held while the prompt is computed
+    media_cache_hits: list[bool | None] = field(default_factory=list)  # per item: encoding reused (None: not yet)
+    encoder_seconds: dict[str, float] = field(default_factory=dict)  # modality -> encoder work it waited on
+    num_cached_tokens: int = 0  # prompt positions whose KV came from the prefix cache
+    is_forked: bool = False  # choices 1..n-1 exist (after choice 0 computed the prompt)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -147,8 +155,10 @@ class RequestMetrics:
     scheduled_time: float | None  # None: aborted or failed before its prefill
     first_token_time: float | None
     finished_time: float
-    media_cache_hits: tuple[bool, ...]  # per media item, request order: encoder cache hit
-    encoder_seconds: Mapping[str, float]  # modality -> seconds of the encoder calls it waited on
+    media_cache_hits: tuple[bool, ...]  # per media item, request order: its encoding was reused (encoder cache,
+    # or every row of it came from the prefix cache)
+    encoder_seconds: Mapping[str, float]  # modality -> seconds of the encoder work it waited on
+    num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
     @property
     def queue_time(self) -> float:
@@ -203,16 +213,33 @@ class RequestOutput:
 
 @dataclass(eq=False)
 class Sequence:
-    """One choice of a running request: one row of the batch."""
+    """One choice of a request: its tokens, its KV blocks and how far they are computed."""
 
     request: Request
     index: int  # choice index, 0..n-1
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None  # None for greedy choices
     output_ids: list[int] = field(default_factory=list)
-    status: RequestStatus = RequestStatus.RUNNING
+    status: RequestStatus = RequestStatus.WAITING
     first_token_time: float | None = None
+    block_ids: list[int] = field(default_factory=list)  # its KV blocks, position order
+    num_computed: int = 0  # positions whose KV is in its blocks
+    block_hashes: list[BlockHash] = field(default_factory=list)  # of its full blocks, as far as known
+    num_registered: int = 0  # leading full blocks offered to the prefix cache
 
     @property
     def row_id(self) -> str:
         return f"{self.request.request_id}#{self.index}"
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt positions + generated tokens (the last generated one is computed at the next step)."""
+        return self.request.num_prompt_tokens + len(self.output_ids)
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.num_computed == self.num_tokens - 1 and self.num_computed >= self.request.num_prompt_tokens
+
+    def token_ids(self) -> list[int]:
+        """Prompt ids (sentinels for media) followed by the generated ids."""
+        return list(self.request.prompt.token_ids) + self.output_ids

@@ -1,90 +1,265 @@
-"""The scheduler: which requests to prefill this step, or whether to decode the running batch.
+"""The scheduler: which positions of which sequences each step computes, and which encoder work runs.
 
-Waiting requests are admitted first come, first served (never skipping the head) while there are
-free rows (`max_num_seqs`; a request takes `n` rows) and the padded prefill stays within
-`max_prefill_tokens` (the head is always admitted alone if it is longer). A step either prefills
-or decodes; after a prefill, the next step decodes whenever rows are running, so a long prefill
-(a video) delays decoding by at most one step at a time. Sees no tensors: `running` is the list
-of sequences in batch-row order, which the engine keeps aligned with the cache rows.
+Every step has a budget (`EngineConfig.max_num_batched_tokens`, in prompt tokens at zero
+context: a later prompt token also pays for the attention over its context, a slice of encoder
+work for its FLOPs; arch/cost.py). Each step:
+
+1. every running sequence that decodes takes one token (all of them, budget or not);
+2. running sequences still computing their prompt (or recomputing after a preemption), oldest
+   first, then waiting ones, each get the encoder units their next media items need and a chunk
+   of positions, while budget is left; a chunk stops before a media item that is not encoded
+   (its last unit may run in the same step: the runner encodes before the forward);
+3. a waiting sequence is admitted only while rows (`max_num_seqs`; a new request reserves all of
+   its `n` choices) and KV blocks for its first chunk are free; its prompt first takes whatever
+   full blocks the prefix cache holds for it.
+
+When a running sequence needs a block and none is free, the newest running sequence is preempted:
+its blocks go back (full ones stay in the prefix cache) and it waits at the head of the queue to
+be recomputed, prompt and generated tokens, before it continues. Sees no tensors: KV blocks are
+ids from `BlockPool`, encoder work is a list of unit costs per media key (`encoder_work`), and
+`resolve_media` (the engine's) finds or starts the encoding of a sequence's media.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from model_runtime.arch.cost import LanguageCost
+from model_runtime.engine.blocks import BlockPool, extend_hashes
 from model_runtime.engine.request import Request, RequestStatus, Sequence
 
 
-@dataclass(frozen=True)
-class SchedulerOutput:
-    """What the engine runs this step: a prefill, a decode, or nothing (only `expired` to abort)."""
+@dataclass
+class ScheduledChunk:
+    """Positions [start, start + num_tokens) of `seq` computed this step."""
 
-    prefill: list[Request] = field(default_factory=list)  # admitted now, FCFS; prefilled together
-    is_decode: bool = False  # decode one token for every running row
-    expired: list[Request] = field(default_factory=list)  # past their deadline: abort before running
+    seq: Sequence
+    start: int
+    num_tokens: int
+
+    @property
+    def wants_logits(self) -> bool:
+        """The chunk reaches the sequence's last token: sample the next one."""
+        return self.start + self.num_tokens == self.seq.num_tokens
+
+    @property
+    def is_decode(self) -> bool:
+        return self.num_tokens == 1 and self.start >= self.seq.request.num_prompt_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)  # decode rows first, then prompt chunks
+    encoder_work: list[tuple[str, int]] = field(default_factory=list)  # (media key, units to run), in order
+    preempted: list[Sequence] = field(default_factory=list)
+    fresh_blocks: list[int] = field(default_factory=list)  # handed out for the first time: zero them
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return sum(1 for c in self.chunks if c.is_decode)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks if not c.is_decode)
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int, max_prefill_tokens: int) -> None:
+    def __init__(self, max_num_seqs: int, step_tokens: int, pool: BlockPool, block_size: int, cost: LanguageCost,
+                 resolve_media: Callable[[Sequence], None] | None = None) -> None:
         self.max_num_seqs = max_num_seqs  # lowered by the engine after an out-of-memory error
-        self.max_prefill_tokens = max_prefill_tokens
-        self.waiting: deque[Request] = deque()
-        self.running: list[Sequence] = []  # row i of the batch cache
-        self.was_prefill = False  # the last step prefilled
+        self.step_tokens = step_tokens
+        self.pool = pool
+        self.block_size = block_size
+        self.cost = cost
+        self.resolve_media = resolve_media or (lambda seq: None)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # hold blocks; admission order (the last is the newest)
+        self.encoder_work: dict[str, list[float]] = {}  # media key -> cost of each unit left, in tokens
+        self.num_preemptions = 0
 
-    def add(self, request: Request) -> None:
-        self.waiting.append(request)
+    # -- queue ------------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
 
-    def requeue(self, requests: list[Request]) -> None:
-        """Put admitted requests back at the head of the queue, in order."""
-        for request in reversed(requests):
-            request.status = RequestStatus.WAITING
-            self.waiting.appendleft(request)
+    def add_running(self, seq: Sequence) -> None:
+        """A sequence that starts out holding blocks (choices 1..n-1 sharing choice 0's prompt)."""
+        seq.status = RequestStatus.RUNNING
+        self.running.append(seq)
 
-    def remove_waiting(self, request: Request) -> None:
-        self.waiting.remove(request)
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out (finished or aborted) and release its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._free(seq)
 
     @property
-    def num_free_rows(self) -> int:
-        return self.max_num_seqs - len(self.running)
+    def num_rows(self) -> int:
+        """Rows held: running sequences, plus the choices a running choice 0 will fork into."""
+        return sum(1 + self._reserved(s) for s in self.running)
 
-    def schedule(self, now: float) -> SchedulerOutput:
-        expired = self._expired(now)
-        if expired:
-            return SchedulerOutput(expired=expired)
-        if self.waiting and not (self.was_prefill and self.running):
-            admitted = self._admit()
-            if admitted:
-                self.was_prefill = True
-                return SchedulerOutput(prefill=admitted)
-        self.was_prefill = False
-        return SchedulerOutput(is_decode=bool(self.running))
-
-    def _admit(self) -> list[Request]:
-        admitted: list[Request] = []
-        num_rows = 0
-        longest = 0
-        while self.waiting:
-            head = self.waiting[0]
-            new_longest = max(longest, head.num_prompt_tokens)
-            # NOTE: an empty batch admits its head even above a cap lowered after out-of-memory
-            if num_rows + head.params.n > self.num_free_rows and (admitted or self.running):
-                break
-            if admitted and (len(admitted) + 1) * new_longest > self.max_prefill_tokens:
-                break
-            admitted.append(self.waiting.popleft())
-            head.status = RequestStatus.RUNNING
-            num_rows += head.params.n
-            longest = new_longest
-        return admitted
-
-    def _expired(self, now: float) -> list[Request]:
-        out = [r for r in self.waiting if r.deadline is not None and now >= r.deadline]
-        seen = {id(r) for r in out}
-        for seq in self.running:
+    def expired(self, now: float) -> list[Request]:
+        out: dict[int, Request] = {}
+        for seq in (*self.waiting, *self.running):
             r = seq.request
-            if r.deadline is not None and now >= r.deadline and id(r) not in seen:
-                seen.add(id(r))
-                out.append(r)
+            if r.deadline is not None and now >= r.deadline:
+                out.setdefault(id(r), r)
+        return list(out.values())
+
+    # -- one step ---------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        self._planned: dict[str, int] = {}  # media key -> units planned this step
+        self._scheduled: dict[int, ScheduledChunk] = {}  # id(seq) -> its chunk
+        budget = float(self.step_tokens)
+        for seq in list(self.running):
+            if seq.is_decoding and seq in self.running and self._grow(seq, seq.num_computed + 1, out):
+                self._add_chunk(out, ScheduledChunk(seq, seq.num_computed, 1))
+                budget -= 1
+        for seq in list(self.running):
+            if seq in self.running and id(seq) not in self._scheduled:
+                budget = self._schedule_prompt(seq, budget, out)
+        while self.waiting and budget > 0:
+            seq = self.waiting[0]
+            if self.num_rows + 1 + self._reserved(seq) > self.max_num_seqs and self.running:
+                break
+            if not self._admit(seq, budget, out):
+                break
+            budget = self._budget_left
         return out
+
+    def _reserved(self, seq: Sequence) -> int:
+        """Rows a choice 0 keeps for the choices it will fork into."""
+        return seq.request.params.n - 1 if seq.index == 0 and not seq.request.is_forked else 0
+
+    def _admit(self, seq: Sequence, budget: float, out: SchedulerOutput) -> bool:
+        """Try to start the head of the queue; on success it runs and holds blocks."""
+        hits = self._lookup_prefix(seq)
+        seq.block_ids = hits
+        seq.num_computed = len(hits) * self.block_size
+        self.waiting.popleft()
+        self.running.append(seq)
+        seq.status = RequestStatus.RUNNING
+        left = self._schedule_prompt(seq, budget, out, may_preempt=False)
+        if id(seq) not in self._scheduled and not self._has_encoder_work(seq):
+            # nothing could run (no free blocks for a first chunk): back to the head of the queue
+            self.running.remove(seq)
+            self._free(seq)
+            seq.status = RequestStatus.WAITING
+            self.waiting.appendleft(seq)
+            return False
+        if seq.index == 0 and seq.request.num_cached_tokens == 0 and not seq.output_ids:
+            seq.request.num_cached_tokens = seq.num_computed
+        self._budget_left = left
+        return True
+
+    def _lookup_prefix(self, seq: Sequence) -> list[int]:
+        if not self.pool.enable_prefix_caching:
+            return []
+        # at least the last position is computed, so its logits exist
+        usable = (seq.num_tokens - 1) // self.block_size
+        if len(seq.block_hashes) < usable:
+            extend_hashes(seq.block_hashes, seq.request.layout, seq.output_ids, usable * self.block_size,
+                          self.block_size)
+        hits = self.pool.lookup(seq.block_hashes, usable)
+        self.pool.count_query(seq.num_tokens, len(hits) * self.block_size)
+        seq.num_registered = len(hits)
+        return hits
+
+    def _has_encoder_work(self, seq: Sequence) -> bool:
+        return any(self._planned.get(key) for key in seq.request.media_keys)
+
+    def _schedule_prompt(self, seq: Sequence, budget: float, out: SchedulerOutput, may_preempt: bool = True) -> float:
+        """Encoder units and a chunk for a sequence whose prompt (or recompute) is not done."""
+        pos, end = seq.num_computed, seq.num_tokens
+        limit = end
+        request = seq.request
+        if request.media_keys:
+            self.resolve_media(seq)
+            for start, stop, key in request.layout.media_spans:
+                if stop <= pos or key in request.encoded:
+                    continue
+                budget = self._plan_encoder(key, budget, out)
+                if self.encoder_work.get(key) and len(self.encoder_work[key]) > self._planned.get(key, 0):
+                    limit = start  # not encoded by the end of this step
+                    break
+        is_first_prompt_work = not any(not c.is_decode for c in out.chunks)
+        n = self.cost.max_chunk(budget, pos, limit - pos)
+        if n == 0 and is_first_prompt_work and limit > pos:
+            n = 1  # every step moves some prompt forward
+        if n == 0:
+            return budget
+        if not self._grow(seq, pos + n, out, may_preempt):
+            return budget
+        if seq not in self.running:  # preempted itself to make room
+            return budget
+        self._add_chunk(out, ScheduledChunk(seq, pos, n))
+        return budget - self.cost.chunk_tokens(n, pos)
+
+    def _plan_encoder(self, key: str, budget: float, out: SchedulerOutput) -> float:
+        units = self.encoder_work.get(key)
+        if not units:
+            return budget
+        planned = self._planned.get(key, 0)
+        start = planned
+        nothing_yet = not out.encoder_work and not any(not c.is_decode for c in out.chunks)
+        while planned < len(units) and (units[planned] <= budget or (nothing_yet and planned == start == 0)):
+            budget -= units[planned]
+            planned += 1
+            nothing_yet = False
+        if planned > start:
+            self._planned[key] = planned
+            out.encoder_work.append((key, planned - start))
+        return budget
+
+    def commit_encoder_work(self, out: SchedulerOutput) -> None:
+        """The runner ran the planned units: drop them from what is left."""
+        for key, count in out.encoder_work:
+            units = self.encoder_work.get(key)
+            if units is not None:
+                del units[:count]
+                if not units:
+                    del self.encoder_work[key]
+
+    # -- blocks -----------------------------------------------------------------------------
+    def _grow(self, seq: Sequence, num_positions: int, out: SchedulerOutput, may_preempt: bool = True) -> bool:
+        """Make `seq` hold blocks for `num_positions` positions, preempting the newest running
+        sequences if it must. False if `seq` itself had to go, or (may_preempt=False) no blocks."""
+        need = -(-num_positions // self.block_size) - len(seq.block_ids)
+        if need <= 0:
+            return True
+        while self.pool.num_free < need:
+            if not may_preempt:
+                return False
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is seq:
+                return False
+        blocks, fresh = self.pool.allocate(need)
+        seq.block_ids += blocks
+        out.fresh_blocks += fresh
+        return True
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.running.remove(seq)
+        chunk = self._scheduled.pop(id(seq), None)
+        if chunk is not None:
+            out.chunks.remove(chunk)
+        self._free(seq)
+        seq.status = RequestStatus.WAITING
+        self.waiting.appendleft(seq)
+        out.preempted.append(seq)
+        self.num_preemptions += 1
+
+    def _free(self, seq: Sequence) -> None:
+        self.pool.release(seq.block_ids)
+        seq.block_ids = []
+        seq.num_computed = 0
+        seq.num_registered = 0
+
+    def _add_chunk(self, out: SchedulerOutput, chunk: ScheduledChunk) -> None:
+        out.chunks.append(chunk)
+        self._scheduled[id(chunk.seq)] = chunk

@@ -1,34 +1,67 @@
 """`EngineStats`: the engine's state and cumulative counters as one immutable snapshot.
 
 The worker takes a snapshot after every step; metrics and health probes read it from any thread
-(the server's Prometheus gauges and counters are computed from it at scrape time).
+(the server's Prometheus gauges, counters and histograms are computed from it at scrape time).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+
+STEP_TOKEN_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # tokens-per-step buckets
+
+
+@dataclass(frozen=True)
+class TokenHistogram:
+    """Cumulative histogram of a per-step token count (Prometheus buckets: `counts[i]` <= bounds[i])."""
+
+    bounds: tuple[int, ...]
+    counts: tuple[int, ...]  # observations <= bounds[i], cumulative; one more for +Inf
+    total: int  # sum of observations
+    num: int  # observations
+
+    @classmethod
+    def empty(cls, bounds: tuple[int, ...]) -> TokenHistogram:
+        return cls(bounds, (0,) * (len(bounds) + 1), 0, 0)
+
+    def observe(self, value: int) -> TokenHistogram:
+        first = bisect.bisect_left(self.bounds, value)
+        counts = tuple(c + (i >= first) for i, c in enumerate(self.counts))
+        return TokenHistogram(self.bounds, counts, self.total + value, self.num + 1)
 
 
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot for metrics and health; counters are cumulative since start. Read from any thread."""
 
-    num_running: int  # requests with rows in the running batch
-    num_waiting: int  # requests queued for admission
-    batch_size: int  # rows in the running batch (each of n choices is a row)
-    num_kv_tokens: int  # real tokens held in the KV cache
-    num_kv_slots: int  # rows x columns of the padded cache (what its memory holds)
-    kv_cache_bytes: int
+    num_running: int  # requests with sequences holding KV blocks
+    num_waiting: int  # requests queued for admission (none of their sequences running)
+    batch_size: int  # running sequences (each of n choices is one)
+    num_kv_tokens: int  # positions held in KV blocks, shared prefixes counted once
+    num_kv_slots: int  # positions the blocks in use have room for
+    kv_cache_bytes: int  # bytes of the blocks in use
+    kv_cache_capacity_bytes: int  # the whole preallocated cache
+    kv_blocks_total: int
+    kv_blocks_used: int  # held by a sequence
+    kv_blocks_cached: int  # free but still findable by the prefix cache (evicted least recently used first)
+    kv_cache_usage: float  # used / total blocks
+    block_size: int
+    prefix_cache_queried_tokens: int  # prompt positions looked up in the prefix cache
+    prefix_cache_hit_tokens: int  # of which found
+    num_preemptions: int  # sequences sent back to wait (their KV recomputed later) for lack of blocks
+    step_prompt_tokens: TokenHistogram  # prompt positions computed per step (steps that compute some)
+    step_decode_tokens: TokenHistogram  # decode tokens per step (steps that decode)
     last_step_time: float  # time.time() when the last step ended; 0 before the first
     last_step_seconds: float
     num_steps: int
-    num_prefill_steps: int
-    num_decode_steps: int
-    num_prefill_tokens: int  # prompt tokens prefilled (text + media rows)
+    num_prefill_steps: int  # steps that computed prompt positions
+    num_decode_steps: int  # steps that only decoded
+    num_prefill_tokens: int  # prompt positions computed (text + media rows; prefix-cache hits excluded)
     num_generation_tokens: int  # tokens sampled
     step_seconds: float  # time in step()
     forward_seconds: float  # of which LM forwards
-    encoder_seconds: float  # of which media encoder calls
+    encoder_seconds: float  # of which media encoder work
     encoder_cache_queries: int  # media items looked up
     encoder_cache_hits: int
     encoder_cache_entries: int

@@ -25,6 +25,9 @@ SERIES = [
     "llava_request_prompt_tokens_bucket", "llava_request_generation_tokens_bucket",
     "llava_media_fetch_seconds_bucket", "llava_media_decode_seconds_bucket",
     "llava_media_preprocess_seconds_bucket", "llava_encoder_forward_seconds_bucket", "llava_model_info",
+    "llava_kv_cache_usage_ratio", "llava_kv_cache_blocks", "llava_kv_cache_capacity_tokens",
+    "llava_prefix_cache_queries_total", "llava_prefix_cache_hits_total", "llava_preemptions_total",
+    "llava_step_prompt_tokens_bucket", "llava_step_decode_tokens_bucket",
 ]
 
 
@@ -46,9 +49,14 @@ def test_every_series_is_exported_and_promtool_passes(local_server):
         assert re.search(rf"^{series}[{{ ]", text, re.M), series
     assert re.search(r'^llava_model_info\{dtype="float32",model="tiny",quantization="none"\} 1\.0$', text, re.M)
     assert re.search(r'^llava_media_items_total\{modality="image"\} [1-9]', text, re.M)
+    assert re.search(r'^llava_step_decode_tokens_count [1-9]', text, re.M)  # the request decoded
+    assert re.search(r'^llava_prefix_cache_queries_total [1-9]', text, re.M)
+    for state in ("used", "cached", "free"):
+        assert re.search(rf'^llava_kv_cache_blocks\{{state="{state}"\}} \d', text, re.M), state
     # bounded labels: no request ids, keys or URLs
     labels = set(re.findall(r'(\w+)="', text))
-    assert labels <= {"modality", "finish_reason", "reason", "code", "le", "model", "dtype", "quantization"}, labels
+    assert labels <= {"modality", "finish_reason", "reason", "code", "le", "model", "dtype", "quantization",
+                      "state"}, labels
     lint = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 

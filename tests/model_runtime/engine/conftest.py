@@ -61,6 +61,7 @@ def make_request(tiny_model):
 @pytest.fixture
 def new_engine(tiny_model):
     def build(**config) -> Engine:
+        config.setdefault("kv_cache_memory", 16 * 2**20)
         return Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids, EngineConfig(**config))
 
     return build

@@ -26,7 +26,7 @@ def staggered_requests(make_request):
 
 
 def test_sixteen_staggered_requests_equal_their_solo_runs(new_engine, make_request):
-    engine = new_engine(max_num_seqs=6, max_prefill_tokens=160)
+    engine = new_engine(max_num_seqs=6, max_num_batched_tokens=48)
     requests = staggered_requests(make_request)
     arrivals = [i // 2 * 3 for i in range(16)]  # two new requests every three steps
     joined_mid_decode = 0
@@ -182,18 +182,27 @@ def test_mixed_modalities_batched_equal_solo(tiny_audio_model):
     assert set(batched["video"].final.metrics.encoder_seconds) == {"video"}
 
 
-def test_split_prefill_equals_batched_prefill_and_solo(new_engine, make_request):
-    """Long prompts on the CPU are prefilled row by row and their caches merged: same tokens."""
+def test_chunk_boundaries_do_not_change_tokens(new_engine, make_request):
+    """Prompts computed in chunks of any size, boundaries inside images included: the same tokens."""
 
     def requests():
         return [make_request(f"s{i}", " ".join(["word"] * (2 + 3 * i)), images((40 + 20 * i, 50), seed=i) if i % 2 else [],
                              max_tokens=6) for i in range(4)]
 
-    split = new_engine(split_prefill_tokens=1)
-    assert split.runner._is_split_prefill(requests())
-    split_ids = {rid: r.ids for rid, r in run(split, requests()).items()}
-    batched = new_engine(split_prefill_tokens=10**6)
-    assert not batched.runner._is_split_prefill(requests())
-    assert split_ids == {rid: r.ids for rid, r in run(batched, requests()).items()}
+    inside_image = 0
+    results = {}
+    for budget in (16, 37, 10**5):
+        engine = new_engine(max_num_batched_tokens=budget)
+        def observed(schedule=engine.scheduler.schedule):
+            nonlocal inside_image
+            plan = schedule()
+            for c in plan.chunks:
+                inside_image += any(start < c.start < stop for start, stop, _ in c.seq.request.layout.media_spans)
+            return plan
+
+        engine.scheduler.schedule = observed
+        results[budget] = {rid: r.ids for rid, r in run(engine, requests()).items()}
+    assert inside_image > 0  # a chunk started in the middle of an image's rows
+    assert results[16] == results[37] == results[10**5]
     for request in requests():
-        assert run(new_engine(), [request])[request.request_id].ids == split_ids[request.request_id]
+        assert run(new_engine(), [request])[request.request_id].ids == results[16][request.request_id]

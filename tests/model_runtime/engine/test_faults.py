@@ -46,7 +46,7 @@ def test_out_of_memory_halves_the_batch(new_engine, make_request):
     assert all(r.final.finish_reason == "length" for r in results.values())
     stats = engine.stats()
     assert stats.num_out_of_memory >= 2 and stats.num_errors == 0
-    assert engine.scheduler.max_num_seqs <= 4 and engine.max_decode_rows <= 2
+    assert engine.scheduler.max_num_seqs <= 4 and engine.max_forward_rows <= 2
 
 
 def test_a_fatal_device_error_marks_the_engine_dead(new_engine, make_request):

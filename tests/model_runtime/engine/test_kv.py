@@ -1,67 +1,95 @@
-"""Batch KV cache operations on a real DynamicCache: merge with left padding, select, trim, restore."""
+"""Paged attention over the block pool equals dense causal attention over each sequence alone."""
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import torch
-from transformers import DynamicCache
+import torch.nn.functional as F
 
-from model_runtime.engine.kv import BatchCache, concat
+from model_runtime.arch.attention import paged_attention
+from model_runtime.engine.blocks import BlockPool
+from model_runtime.engine.kv import KVCache, StepRow, bytes_per_block, kv_cache_bytes, paged_inputs
 
-NUM_LAYERS, HEADS, DIM = 2, 2, 4
-
-
-def batch(lengths: list[int], width: int | None = None, seed: int = 0) -> BatchCache:
-    """Rows with `lengths` real tokens, left-padded to `width`; padding keys are zero, real keys random."""
-    width = width or max(lengths)
-    gen = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, width - n :] = 1
-    cache = DynamicCache()
-    for layer in range(NUM_LAYERS):
-        keys = torch.randn(len(lengths), HEADS, width, DIM, generator=gen) * mask[:, None, :, None]
-        cache.update(keys, keys + 1, layer)
-    return BatchCache(cache, mask)
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
 
 
-def real_keys(b: BatchCache, row: int, layer: int = 0) -> torch.Tensor:
-    return b.cache.layers[layer].keys[row][:, b.mask[row].bool()]
+def tiny_lm(num_layers: int = 1):
+    """Just what KVCache reads of a model: its config, layers' k_proj device and the embedding dtype."""
+    config = SimpleNamespace(num_hidden_layers=num_layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                             hidden_size=HEADS * HEAD_DIM, head_dim=HEAD_DIM)
+    layer = SimpleNamespace(self_attn=SimpleNamespace(k_proj=torch.nn.Linear(1, 1)))
+    model = SimpleNamespace(layers=[layer] * num_layers, embed_tokens=torch.nn.Embedding(1, 1))
+    return SimpleNamespace(config=config, model=model)
 
 
-def test_merge_left_pads_the_shorter_side_and_keeps_every_row():
-    running, new = batch([3, 5], seed=1), batch([7], seed=2)
-    before = [real_keys(running, 0), real_keys(running, 1), real_keys(new, 0)]
-    merged = concat([running, new])
-    assert merged.num_rows == 3 and merged.num_columns == 7
-    assert merged.mask.tolist() == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1], [1] * 7]
-    for row, keys in enumerate(before):
-        assert torch.equal(real_keys(merged, row), keys)
-    for layer in merged.cache.layers:
-        assert layer.keys.shape == (3, HEADS, 7, DIM) and layer.values.shape == layer.keys.shape
-    assert merged.next_positions().flatten().tolist() == [3, 5, 7]  # cumsum(mask) - 1 of the next token
+def dense(q, k, v, positions):
+    """q [H, n, Dh] at `positions`, k/v [KV, L, Dh] of the whole sequence -> [n, H, Dh], causal."""
+    k = k.repeat_interleave(HEADS // KV_HEADS, 0)
+    v = v.repeat_interleave(HEADS // KV_HEADS, 0)
+    mask = torch.arange(k.shape[1])[None, :] <= torch.tensor(positions)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(0, 1)
 
 
-def test_select_drops_rows_and_trims_padding_columns():
-    b = batch([2, 6, 3])
-    keep = real_keys(b, 2)
-    b.select([0, 2])  # the longest row leaves: columns that are padding for all rows go
-    assert b.num_columns == 3 and b.mask.tolist() == [[0, 1, 1], [1, 1, 1]]
-    assert torch.equal(real_keys(b, 1), keep)
-    assert b.num_tokens == 5 and b.num_bytes == 2 * NUM_LAYERS * 2 * HEADS * 3 * DIM * 4
+def run_step(cache, rows_spec, seqs, tables):
+    """rows_spec: (name, start, n); writes and attends those positions; returns output per name."""
+    rows, q, k, v, offset = [], [], [], [], 0
+    for name, start, n in rows_spec:
+        rows.append(StepRow(offset, n, start, tables[name]))
+        q.append(seqs[name]["q"][:, start : start + n])
+        k.append(seqs[name]["k"][:, start : start + n])
+        v.append(seqs[name]["v"][:, start : start + n])
+        offset += n
+    inputs = paged_inputs(cache, rows, torch.device("cpu"))
+    module = SimpleNamespace(layer_idx=0)
+    out = paged_attention(module, torch.cat(q, 1)[None], torch.cat(k, 1)[None], torch.cat(v, 1)[None], inputs,
+                          1 / math.sqrt(HEAD_DIM))[0]
+    result, offset = {}, 0
+    for name, _, n in rows_spec:
+        result[name] = out[offset : offset + n]
+        offset += n
+    return result
 
 
-def test_select_repeats_rows_for_choices():
-    b = batch([4])
-    b.select([0, 0, 0])
-    assert b.num_rows == 3
-    assert all(torch.equal(real_keys(b, i), real_keys(b, 0)) for i in range(3))
+def test_decode_rows_and_prompt_chunks_equal_dense_attention_per_sequence():
+    torch.manual_seed(0)
+    lengths = {"a": 37, "b": 5, "c": 46, "d": 31, "e": 33, "f": 36}
+    seqs = {name: {"q": torch.randn(HEADS, n, HEAD_DIM), "k": torch.randn(KV_HEADS, n, HEAD_DIM),
+                   "v": torch.randn(KV_HEADS, n, HEAD_DIM)} for name, n in lengths.items()}
+    cache = KVCache(tiny_lm(), num_blocks=64, block_size=BLOCK)
+    cache.key_cache[0][:, 1:] = float("nan")  # unwritten memory: never read, or zeroed when first handed out
+    cache.value_cache[0][:, 1:] = float("nan")
+    pool = BlockPool(64)
+    tables = {}
+    for name in ["a", "c", "b", "e", "d", "f"]:  # interleaved, so tables are not contiguous
+        tables[name], fresh = pool.allocate(-(-lengths[name] // BLOCK))
+        cache.zero(fresh)
+    # history: a, b, e, f up to their last position, c up to 20 (two chunks: from 0, then from 12)
+    run_step(cache, [("a", 0, 36), ("b", 0, 4), ("c", 0, 12), ("e", 0, 32), ("f", 0, 35)], seqs, tables)
+    run_step(cache, [("c", 12, 8)], seqs, tables)
+    # the step: four decode rows of different lengths (one padded group or several), a chunk from 20,
+    # a first chunk from 0
+    step = [("a", 36, 1), ("b", 4, 1), ("e", 32, 1), ("f", 35, 1), ("c", 20, 26), ("d", 0, 31)]
+    got = run_step(cache, step, seqs, tables)
+    for name, start, n in step:
+        s = seqs[name]
+        expected = dense(s["q"][:, start : start + n], s["k"], s["v"], list(range(start, start + n)))
+        torch.testing.assert_close(got[name], expected, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_take_copies_and_restore_undoes_a_partial_update():
-    b = batch([2, 5])
-    part = b.take([0])
-    assert part.num_columns == 2 and b.num_columns == 5  # the copy is trimmed, the original unchanged
-    b.append_column()
-    b.cache.layers[0].keys = torch.cat([b.cache.layers[0].keys, torch.ones(2, HEADS, 1, DIM)], dim=2)
-    b.restore(5)
-    assert b.num_columns == 5 and all(layer.keys.shape[2] == 5 for layer in b.cache.layers)
+def test_kv_cache_size_from_bytes_or_share_and_block_copies():
+    lm = tiny_lm(num_layers=2)
+    per_block = bytes_per_block(lm.config, BLOCK, torch.float32)
+    assert per_block == 2 * 2 * KV_HEADS * BLOCK * HEAD_DIM * 4
+    assert kv_cache_bytes(10 * per_block, torch.device("cpu")) == 10 * per_block
+    assert 0 < kv_cache_bytes(0.01, torch.device("cpu")) < kv_cache_bytes(0.02, torch.device("cpu")) * 1.01
+    cache = KVCache(lm, num_blocks=6, block_size=BLOCK)
+    assert cache.num_bytes == 6 * per_block
+    assert torch.count_nonzero(cache.key_cache[1][:, 0]) == 0  # the zero block
+    cache.key_cache[1][:, 2] = 7.0
+    cache.copy(2, [3, 5])
+    assert torch.equal(cache.key_cache[1][:, 3], cache.key_cache[1][:, 2])
+    assert torch.equal(cache.key_cache[1][:, 5], cache.key_cache[1][:, 2])
+    cache.zero([5])
+    assert torch.count_nonzero(cache.key_cache[1][:, 5]) == 0

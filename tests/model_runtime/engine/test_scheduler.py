@@ -1,74 +1,153 @@
-"""The scheduler: FCFS admission within rows and the prefill budget; decoding is never starved."""
+"""The scheduler: decode rows first, prompt chunks within the step budget, admission by rows and
+blocks, preemption of the newest sequence, prefix-cache hits at admission, encoder work before the
+chunks that need it."""
 
 from __future__ import annotations
 
 from model_runtime import PromptInput, Request, SamplingParams
+from model_runtime.arch.cost import LanguageCost
+from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
 from model_runtime.engine.request import Sequence
-from model_runtime.engine.scheduler import Scheduler
+from model_runtime.engine.scheduler import Scheduler, SchedulerOutput
+
+BLOCK = 4
+FLAT = LanguageCost(token_flops=1.0, pair_flops=0.0)  # a token costs one token, whatever its context
 
 
-def request(rid: str, num_tokens: int, n: int = 1, deadline: float | None = None) -> Request:
-    prompt = PromptInput(token_ids=list(range(num_tokens)), num_text_tokens=num_tokens, num_media_tokens=0)
-    return Request(rid, prompt, [], SamplingParams(max_tokens=4, n=n), deadline=deadline)
+def sequence(rid: str, num_tokens: int, n: int = 1, first_id: int = 0, media=()) -> Sequence:
+    """`media`: (position in the ids, key, rows) of image items."""
+    ids = list(range(first_id, first_id + num_tokens))
+    for pos, _, _ in sorted(media, reverse=True):
+        ids.insert(pos, -200)
+    rows = sum(r for _, _, r in media)
+    request = Request(rid, PromptInput(ids, num_tokens, rows), [], SamplingParams(max_tokens=4, n=n))
+    request.media_keys = tuple(k for _, k, _ in media)
+    request.layout = PromptLayout.from_ids(ids, [(k, r) for _, k, r in media])
+    return Sequence(request, 0, IncrementalDetokenizer(None), None)
 
 
-def start(scheduler: Scheduler, requests: list[Request]) -> None:
-    """What the engine does after a successful prefill."""
-    for r in requests:
-        scheduler.running += [Sequence(r, i, IncrementalDetokenizer(None), None) for i in range(r.params.n)]
+def scheduler(num_blocks: int = 64, step_tokens: int = 16, max_num_seqs: int = 8, **kwargs) -> Scheduler:
+    return Scheduler(max_num_seqs, step_tokens, BlockPool(num_blocks), BLOCK, FLAT, **kwargs)
 
 
-def ids(requests) -> list[str]:
-    return [r.request_id for r in requests]
+def commit(plan: SchedulerOutput, sample: int = 7) -> None:
+    """What the engine does after a forward: positions computed, a token sampled at the end."""
+    for c in plan.chunks:
+        c.seq.num_computed = c.start + c.num_tokens
+        if c.wants_logits:
+            c.seq.output_ids.append(sample)
 
 
-def test_admission_is_fcfs_within_rows_and_budget():
-    s = Scheduler(max_num_seqs=4, max_prefill_tokens=100)
-    for r in [request("a", 30), request("b", 40), request("c", 10), request("d", 5)]:
-        s.add(r)
-    plan = s.schedule(now=0)
-    # padded size: 2 rows x 40 = 80 fits; 3 x 40 = 120 does not, and "d" may not jump the queue
-    assert ids(plan.prefill) == ["a", "b"] and not plan.is_decode
-    start(s, plan.prefill)
-    assert s.schedule(now=0).is_decode  # guard: a decode step between two prefills
-    plan = s.schedule(now=0)
-    assert ids(plan.prefill) == ["c", "d"]
+def chunks(plan: SchedulerOutput) -> list[tuple[str, int, int]]:
+    return [(c.seq.request.request_id, c.start, c.num_tokens) for c in plan.chunks]
 
 
-def test_a_long_head_is_admitted_alone_and_never_starves_decoding():
-    s = Scheduler(max_num_seqs=8, max_prefill_tokens=64)
-    s.add(request("short", 8))
-    start(s, s.schedule(now=0).prefill)
-    for i in range(3):
-        s.add(request(f"video{i}", 5000))
-    kinds = []
-    for _ in range(6):
-        plan = s.schedule(now=0)
-        kinds.append("P" if plan.prefill else "D")
-        if plan.prefill:
-            assert len(plan.prefill) == 1  # over the budget: alone
-            start(s, plan.prefill)
-    assert kinds == ["D", "P", "D", "P", "D", "P"]
+def test_decode_rows_first_then_prompt_chunks_within_the_budget():
+    s = scheduler(step_tokens=16)
+    short, long = sequence("short", 6), sequence("long", 40)
+    s.add(short)
+    plan = s.schedule()
+    assert chunks(plan) == [("short", 0, 6)]
+    commit(plan)
+    s.add(long)
+    seen = []
+    for _ in range(4):
+        plan = s.schedule()
+        seen.append(chunks(plan))
+        commit(plan)
+    # the short request decodes every step; the long prompt takes what is left of 16 tokens per step
+    assert seen == [[("short", 6, 1), ("long", 0, 15)], [("short", 7, 1), ("long", 15, 15)],
+                    [("short", 8, 1), ("long", 30, 10)], [("short", 9, 1), ("long", 40, 1)]]
+    assert s.pool.num_used == -(-10 // BLOCK) + -(-41 // BLOCK)
 
 
-def test_rows_count_choices_and_the_head_waits_for_room():
-    s = Scheduler(max_num_seqs=4, max_prefill_tokens=1000)
-    s.add(request("two", 5, n=2))
-    start(s, s.schedule(now=0).prefill)
-    s.add(request("three", 5, n=3))
-    s.add(request("one", 5))
-    s.schedule(now=0)  # decode (guard)
-    plan = s.schedule(now=0)
-    assert plan.prefill == [] and plan.is_decode  # "three" needs 3 rows, 2 are free; "one" may not pass it
-    s.running = s.running[:1]
-    assert ids(s.schedule(now=0).prefill) == ["three"]
+def test_attention_makes_late_chunks_smaller():
+    cost = LanguageCost(token_flops=100.0, pair_flops=1.0)  # a key of context costs 1/100 of a token
+    assert cost.chunk_tokens(10, 0) == 10 + 55 / 100
+    assert cost.max_chunk(64, 0, 1000) > cost.max_chunk(64, 2000, 1000) >= 1
+    assert cost.chunk_tokens(cost.max_chunk(64, 2000, 1000), 2000) <= 64 < cost.chunk_tokens(
+        cost.max_chunk(64, 2000, 1000) + 1, 2000)
 
 
-def test_expired_requests_come_out_first():
-    s = Scheduler(max_num_seqs=4, max_prefill_tokens=1000)
-    s.add(request("run", 5, deadline=10.0))
-    start(s, s.schedule(now=0).prefill)
-    s.add(request("wait", 5, deadline=5.0))
-    plan = s.schedule(now=11.0)
-    assert ids(plan.expired) == ["wait", "run"] and not plan.prefill and not plan.is_decode
+def test_admission_needs_rows_for_every_choice_and_free_blocks():
+    s = scheduler(max_num_seqs=3, step_tokens=100)
+    s.add(sequence("a", 4, n=2))
+    s.add(sequence("b", 4, n=2))  # a reserves 2 rows: b's 2 do not fit in 3
+    plan = s.schedule()
+    assert chunks(plan) == [("a", 0, 4)] and s.num_rows == 2 and len(s.waiting) == 1
+    small = scheduler(num_blocks=4, step_tokens=100)  # 3 usable blocks = 12 positions
+    small.add(sequence("x", 8))
+    small.add(sequence("y", 8))
+    plan = small.schedule()
+    assert chunks(plan) == [("x", 0, 8)]  # y's 8 positions need 2 blocks, 1 is free: y waits
+    assert [q.request.request_id for q in small.waiting] == ["y"] and small.pool.num_free == 1
+    commit(plan)
+    small.remove(plan.chunks[0].seq)
+    assert chunks(small.schedule()) == [("y", 0, 8)]
+
+
+def test_the_newest_sequence_is_preempted_and_waits_at_the_head():
+    s = scheduler(num_blocks=7, step_tokens=100)  # 6 usable blocks = 24 positions
+    old, new = sequence("old", 11), sequence("new", 11)
+    s.add(old)
+    s.add(new)
+    commit(s.schedule())  # 3 blocks each: both hold 12 positions
+    assert s.pool.num_free == 0
+    plan = s.schedule()  # both decode at position 11 (the 12th slot): fits
+    commit(plan)
+    plan = s.schedule()  # position 12 needs a 4th block each: none free -> "new" goes
+    assert plan.preempted == [new] and chunks(plan) == [("old", 12, 1)]
+    assert s.waiting[0] is new and new.block_ids == [] and new.num_computed == 0
+    assert s.num_preemptions == 1
+    commit(plan)
+    s.remove(old)  # finished
+    plan = s.schedule()
+    assert chunks(plan) == [("new", 0, 13)]  # recomputed: prompt and its generated tokens
+
+
+def test_admission_takes_the_prefix_cache_hits():
+    s = scheduler(step_tokens=100)
+    first = sequence("first", 10)
+    s.add(first)
+    commit(s.schedule())
+    extend_hashes(first.block_hashes, first.request.layout, first.output_ids, 8, BLOCK)
+    for block, h in zip(first.block_ids, first.block_hashes, strict=False):
+        s.pool.register(block, h)
+    s.remove(first)
+    again = sequence("again", 10)
+    s.add(again)
+    plan = s.schedule()
+    assert chunks(plan) == [("again", 8, 2)]  # two full blocks found; the last one is computed anyway
+    assert (s.pool.num_queried_tokens, s.pool.num_hit_tokens) == (20, 8)  # both looked up, one found
+    s.remove(again)
+    exact = sequence("exact", 8)  # all of it cached: the last position is still computed for its logits
+    s.add(exact)
+    assert chunks(s.schedule()) == [("exact", 4, 4)]
+
+
+def test_chunks_stop_before_media_that_are_not_encoded():
+    resolved = []
+    s = scheduler(step_tokens=30, resolve_media=resolved.append)
+    seq = sequence("img", 6, media=[(3, "key", 20)])  # text 0-2, image rows 3-22, text 23-25
+    s.add(seq)
+    s.encoder_work["key"] = [12.0, 12.0, 12.0]  # three units of 12 tokens each
+    plan = s.schedule()
+    # two units fit with 6 tokens left; the image is not done, so the chunk stops at its first row
+    assert plan.encoder_work == [("key", 2)] and chunks(plan) == [("img", 0, 3)] and resolved == [seq]
+    s.commit_encoder_work(plan)
+    commit(plan)
+    plan = s.schedule()
+    # the last unit runs this step, before the forward: the chunk may cover the image
+    assert plan.encoder_work == [("key", 1)] and chunks(plan) == [("img", 3, 18)]
+    s.commit_encoder_work(plan)
+    assert "key" not in s.encoder_work
+
+
+def test_expired_requests_come_out():
+    s = scheduler()
+    a, b = sequence("a", 4), sequence("b", 4)
+    b.request.deadline = 5.0
+    s.add(a)
+    s.add(b)
+    assert s.expired(now=4.0) == [] and s.expired(now=5.0) == [b.request]

@@ -1,0 +1,550 @@
+"""Serving benchmark: real server processes over HTTP, the traffic users send, side by side in one run.
+
+Servers, started one after another on 127.0.0.1 with the same weights, dtype and thread count:
+
+- `ours`: llava-serve from this checkout (paged KV cache, chunked prefill, prefix caching);
+- `previous`: llava-serve at `--previous-ref` (a git worktree), the engine before paging;
+- `peer`: `transformers serve` (transformers 5.24, its own venv) on an llava-hf export of the
+  same weights (bench/hf_peer.py).
+
+Scenarios (each request streams; a token's arrival is the SSE chunk that carries it; our servers
+are asked for logprobs so that every token has its chunk, whatever its text):
+
+- `mixed`: 8 text streams decode; one chat with a 1920x1080 image arrives. The longest gap
+  between two tokens of any text stream while the image request runs, their median gap before it
+  arrived and while its row decodes, and its TTFT against the same-size request alone (a different
+  image, so no cache helps either).
+- `multiturn`: a 3-turn conversation that resends one 640x480 image every turn: TTFT per turn.
+- `throughput`: text at concurrency 1/8/16 and one-image (384x384, a different image per request)
+  at 1/4/8, 32 output tokens each with ignore_eos: output tokens per second of wall time, TTFT,
+  and the share of this machine's roofline the point reaches (bf16 matmul FLOP/s and memory
+  bandwidth measured in the same run; the point's FLOPs and decode bytes modelled from the
+  checkpoint's dimensions, see `roofline_seconds`).
+- `memory` (read during `mixed`, ours only): KV cache bytes in use against the bytes of the tokens
+  it holds (/metrics), and the server's RSS growth.
+
+Prints a table per scenario, writes `serve_bench.json` (and `serve_bench.png` with matplotlib).
+
+    .venv/bin/python bench/serve_bench.py --model .demo/realistic --threads 2 --out bench/results/serve
+    .venv/bin/python bench/serve_bench.py --replot bench/results/serve/serve_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPICS = ("a lighthouse", "the sea", "a mountain village", "a robot", "an old library", "a desert city",
+          "the northern lights", "a market at dawn", "a train station", "a glacier", "a coral reef",
+          "a night market", "a windmill", "a volcano", "a rainforest", "a space station")
+
+
+# -- servers --------------------------------------------------------------------------------
+@dataclass
+class Server:
+    name: str
+    base_url: str
+    model: str  # the name clients pass
+    process: subprocess.Popen
+    log_path: Path
+    is_ours: bool  # llava-serve (logprobs per token, ignore_eos, /metrics)
+
+    def rss(self) -> int:
+        try:
+            with open(f"/proc/{self.process.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(self.base_url + "/metrics", timeout=10).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server not ready after {timeout} s; see {log_path}")
+
+
+def start_llava_serve(name: str, checkout: Path, model: str, args, out: Path, extra: list[str]) -> Server:
+    port = free_port()
+    log_path = out / f"{name}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(checkout)}
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--dtype", args.dtype, "--port", str(port),
+           "--served-model-name", "bench", "--max-num-seqs", "32", *extra]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/ready", process, log_path, args.start_timeout)
+    return Server(name, base, "bench", process, log_path, is_ours=True)
+
+
+def previous_checkout(ref: str, out: Path) -> Path:
+    path = out / f"previous-{ref[:12]}"
+    if not (path / "server").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), ref],
+                       check=True, capture_output=True)
+    return path
+
+
+def start_peer(model_dir: str, args, out: Path) -> Server:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import hf_peer
+
+    hf_dir = out / "peer-model"
+    if not (hf_dir / "config.json").exists():
+        hf_peer.export_llava_hf(model_dir, hf_dir)
+    python = args.peer_python or str(hf_peer.peer_venv(Path(args.peer_venv)))
+    port = free_port()
+    log_path = out / "peer.log"
+    process, name = hf_peer.start_peer(str(hf_dir), port, python, args.threads, log_path=log_path,
+                                       timeout=args.start_timeout)
+    return Server("peer", f"http://127.0.0.1:{port}", name, process, log_path, is_ours=False)
+
+
+# -- requests -------------------------------------------------------------------------------
+def image_url(width: int, height: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    # smooth random colours, like a photo compresses (PNG of pure noise would be huge)
+    small = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((width, height), Image.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user(text: str, image: str | None = None) -> dict:
+    if image is None:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": text}]}
+
+
+@dataclass
+class Stream:
+    """What one streamed request gave: when each token came, its text, its usage."""
+
+    sent: float = 0.0
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() per token (ours) or chunk (peer)
+    text: str = ""
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    error: str | None = None
+    done: float = 0.0
+
+    @property
+    def ttft(self) -> float:
+        return self.arrivals[0] - self.sent if self.arrivals else float("nan")
+
+    def gaps(self, start: float = float("-inf"), end: float = float("inf")) -> list[float]:
+        return [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False) if start <= b <= end]
+
+
+async def chat(client: httpx.AsyncClient, server: Server, messages: list[dict], max_tokens: int,
+               record: Stream | None = None, stop_event: asyncio.Event | None = None) -> Stream:
+    """One streamed chat; returns when it ends (or when `stop_event` is set: the client leaves)."""
+    s = record or Stream()
+    body = {"model": server.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    if server.is_ours:
+        body.update(ignore_eos=True, logprobs=True)
+    else:
+        body.update(server_extras())
+    s.sent = time.monotonic()
+    try:
+        async with client.stream("POST", server.base_url + "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                s.error = f"{response.status_code}: {(await response.aread())[:300]!r}"
+                return s
+            async for line in response.aiter_lines():
+                if stop_event is not None and stop_event.is_set():
+                    break
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    s.error = json.dumps(chunk["error"])[:300]
+                    break
+                now = time.monotonic()
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    logprobs = (choice.get("logprobs") or {}).get("content")
+                    n = len(logprobs) if logprobs else (1 if delta.get("content") else 0)
+                    s.arrivals += [now] * n
+                    s.text += delta.get("content") or ""
+                usage = chunk.get("usage")
+                if usage:
+                    s.completion_tokens = usage.get("completion_tokens", 0)
+                    s.prompt_tokens = usage.get("prompt_tokens", 0)
+                    s.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
+    except httpx.HTTPError as e:
+        s.error = f"{type(e).__name__}: {e}"
+    s.done = time.monotonic()
+    return s
+
+
+_PEER_EXTRAS: dict = {}
+
+
+def server_extras() -> dict:
+    return dict(_PEER_EXTRAS)
+
+
+def client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(3600.0, connect=10.0), limits=httpx.Limits(max_connections=64))
+
+
+# -- scenarios ------------------------------------------------------------------------------
+async def mixed(server: Server, args) -> dict:
+    async with client() as c:
+        await chat(c, server, [user("Say hello.")], 4)  # warm-up
+        alone = await chat(c, server, [user("Describe this photo in detail.", image_url(1920, 1080, seed=101))],
+                           args.image_tokens)
+        stop = asyncio.Event()
+        texts = [Stream() for _ in range(8)]
+        tasks = [asyncio.create_task(chat(c, server, [user(f"Tell a long story about {TOPICS[i]}.")], 4000, s, stop))
+                 for i, s in enumerate(texts)]
+        while min(len(s.arrivals) for s in texts) < args.warm_tokens:
+            if all(t.done() for t in tasks):
+                raise RuntimeError(f"text streams ended early: {[s.error for s in texts]}")
+            await asyncio.sleep(0.05)
+        samples: list[tuple[float, int, dict]] = []
+        sampler = asyncio.create_task(sample_memory(server, samples))
+        arrived = time.monotonic()
+        image = await chat(c, server, [user("Describe this photo in detail.", image_url(1920, 1080, seed=102))],
+                           args.image_tokens)
+        tail = min(len(s.arrivals) for s in texts) + 3
+        while min(len(s.arrivals) for s in texts) < tail and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.05)
+        stop.set()
+        sampler.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [s.error for s in [alone, image, *texts] if s.error and "ReadError" not in s.error]
+    first = image.arrivals[0] if image.arrivals else image.done
+    before = [g for s in texts for g in s.gaps(end=arrived) if g]
+    during = [g for s in texts for g in s.gaps(start=arrived, end=image.done)]
+    while_decoding = [g for s in texts for g in s.gaps(start=first, end=image.done)]
+    result = {
+        "image_prompt_tokens": image.prompt_tokens,
+        "image_ttft_s": image.ttft, "image_ttft_alone_s": alone.ttft,
+        "ttft_ratio": image.ttft / alone.ttft if alone.ttft else float("nan"),
+        "text_gap_before_median_s": statistics.median(before) if before else float("nan"),
+        "text_gap_max_during_s": max(during) if during else float("nan"),
+        "text_gap_while_image_decodes_median_s": statistics.median(while_decoding) if while_decoding else float("nan"),
+        "errors": errors,
+    }
+    result["gap_ratio"] = result["text_gap_while_image_decodes_median_s"] / result["text_gap_before_median_s"]
+    result.update(memory_report(server, samples))
+    return result
+
+
+async def sample_memory(server: Server, out: list) -> None:
+    while True:
+        metrics = await asyncio.to_thread(server.metrics) if server.is_ours else {}
+        out.append((time.monotonic(), server.rss(), metrics))
+        await asyncio.sleep(1.0)
+
+
+def memory_report(server: Server, samples: list) -> dict:
+    if not samples:
+        return {}
+    rss = [r for _, r, _ in samples]
+    report = {"rss_start_bytes": rss[0], "rss_peak_bytes": max(rss), "rss_growth_bytes": max(rss) - rss[0]}
+    ratios = []
+    for _, _, m in samples:
+        used = m.get('llava_kv_cache_blocks{state="used"}')
+        tokens = m.get("llava_kv_cache_tokens")
+        capacity = m.get("llava_kv_cache_capacity_tokens")
+        total = (m.get('llava_kv_cache_blocks{state="free"}') or 0) + (used or 0)
+        if used and tokens and capacity and total:
+            ratios.append(used * (capacity / total) / tokens)  # positions the blocks in use hold / tokens in them
+    if ratios:
+        report["kv_held_over_tokens_max"] = max(ratios)
+        report["kv_held_over_tokens_median"] = statistics.median(ratios)
+    return report
+
+
+async def multiturn(server: Server, args) -> dict:
+    picture = image_url(640, 480, seed=201)
+    questions = ["What is in this picture?", "What colours stand out?", "Write a short caption for it."]
+    messages: list[dict] = []
+    turns = []
+    async with client() as c:
+        await chat(c, server, [user("Say hello.")], 4)
+        for i, q in enumerate(questions):
+            messages.append(user(q, picture) if i == 0 else user(q))
+            s = await chat(c, server, messages, args.turn_tokens)
+            messages.append({"role": "assistant", "content": s.text})
+            turns.append({"ttft_s": s.ttft, "prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
+                          "error": s.error})
+    t1 = turns[0]["ttft_s"]
+    return {"turns": turns, "turn2_over_turn1": turns[1]["ttft_s"] / t1, "turn3_over_turn1": turns[2]["ttft_s"] / t1}
+
+
+async def throughput(server: Server, args, kind: str, concurrency: int) -> dict:
+    async with client() as c:
+        await chat(c, server, [user("Say hello.")], 4)
+        seed0 = 1000 * concurrency + (0 if kind == "text" else 500)
+        requests = []
+        for i in range(concurrency):
+            text = f"Write a long and detailed story about {TOPICS[i % len(TOPICS)]}, number {seed0 + i}."
+            requests.append([user(text, image_url(384, 384, seed=seed0 + i) if kind == "image" else None)])
+        start = time.monotonic()
+        streams = await asyncio.gather(*(chat(c, server, m, args.output_tokens) for m in requests))
+        wall = time.monotonic() - start
+    tokens = sum(s.completion_tokens or len(s.arrivals) for s in streams)
+    return {
+        "kind": kind, "concurrency": concurrency, "wall_s": wall, "output_tokens": tokens,
+        "tokens_per_s": tokens / wall, "ttft_mean_s": statistics.mean(s.ttft for s in streams),
+        "prompt_tokens": [s.prompt_tokens for s in streams], "errors": [s.error for s in streams if s.error],
+        "short_answers": sum(1 for s in streams if (s.completion_tokens or len(s.arrivals)) < args.output_tokens),
+    }
+
+
+# -- this machine's roofline ----------------------------------------------------------------
+def machine_roofline(threads: int) -> dict:
+    torch.set_num_threads(threads)
+    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    flops = 2 * 2048**3 / best
+    x = torch.empty(256 * 2**20, dtype=torch.uint8)
+    x.fill_(1)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        y.copy_(x)
+        best = min(best, time.perf_counter() - t)
+    return {"bf16_matmul_flops": flops, "memory_bytes_per_s": 2 * x.numel() / best, "threads": threads}
+
+
+def model_dims(model_dir: str) -> dict:
+    from model_runtime import LlavaConfig
+    from model_runtime.arch.cost import LanguageCost, vision_layer_flops
+
+    raw = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = LlavaConfig.from_dict(raw)
+    text = argparse.Namespace(**{k: raw[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                     "num_attention_heads", "num_key_value_heads")})
+    cost = LanguageCost.of(text)
+    vocab, hidden = raw["vocab_size"], raw["hidden_size"]
+    weight_bytes = (cost.token_flops / 2 + vocab * hidden) * 2  # decoder layers + LM head, bf16
+    layers = cfg.vision.num_hidden_layers - (1 if cfg.vision.kind == "siglip" else 0)
+    return {"token_flops": cost.token_flops, "pair_flops": cost.pair_flops, "head_flops": 2.0 * vocab * hidden,
+            "weight_bytes": weight_bytes, "crop_flops": vision_layer_flops(cfg, 1) * layers}
+
+
+def roofline_seconds(point: dict, dims: dict, machine: dict, crops_per_image: int) -> float:
+    """A lower bound of the point's time on this machine: prefill FLOPs at the matmul rate (the LM
+    over every prompt token with its attention, the vision tower over every crop) plus decode
+    steps that read the weights once per step for all requests together."""
+    flops = 0.0
+    for p in point["prompt_tokens"]:
+        flops += p * dims["token_flops"] + p * p / 2 * dims["pair_flops"] + dims["head_flops"]
+    if point["kind"] == "image":
+        flops += point["concurrency"] * crops_per_image * dims["crop_flops"]
+    steps = point["output_tokens"] / point["concurrency"]
+    flops += point["output_tokens"] * (dims["token_flops"] + dims["head_flops"])
+    return flops / machine["bf16_matmul_flops"] + steps * dims["weight_bytes"] / machine["memory_bytes_per_s"]
+
+
+# -- driver ---------------------------------------------------------------------------------
+def run(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_roofline(args.threads)
+    print(f"machine: bf16 matmul {machine['bf16_matmul_flops'] / 1e12:.2f} TFLOP/s, memory "
+          f"{machine['memory_bytes_per_s'] / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
+    dims = model_dims(args.model)
+    results: dict = {"machine": machine, "dims": dims, "args": vars(args), "servers": {},
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    for name in args.servers.split(","):
+        print(f"== {name}", flush=True)
+        if name == "ours":
+            server = start_llava_serve("ours", ROOT, args.model, args, out, args.ours_flags.split())
+        elif name == "previous":
+            server = start_llava_serve("previous", previous_checkout(args.previous_ref, out), args.model, args, out, [])
+        elif name == "peer":
+            server = start_peer(args.model, args, out)
+        else:
+            raise SystemExit(f"unknown server {name!r}")
+        entry: dict = {}
+        try:
+            for scenario in args.scenarios.split(","):
+                t = time.monotonic()
+                if scenario == "mixed":
+                    entry["mixed"] = asyncio.run(mixed(server, args))
+                elif scenario == "multiturn":
+                    entry["multiturn"] = asyncio.run(multiturn(server, args))
+                elif scenario == "throughput":
+                    points = []
+                    for kind, levels in (("text", args.text_levels), ("image", args.image_levels)):
+                        for level in (int(x) for x in levels.split(",") if x):
+                            p = asyncio.run(throughput(server, args, kind, level))
+                            p["roofline_share"] = roofline_seconds(p, dims, machine, args.crops_per_image) / p["wall_s"]
+                            points.append(p)
+                            print(f"   {kind} c={level}: {p['tokens_per_s']:.2f} tok/s, TTFT {p['ttft_mean_s']:.2f} s,"
+                                  f" {100 * p['roofline_share']:.1f}% of roofline {p['errors'][:1]}", flush=True)
+                    entry["throughput"] = points
+                print(f"   {scenario}: {time.monotonic() - t:.0f} s "
+                      f"{json.dumps(entry.get(scenario), default=str)[:400] if scenario != 'throughput' else ''}",
+                      flush=True)
+        finally:
+            server.stop()
+        results["servers"][name] = entry
+        (out / "serve_bench.json").write_text(json.dumps(results, indent=1, default=str))
+    report(results, out)
+    return results
+
+
+def report(results: dict, out: Path | None) -> None:
+    servers = results["servers"]
+    m = results["machine"]
+    print(f"\nmachine: bf16 matmul {m['bf16_matmul_flops'] / 1e12:.2f} TFLOP/s, memory "
+          f"{m['memory_bytes_per_s'] / 1e9:.1f} GB/s ({results['date']})")
+    rows = [(name, e["mixed"]) for name, e in servers.items() if "mixed" in e]
+    if rows:
+        print("\nmixed: 8 text streams + one 1920x1080 image chat")
+        print("| server | image prompt tokens | longest text gap s | median gap before s | median gap while image "
+              "decodes s | ratio | image TTFT s | alone s | ratio | KV held / tokens | RSS growth MB |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, r in rows:
+            print(f"| {name} | {r['image_prompt_tokens']} | {r['text_gap_max_during_s']:.2f} | "
+                  f"{r['text_gap_before_median_s']:.3f} | {r['text_gap_while_image_decodes_median_s']:.3f} | "
+                  f"{r['gap_ratio']:.2f} | {r['image_ttft_s']:.1f} | {r['image_ttft_alone_s']:.1f} | "
+                  f"{r['ttft_ratio']:.2f} | {r.get('kv_held_over_tokens_max', float('nan')):.3f} | "
+                  f"{r.get('rss_growth_bytes', 0) / 2**20:.0f} |")
+    rows = [(name, e["multiturn"]) for name, e in servers.items() if "multiturn" in e]
+    if rows:
+        print("\nmulti-turn: one 640x480 image resent every turn")
+        print("| server | turn 1 TTFT s | turn 2 TTFT s | turn 3 TTFT s | turn 2 / 1 | turn 3 / 1 | cached tokens |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        for name, r in rows:
+            t = r["turns"]
+            print(f"| {name} | {t[0]['ttft_s']:.2f} | {t[1]['ttft_s']:.2f} | {t[2]['ttft_s']:.2f} | "
+                  f"{r['turn2_over_turn1']:.3f} | {r['turn3_over_turn1']:.3f} | "
+                  f"{', '.join(str(x['cached_tokens']) for x in t)} |")
+    points = {name: e["throughput"] for name, e in servers.items() if "throughput" in e}
+    if points:
+        print("\nthroughput (32 output tokens per request): output tok/s (share of roofline)")
+        keys = sorted({(p["kind"], p["concurrency"]) for ps in points.values() for p in ps})
+        print("| kind | concurrency | " + " | ".join(points) + " |")
+        print("| --- | ---: | " + " | ".join("---:" for _ in points) + " |")
+        for kind, level in keys:
+            cells = []
+            for ps in points.values():
+                p = next((p for p in ps if (p["kind"], p["concurrency"]) == (kind, level)), None)
+                cells.append(f"{p['tokens_per_s']:.2f} ({100 * p['roofline_share']:.1f}%)" if p else "")
+            print(f"| {kind} | {level} | " + " | ".join(cells) + " |")
+        if out is not None:
+            plot(points, out / "serve_bench.png")
+
+
+def plot(points: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, kind in zip(axes, ("text", "image"), strict=True):
+        for name, ps in points.items():
+            sel = sorted((p["concurrency"], p["tokens_per_s"]) for p in ps if p["kind"] == kind)
+            if sel:
+                ax.plot(*zip(*sel, strict=True), marker="o", label=name)
+        ax.set_title(f"{kind} requests, 32 output tokens")
+        ax.set_xlabel("concurrent requests")
+        ax.set_ylabel("output tokens / s")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=".demo/realistic", help="ORIG-layout checkpoint (llava-serve make-demo)")
+    parser.add_argument("--servers", default="ours,previous,peer")
+    parser.add_argument("--scenarios", default="mixed,multiturn,throughput")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--previous-ref", default="50fcecc", help="git ref of the previous engine")
+    parser.add_argument("--ours-flags", default="", help="extra flags for our server")
+    parser.add_argument("--peer-python", help="python of a venv with transformers[serving]==5.24 (default: build one)")
+    parser.add_argument("--peer-venv", default="/work/peer-venv")
+    parser.add_argument("--text-levels", default="1,8,16")
+    parser.add_argument("--image-levels", default="1,4,8")
+    parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--image-tokens", type=int, default=16, help="output tokens of the mixed scenario's image chat")
+    parser.add_argument("--turn-tokens", type=int, default=24)
+    parser.add_argument("--warm-tokens", type=int, default=12)
+    parser.add_argument("--crops-per-image", type=int, default=2, help="crops of a 384x384 anyres image (roofline)")
+    parser.add_argument("--start-timeout", type=float, default=600)
+    parser.add_argument("--out", default="bench/results/serve")
+    parser.add_argument("--replot", help="a serve_bench.json: print its tables and redraw its plot")
+    args = parser.parse_args()
+    if args.replot:
+        path = Path(args.replot)
+        report(json.loads(path.read_text()), path.parent)
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
