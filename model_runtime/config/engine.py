@@ -31,8 +31,8 @@ class EngineConfig:
     kv_cache_memory: int | float | None = None
     block_size: int = 16  # token positions per KV block
     # work per step, in prompt tokens at zero context (decode rows count one each and always run; a later
-    # prompt token and a slice of encoder work count what their FLOPs are worth): None = 512 on the CPU,
-    # 4096 on a GPU
+    # prompt token and a slice of encoder work count what their FLOPs are worth). None: 4096 on a GPU; on
+    # the CPU what half a second of matrix work buys at the rate measured at start-up (32-2048)
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True  # keep full KV blocks findable by content after their request
     encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
@@ -53,8 +53,3 @@ class EngineConfig:
             raise ValueError(f"kv_cache_memory={memory!r}: bytes >= 1, a share in (0, 1], or None (auto)")
         if self.encoder_cache_bytes < 0:
             raise ValueError(f"encoder_cache_bytes={self.encoder_cache_bytes}: must be >= 0")
-
-    def step_tokens(self, device_type: str) -> int:
-        if self.max_num_batched_tokens is not None:
-            return self.max_num_batched_tokens
-        return 512 if device_type == "cpu" else 4096

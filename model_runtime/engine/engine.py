@@ -41,6 +41,8 @@ from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats, TokenHist
 log = logging.getLogger(__name__)
 
 MAX_CROPS_PER_UNIT = 64  # crops (or frames) in one encoder unit, at most
+CPU_STEP_SECONDS = 0.5  # the CPU's default step budget: this much matrix work at the measured rate
+GPU_STEP_TOKENS = 4096
 
 
 class EngineDeadError(RuntimeError):
@@ -68,8 +70,8 @@ class Engine:
         self.max_model_len = min(context, capacity)
         self.cost = LanguageCost.of(model.config)
         self.pool = BlockPool(num_blocks, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config.max_num_seqs, config.step_tokens(device.type), self.pool, bs, self.cost,
-                                   self._resolve_media)
+        step_tokens = config.max_num_batched_tokens or _auto_step_tokens(model, self.cost)
+        self.scheduler = Scheduler(config.max_num_seqs, step_tokens, self.pool, bs, self.cost, self._resolve_media)
         unit = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop through one layer
         self.max_crops = max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / unit)))
         self.max_forward_rows = config.max_num_seqs  # halved after an out-of-memory error
@@ -521,6 +523,35 @@ class Engine:
         for request_id in list(self.requests):
             outputs += self._finish_request(request_id, RequestStatus.FINISHED_ERROR, "the engine stopped")
         return outputs
+
+
+def _matmul_flops(device: torch.device, dtype: torch.dtype, rows: int, inner: int, outer: int) -> float:
+    a = torch.randn(rows, inner, dtype=dtype, device=device)
+    b = torch.randn(inner, outer, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * rows * inner * outer / best
+
+
+def _auto_step_tokens(model, cost: LanguageCost) -> int:
+    """The default step budget: fixed on a GPU; on the CPU, whose speed varies a hundredfold between
+    machines and dtypes, what CPU_STEP_SECONDS of the model's own matmul shape buys here."""
+    weight = model.model.embed_tokens.weight
+    if weight.device.type != "cpu":
+        return GPU_STEP_TOKENS
+    shape = (32, model.config.hidden_size, model.config.intermediate_size)
+    flops = _matmul_flops(weight.device, weight.dtype, *shape)
+    tokens = int(CPU_STEP_SECONDS * flops / cost.token_flops) // 16 * 16
+    if weight.dtype != torch.float32:
+        fp32 = _matmul_flops(weight.device, torch.float32, *shape)
+        if fp32 > 4 * flops:
+            log.warning("this CPU multiplies %s matrices %.0fx slower than float32 (%.1f against %.1f GFLOP/s): "
+                        "serve with --dtype float32", str(weight.dtype).removeprefix("torch."), fp32 / flops,
+                        flops / 1e9, fp32 / 1e9)
+    return max(32, min(2048, tokens))
 
 
 def _first_report(request: Request, item: int, reused: bool) -> None:

@@ -30,8 +30,12 @@ from tests.deploy.artifacts import (
 
 GRAFANA = DOCKER / "grafana"
 # What the dashboard must show (issue: deployment): requests and errors, TTFT and inter-token
-# latency, throughput, queue, batch size, KV tokens, media stages per modality, encoder cache.
+# latency, throughput, queue, batch size, KV tokens, media stages per modality, encoder cache; and
+# (issue: engine) KV cache use, prefix-cache hits, preemptions, tokens per step.
 DASHBOARD_MUST_SHOW = {
+    "llava_kv_cache_usage_ratio", "llava_kv_cache_blocks", "llava_prefix_cache_hits_total",
+    "llava_prefix_cache_queries_total", "llava_preemptions_total", "llava_step_prompt_tokens_bucket",
+    "llava_step_decode_tokens_bucket",
     "llava_requests_total", "llava_errors_total", "llava_time_to_first_token_seconds_bucket",
     "llava_inter_token_latency_seconds_bucket", "llava_generation_tokens_total", "llava_prompt_tokens_total",
     "llava_requests_waiting", "llava_requests_running", "llava_batch_size", "llava_kv_cache_tokens",

@@ -9,11 +9,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime import ChatTurn, Engine, Request, SamplingParams, load_pretrained_model, make_demo
+from model_runtime import (
+    ChatTurn,
+    Engine,
+    EngineConfig,
+    Request,
+    SamplingParams,
+    load_pretrained_model,
+    make_demo,
+)
 from model_runtime.checkpoint.quantize import weight_bytes
 from tests.conftest import random_image
 
 pytestmark = pytest.mark.gpu
+
+KV = 256 * 2**20  # each engine's KV cache: auto would take 0.8 of the free GPU memory
+
+
+def engine_for(loaded, **config) -> Engine:
+    config.setdefault("kv_cache_memory", KV)
+    return Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids, EngineConfig(**config))
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +78,41 @@ def test_tiny_model_on_cuda_matches_cpu(device, tiny_checkpoint, tiny_model):
 
 def test_batched_equals_solo_on_cuda(device, tiny_checkpoint):
     loaded = load_pretrained_model(tiny_checkpoint, dtype="float32", device=device)
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids)
+    engine = engine_for(loaded)
     batched = run(engine, requests_for(loaded))
     for request in requests_for(loaded):
         assert run(engine, [request])[request.request_id] == batched[request.request_id]
 
 
+def test_paged_attention_on_cuda_equals_dense(device):
+    from tests.model_runtime.engine import test_kv
+
+    torch.set_default_device(device)
+    try:
+        test_kv.test_decode_rows_and_prompt_chunks_equal_dense_attention_per_sequence()
+    finally:
+        torch.set_default_device("cpu")
+
+
+def test_chunks_preemption_and_prefix_hits_on_cuda(device, tiny_checkpoint):
+    """The paged path on CUDA: small chunks, a KV cache too small for the batch, a prompt seen before."""
+    loaded = load_pretrained_model(tiny_checkpoint, dtype="float32", device=device)
+    solo = {r.request_id: run(engine_for(loaded), [r])[r.request_id] for r in requests_for(loaded, count=6)}
+    block = engine_for(loaded).runner.kv.block_bytes
+    longest = max(r.num_prompt_tokens + r.params.max_tokens for r in requests_for(loaded, count=6))
+    room = -(-longest // 16) + 2  # the longest fits alone, two at once do not
+    tight = engine_for(loaded, kv_cache_memory=room * block, max_num_batched_tokens=16)
+    assert run(tight, requests_for(loaded, count=6)) == solo
+    assert tight.stats().num_preemptions > 0
+    cached = engine_for(loaded)
+    run(cached, requests_for(loaded, count=1))
+    again = run(cached, requests_for(loaded, count=1))
+    assert cached.stats().prefix_cache_hit_tokens > 0 and again == {"r0": solo["r0"]}
+
+
 def test_bfloat16_small_model_generates_on_cuda(device, small_checkpoint):
     loaded = load_pretrained_model(small_checkpoint, dtype="bfloat16", device=device)
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids)
+    engine = engine_for(loaded)
     out = run(engine, requests_for(loaded, count=3, max_tokens=16))
     assert sorted(out) == ["r0", "r1", "r2"] and all(len(v) == 16 for v in out.values())
 
@@ -81,6 +122,6 @@ def test_quantized_small_model_on_cuda(device, small_checkpoint, quantization, m
     reference = load_pretrained_model(small_checkpoint, dtype="bfloat16", device=device)
     loaded = load_pretrained_model(small_checkpoint, dtype="bfloat16", device=device, quantization=quantization)
     assert weight_bytes(loaded.model.model.layers) <= max_ratio * weight_bytes(reference.model.model.layers)
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids)
+    engine = engine_for(loaded)
     out = run(engine, requests_for(loaded, count=2, max_tokens=8))
     assert all(len(v) == 8 for v in out.values())
