@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The check to run whenever an NVIDIA GPU is available, on a machine with the project installed
 # (the Docker image, or `make test`'s .venv with a CUDA build of torch):
-#   1. the tests marked `gpu` (pytest -m gpu), one process, on the GPU;
-#   2. the offline engine benchmark (bench/engine_bench.py) in bfloat16 and with bitsandbytes 4-bit.
+#   1. the tests marked `gpu` (pytest -m gpu), one process, on the GPU: CUDA equals the CPU, the paged
+#      attention path (block tables, decode groups, prompt chunks) equals dense attention, chunked
+#      prefill, preemption and prefix-cache hits give the tokens of a solo run, bf16 and bitsandbytes;
+#   2. the offline engine benchmark (bench/engine_bench.py, the paged engine) in bfloat16 and with
+#      bitsandbytes 4-bit;
+#   3. the serving benchmark through HTTP (bench/serve_bench.py, our server only: the peer's venv
+#      cannot be built without the network) on the realistic demo, built if missing.
 # Writes results.md (what ran, what passed, the numbers), one log per step and the benchmark's
 # JSON and plot (bench-bf16/, bench-4bit/) into $OUT if set, else bench/results/gpu-check-<UTC time>/. Exit status: 0 every step passed, 1 a step failed or
 # could not run, 2 no usable NVIDIA GPU (results.md says why).
 # Settings (environment): PYTHON (default .venv/bin/python if present, else python3),
 # NVIDIA_SMI (default nvidia-smi), ENGINE_BENCH_ARGS (extra flags for both benchmark runs),
-# GPU_CHECK_SKIP_BENCH=1 (tests only).
+# GPU_CHECK_SKIP_BENCH=1 (tests only), REALISTIC (demo checkpoint folder, default .demo/realistic).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -90,6 +95,21 @@ if [[ "${GPU_CHECK_SKIP_BENCH:-0}" == 1 ]]; then
 else
   run_bench bf16 --device cuda --dtype bfloat16
   run_bench 4bit --device cuda --dtype bfloat16 --quantization bitsandbytes-4bit
+  say ""
+  say "## Serving benchmark (HTTP, paged engine, realistic demo)"
+  REALISTIC=${REALISTIC:-.demo/realistic}
+  if [[ ! -f $REALISTIC/config.json ]] && ! "$PYTHON" -m server.cli make-demo --size realistic --out "$REALISTIC" \
+      > "$OUT_DIR/make-demo.log" 2>&1; then
+    fail "could not build the realistic demo (make-demo.log)"
+  elif "$PYTHON" bench/serve_bench.py --model "$REALISTIC" --servers ours --device cuda --dtype bfloat16 \
+      --text-levels 1,8,16,32 --image-levels 1,4,8,16 --out "$OUT_DIR/serve" > "$OUT_DIR/serve.log" 2>&1; then
+    say '```'
+    tail -n 30 "$OUT_DIR/serve.log" | tee -a "$RESULTS"
+    say '```'
+  else
+    fail "serve_bench.py exited $? (last lines of serve.log below)"
+    tail -n 15 "$OUT_DIR/serve.log" | sed 's/^/    /' | tee -a "$RESULTS"
+  fi
 fi
 
 say ""

@@ -119,7 +119,7 @@ def start_llava_serve(name: str, checkout: Path, model: str, args, out: Path, ex
     log_path = out / f"{name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(checkout)}
     cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--dtype", args.dtype, "--port", str(port),
-           "--served-model-name", "bench", "--max-num-seqs", "32", *extra]
+           "--served-model-name", "bench", "--max-num-seqs", "32", "--device", args.device, *extra]
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -350,29 +350,52 @@ async def throughput(server: Server, args, kind: str, concurrency: int) -> dict:
 
 
 # -- this machine's roofline ----------------------------------------------------------------
-def machine_roofline(threads: int) -> dict:
-    torch.set_num_threads(threads)
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
+def matmul_flops(dtype: torch.dtype, n: int = 1024, device: str = "cpu") -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(5):
+        if device != "cpu":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         torch.matmul(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    flops = 2 * 2048**3 / best
-    x = torch.empty(256 * 2**20, dtype=torch.uint8)
+    return 2 * n**3 / best
+
+
+def machine_roofline(threads: int, dtype: str, device: str = "cpu") -> dict:
+    """Matmul FLOP/s (the served dtype, float32, bfloat16) and copy bandwidth of the device we serve on."""
+    torch.set_num_threads(threads)
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
     x.fill_(1)
     y = torch.empty_like(x)
     best = float("inf")
     for _ in range(5):
+        if device != "cpu":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         y.copy_(x)
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    return {"bf16_matmul_flops": flops, "memory_bytes_per_s": 2 * x.numel() / best, "threads": threads}
+    n = 1024 if device == "cpu" else 8192
+    return {"matmul_flops": matmul_flops(getattr(torch, dtype), n, device),
+            "float32_matmul_flops": matmul_flops(torch.float32, n, device),
+            "bfloat16_matmul_flops": matmul_flops(torch.bfloat16, 256 if device == "cpu" else n, device),
+            "memory_bytes_per_s": 2 * x.numel() / best, "threads": threads, "dtype": dtype, "device": device}
 
 
-def model_dims(model_dir: str) -> dict:
+def pick_dtype(threads: int) -> str:
+    """bfloat16 where this CPU multiplies it at least half as fast as float32; float32 where it cannot
+    (a CPU without AVX-512 BF16 or AMX runs bf16 matmuls hundreds of times slower)."""
+    torch.set_num_threads(threads)
+    return "bfloat16" if matmul_flops(torch.bfloat16, 256) * 2 >= matmul_flops(torch.float32, 256) else "float32"
+
+
+def model_dims(model_dir: str, dtype: str) -> dict:
     from model_runtime import LlavaConfig
     from model_runtime.arch.cost import LanguageCost, vision_layer_flops
 
@@ -382,7 +405,7 @@ def model_dims(model_dir: str) -> dict:
                                                      "num_attention_heads", "num_key_value_heads")})
     cost = LanguageCost.of(text)
     vocab, hidden = raw["vocab_size"], raw["hidden_size"]
-    weight_bytes = (cost.token_flops / 2 + vocab * hidden) * 2  # decoder layers + LM head, bf16
+    weight_bytes = (cost.token_flops / 2 + vocab * hidden) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
     layers = cfg.vision.num_hidden_layers - (1 if cfg.vision.kind == "siglip" else 0)
     return {"token_flops": cost.token_flops, "pair_flops": cost.pair_flops, "head_flops": 2.0 * vocab * hidden,
             "weight_bytes": weight_bytes, "crop_flops": vision_layer_flops(cfg, 1) * layers}
@@ -399,17 +422,20 @@ def roofline_seconds(point: dict, dims: dict, machine: dict, crops_per_image: in
         flops += point["concurrency"] * crops_per_image * dims["crop_flops"]
     steps = point["output_tokens"] / point["concurrency"]
     flops += point["output_tokens"] * (dims["token_flops"] + dims["head_flops"])
-    return flops / machine["bf16_matmul_flops"] + steps * dims["weight_bytes"] / machine["memory_bytes_per_s"]
+    return flops / machine["matmul_flops"] + steps * dims["weight_bytes"] / machine["memory_bytes_per_s"]
 
 
 # -- driver ---------------------------------------------------------------------------------
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    machine = machine_roofline(args.threads)
-    print(f"machine: bf16 matmul {machine['bf16_matmul_flops'] / 1e12:.2f} TFLOP/s, memory "
-          f"{machine['memory_bytes_per_s'] / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
-    dims = model_dims(args.model)
+    if args.dtype == "auto":
+        args.dtype = pick_dtype(args.threads) if args.device == "cpu" else "bfloat16"
+    machine = machine_roofline(args.threads, args.dtype, args.device)
+    print(f"machine: {args.dtype} matmul {machine['matmul_flops'] / 1e9:.1f} GFLOP/s (float32 "
+          f"{machine['float32_matmul_flops'] / 1e9:.1f}, bfloat16 {machine['bfloat16_matmul_flops'] / 1e9:.2f}), "
+          f"memory {machine['memory_bytes_per_s'] / 1e9:.1f} GB/s, {args.threads} threads", flush=True)
+    dims = model_dims(args.model, args.dtype)
     results: dict = {"machine": machine, "dims": dims, "args": vars(args), "servers": {},
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for name in args.servers.split(","):
@@ -454,8 +480,9 @@ def run(args) -> dict:
 def report(results: dict, out: Path | None) -> None:
     servers = results["servers"]
     m = results["machine"]
-    print(f"\nmachine: bf16 matmul {m['bf16_matmul_flops'] / 1e12:.2f} TFLOP/s, memory "
-          f"{m['memory_bytes_per_s'] / 1e9:.1f} GB/s ({results['date']})")
+    print(f"\nmachine: {m['dtype']} matmul {m['matmul_flops'] / 1e9:.1f} GFLOP/s (float32 "
+          f"{m['float32_matmul_flops'] / 1e9:.1f}, bfloat16 {m['bfloat16_matmul_flops'] / 1e9:.2f}), memory "
+          f"{m['memory_bytes_per_s'] / 1e9:.1f} GB/s, {m['threads']} threads ({results['date']})")
     rows = [(name, e["mixed"]) for name, e in servers.items() if "mixed" in e]
     if rows:
         print("\nmixed: 8 text streams + one 1920x1080 image chat")
@@ -523,7 +550,8 @@ def main() -> None:
     parser.add_argument("--servers", default="ours,previous,peer")
     parser.add_argument("--scenarios", default="mixed,multiturn,throughput")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cpu", help="our servers' device (the peer runs on the CPU)")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where this CPU multiplies it fast, else float32")
     parser.add_argument("--previous-ref", default="50fcecc", help="git ref of the previous engine")
     parser.add_argument("--ours-flags", default="", help="extra flags for our server")
     parser.add_argument("--peer-python", help="python of a venv with transformers[serving]==5.24 (default: build one)")

@@ -140,6 +140,7 @@ class BlockPool:
         # free blocks in hand-out order: unhashed first (front), cached ones by release time (back)
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
         self._touched = [False] * num_blocks  # ever handed out (kv.py zeroes a block on first use)
+        self._num_cached = 0  # free blocks with a hash
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
         self.num_evictions = 0
@@ -161,7 +162,7 @@ class BlockPool:
     @property
     def num_cached(self) -> int:
         """Free blocks still findable by hash (the prefix cache's idle content)."""
-        return sum(1 for b in self._free if b in self._hash_of)
+        return self._num_cached
 
     @property
     def usage(self) -> float:
@@ -178,7 +179,9 @@ class BlockPool:
         blocks, fresh = [], []
         for _ in range(count):
             block, _ = self._free.popitem(last=False)
-            self._evict(block)
+            if block in self._hash_of:
+                self._num_cached -= 1
+                self._evict(block)
             self._refs[block] = 1
             if not self._touched[block]:
                 self._touched[block] = True
@@ -202,7 +205,9 @@ class BlockPool:
                 raise RuntimeError(f"block {block} released more often than held")
             if self._refs[block] == 0:
                 self._free[block] = None
-                if block not in self._hash_of:
+                if block in self._hash_of:
+                    self._num_cached += 1
+                else:
                     self._free.move_to_end(block, last=False)
 
     # -- prefix cache -----------------------------------------------------------------------
@@ -220,6 +225,7 @@ class BlockPool:
         for block in found:
             if self._refs[block] == 0:
                 del self._free[block]
+                self._num_cached -= 1
             self._refs[block] += 1
         return found
 
@@ -246,4 +252,5 @@ class BlockPool:
         for block in idle:
             self._evict(block)
             self._free.move_to_end(block, last=False)
+        self._num_cached = 0
         return len(idle)

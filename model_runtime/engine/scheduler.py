@@ -151,7 +151,7 @@ class Scheduler:
             seq.status = RequestStatus.WAITING
             self.waiting.appendleft(seq)
             return False
-        if seq.index == 0 and seq.request.num_cached_tokens == 0 and not seq.output_ids:
+        if seq.index == 0 and seq.request.scheduled_time is None:  # its first admission, not a recompute
             seq.request.num_cached_tokens = seq.num_computed
         self._budget_left = left
         return True
