@@ -59,8 +59,8 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
           "start-up (0.5), or auto (GPU: 0.8 of free memory; CPU: min(4 GiB, half the available memory))", "auto")
     _flag(engine, "--block-size", "token positions per KV cache block (a power of two)", "16", type=int)
     _flag(engine, "--max-num-batched-tokens", "work per engine step in prompt tokens: decode rows always run, "
-          "prompts and media encoding are cut into chunks to fit (default: 4096 on a GPU; on the CPU what half a "
-          "second of matrix work buys, measured at start-up)", type=int)
+          "prompts and media encoding are cut into chunks to fit (default: 4096 on a GPU; on the CPU what a second "
+          "of matrix work buys, measured at start-up; 4x in steps where nothing decodes)", type=int)
     _switch(engine, "--no-prefix-caching", "do not reuse the KV of prompt prefixes seen before")
     _flag(engine, "--encoder-cache-mb", "encoded media kept for reuse, in MiB (0: none)", "512", type=float)
 

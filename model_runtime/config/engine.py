@@ -32,7 +32,7 @@ class EngineConfig:
     block_size: int = 16  # token positions per KV block
     # work per step, in prompt tokens at zero context (decode rows count one each and always run; a later
     # prompt token and a slice of encoder work count what their FLOPs are worth). None: 4096 on a GPU; on
-    # the CPU what half a second of matrix work buys at the rate measured at start-up (32-2048)
+    # the CPU what a second of matrix work buys at the rate measured at start-up (32-2048)
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True  # keep full KV blocks findable by content after their request
     encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it

@@ -41,8 +41,9 @@ from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats, TokenHist
 log = logging.getLogger(__name__)
 
 MAX_CROPS_PER_UNIT = 64  # crops (or frames) in one encoder unit, at most
-CPU_STEP_SECONDS = 0.5  # the CPU's default step budget: this much matrix work at the measured rate
+CPU_STEP_SECONDS = 1.0  # the CPU's default step budget: this much matrix work at the measured rate
 GPU_STEP_TOKENS = 4096
+IDLE_STEP_FACTOR = 4  # the step budget's multiple when no sequence decodes
 
 
 class EngineDeadError(RuntimeError):
@@ -71,7 +72,8 @@ class Engine:
         self.cost = LanguageCost.of(model.config)
         self.pool = BlockPool(num_blocks, config.enable_prefix_caching)
         step_tokens = config.max_num_batched_tokens or _auto_step_tokens(model, self.cost)
-        self.scheduler = Scheduler(config.max_num_seqs, step_tokens, self.pool, bs, self.cost, self._resolve_media)
+        self.scheduler = Scheduler(config.max_num_seqs, step_tokens, self.pool, bs, self.cost, self._resolve_media,
+                                   idle_step_factor=IDLE_STEP_FACTOR)
         unit = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop through one layer
         self.max_crops = max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / unit)))
         self.max_forward_rows = config.max_num_seqs  # halved after an out-of-memory error
@@ -538,19 +540,22 @@ def _matmul_flops(device: torch.device, dtype: torch.dtype, rows: int, inner: in
 
 def _auto_step_tokens(model, cost: LanguageCost) -> int:
     """The default step budget: fixed on a GPU; on the CPU, whose speed varies a hundredfold between
-    machines and dtypes, what CPU_STEP_SECONDS of the model's own matmul shape buys here."""
+    machines and dtypes, what CPU_STEP_SECONDS of the model's own matmul shape buys here (timed on
+    256 rows, where the matmul runs at its full rate, unless 16 rows already show it is slow)."""
     weight = model.model.embed_tokens.weight
     if weight.device.type != "cpu":
         return GPU_STEP_TOKENS
-    shape = (32, model.config.hidden_size, model.config.intermediate_size)
-    flops = _matmul_flops(weight.device, weight.dtype, *shape)
-    tokens = int(CPU_STEP_SECONDS * flops / cost.token_flops) // 16 * 16
+    inner, outer = model.config.hidden_size, model.config.intermediate_size
+    flops = _matmul_flops(weight.device, weight.dtype, 16, inner, outer)
+    if flops > 5e9:
+        flops = _matmul_flops(weight.device, weight.dtype, 256, inner, outer)
     if weight.dtype != torch.float32:
-        fp32 = _matmul_flops(weight.device, torch.float32, *shape)
+        fp32 = _matmul_flops(weight.device, torch.float32, 16, inner, outer)
         if fp32 > 4 * flops:
             log.warning("this CPU multiplies %s matrices %.0fx slower than float32 (%.1f against %.1f GFLOP/s): "
                         "serve with --dtype float32", str(weight.dtype).removeprefix("torch."), fp32 / flops,
                         flops / 1e9, fp32 / 1e9)
+    tokens = int(CPU_STEP_SECONDS * flops / cost.token_flops) // 16 * 16
     return max(32, min(2048, tokens))
 
 

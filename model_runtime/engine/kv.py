@@ -121,24 +121,25 @@ class StepRow:
 
 def paged_inputs(cache: KVCache, rows: Sequence[StepRow], device: torch.device) -> PagedAttentionInputs:
     bs = cache.block_size
-    slots = []
+    slots: list[int] = []
     decode: list[StepRow] = []
     chunks: list[PromptChunk] = []
     for row in rows:
-        positions = torch.arange(row.start, row.start + row.num_queries)
-        table = torch.tensor(list(row.block_ids), dtype=torch.long)
-        slots.append(table[positions // bs] * bs + positions % bs)
-        if row.num_queries == 1:
+        if row.num_queries == 1:  # the common case, in plain integers
+            slots.append(row.block_ids[row.start // bs] * bs + row.start % bs)
             decode.append(row)
             continue
         length = row.start + row.num_queries
+        table = list(row.block_ids[: -(-length // bs)])
+        for p in range(row.start, length):
+            slots.append(table[p // bs] * bs + p % bs)
         mask = None
         if row.start:  # query i sees positions up to start + i
             mask = torch.arange(length)[None, :] <= (row.start + torch.arange(row.num_queries))[:, None]
-        blocks = table[: -(-length // bs)]
-        chunks.append(PromptChunk(row.query_start, row.num_queries, length, blocks.to(device), _to(mask, device)))
+        chunks.append(PromptChunk(row.query_start, row.num_queries, length, torch.tensor(table, device=device),
+                                  _to(mask, device)))
     return PagedAttentionInputs(
-        cache.key_cache, cache.value_cache, torch.cat(slots).to(device) if slots else torch.empty(0, dtype=torch.long),
+        cache.key_cache, cache.value_cache, torch.tensor(slots, dtype=torch.long, device=device),
         [_decode_group(g, bs, device) for g in _group_by_length(decode, bs)], chunks,
     )
 
@@ -164,15 +165,13 @@ def _group_by_length(rows: list[StepRow], block_size: int) -> list[list[StepRow]
 def _decode_group(rows: list[StepRow], block_size: int, device: torch.device) -> DecodeGroup:
     lengths = tuple(r.start + 1 for r in rows)
     width = -(-max(lengths) // block_size)
-    table = torch.full((len(rows), width), NULL_BLOCK, dtype=torch.long)
-    for i, (row, length) in enumerate(zip(rows, lengths, strict=True)):
-        n = -(-length // block_size)
-        table[i, :n] = torch.tensor(list(row.block_ids[:n]), dtype=torch.long)
+    table = [list(r.block_ids[: -(-n // block_size)]) for r, n in zip(rows, lengths, strict=True)]
+    table = [t + [NULL_BLOCK] * (width - len(t)) for t in table]
     mask = None
     if len(rows) > 1 and any(length != width * block_size for length in lengths):
         mask = (torch.arange(width * block_size)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
-    index = torch.tensor([r.query_start for r in rows], dtype=torch.long)
-    return DecodeGroup(index.to(device), table.to(device), lengths, _to(mask, device))
+    index = torch.tensor([r.query_start for r in rows], dtype=torch.long, device=device)
+    return DecodeGroup(index, torch.tensor(table, dtype=torch.long, device=device), lengths, _to(mask, device))
 
 
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

@@ -144,26 +144,27 @@ class ModelRunner:
         return logits
 
     def _inputs(self, rows: Sequence[ForwardRow]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Packed embeddings [T, D] and positions [T] of every row's positions, in row order."""
-        pieces: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(rows)
-        decode = [i for i, r in enumerate(rows) if r.is_decode]
-        if decode:
-            ids = torch.tensor([rows[i].token_ids[-1] for i in decode], dtype=torch.long,
-                               device=self.device)
-            embeds = self.model.model.embed_tokens(ids)
-            for j, i in enumerate(decode):
-                pieces[i] = (embeds[j : j + 1], torch.tensor([rows[i].start], device=self.device))
-        chunks = [i for i, r in enumerate(rows) if not r.is_decode]
+        """Packed embeddings [T, D] and positions [T] of every row's positions, in row order (decode
+        rows first)."""
+        num_decode = sum(1 for r in rows if r.is_decode)
+        if any(r.is_decode for r in rows[num_decode:]):
+            raise ValueError("decode rows must come before prompt chunks")
+        embeds, positions = [], []
+        if num_decode:
+            ids = torch.tensor([r.token_ids[-1] for r in rows[:num_decode]], dtype=torch.long, device=self.device)
+            embeds.append(self.model.model.embed_tokens(ids))
+            positions.append(torch.tensor([r.start for r in rows[:num_decode]], dtype=torch.long, device=self.device))
+        chunks = rows[num_decode:]
         if chunks:
-            embeds, mask, positions = self.model.prepare_inputs_for_multimodal(
-                [rows[i].token_ids for i in chunks], [rows[i].items for i in chunks], padding_side="left",
-                spans=[(rows[i].start, rows[i].start + rows[i].num_tokens) for i in chunks],
+            padded, _, padded_positions = self.model.prepare_inputs_for_multimodal(
+                [r.token_ids for r in chunks], [r.items for r in chunks], padding_side="left",
+                spans=[(r.start, r.start + r.num_tokens) for r in chunks],
             )
             # left-padded [R, L, D]: each row's real positions are its last num_tokens columns
-            for j, i in enumerate(chunks):
-                n = rows[i].num_tokens
-                pieces[i] = (embeds[j, -n:], positions[j, -n:])
-        return torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+            for j, r in enumerate(chunks):
+                embeds.append(padded[j, -r.num_tokens :])
+                positions.append(padded_positions[j, -r.num_tokens :])
+        return torch.cat(embeds), torch.cat(positions)
 
     # -- internals --------------------------------------------------------------------------
     def _elapsed(self, start: float) -> float:

@@ -4,7 +4,8 @@ Every step has a budget (`EngineConfig.max_num_batched_tokens`, in prompt tokens
 context: a later prompt token also pays for the attention over its context, a slice of encoder
 work for its FLOPs; arch/cost.py). Each step:
 
-1. every running sequence that decodes takes one token (all of them, budget or not);
+1. every running sequence that decodes takes one token (all of them, budget or not); a step in
+   which none decodes has `idle_step_factor` times the budget (no stream waits on it);
 2. running sequences still computing their prompt (or recomputing after a preemption), oldest
    first, then waiting ones, each get the encoder units their next media items need and a chunk
    of positions, while budget is left; a chunk stops before a media item that is not encoded
@@ -67,9 +68,10 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, max_num_seqs: int, step_tokens: int, pool: BlockPool, block_size: int, cost: LanguageCost,
-                 resolve_media: Callable[[Sequence], None] | None = None) -> None:
+                 resolve_media: Callable[[Sequence], None] | None = None, idle_step_factor: int = 1) -> None:
         self.max_num_seqs = max_num_seqs  # lowered by the engine after an out-of-memory error
         self.step_tokens = step_tokens
+        self.idle_step_factor = idle_step_factor  # the budget's multiple in steps where no sequence decodes
         self.pool = pool
         self.block_size = block_size
         self.cost = cost
@@ -114,7 +116,9 @@ class Scheduler:
         out = SchedulerOutput()
         self._planned: dict[str, int] = {}  # media key -> units planned this step
         self._scheduled: dict[int, ScheduledChunk] = {}  # id(seq) -> its chunk
-        budget = float(self.step_tokens)
+        decoding = any(seq.is_decoding for seq in self.running)
+        # nobody waits for a token: a longer step stalls no stream and runs prompt work more efficiently
+        budget = float(self.step_tokens * (1 if decoding else self.idle_step_factor))
         for seq in list(self.running):
             if seq.is_decoding and seq in self.running and self._grow(seq, seq.num_computed + 1, out):
                 self._add_chunk(out, ScheduledChunk(seq, seq.num_computed, 1))
