@@ -32,6 +32,10 @@ class EncodingJob:
             self._layers = len(model.model.vision_tower.pass_layers)
             self.unit_flops = [cost.vision_layer_flops(cfg, g.shape[0]) for g in self._groups
                                for _ in range(self._layers)]
+            # the last unit also runs the projector over every crop's patches
+            weights = sum(p.numel() for p in model.model.mm_projector.parameters() if p.dim() == 2)
+            patches = cfg.vision.num_patches_per_side**2 * item.data.shape[0]
+            self.unit_flops[-1] += 2.0 * weights * patches
         elif item.modality == "audio":
             self._groups, self._layers = [], 1
             self.unit_flops = [cost.audio_flops(cfg, item.data.shape[0])]
