@@ -141,9 +141,8 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, budget: float, out: SchedulerOutput) -> bool:
         """Try to start the head of the queue; on success it runs and holds blocks."""
-        hits = self._lookup_prefix(seq)
-        seq.block_ids = hits
-        seq.num_computed = len(hits) * self.block_size
+        seq.block_ids = self._lookup_prefix(seq)
+        seq.num_computed = num_hits = len(seq.block_ids) * self.block_size
         self.waiting.popleft()
         self.running.append(seq)
         seq.status = RequestStatus.RUNNING
@@ -155,8 +154,10 @@ class Scheduler:
             seq.status = RequestStatus.WAITING
             self.waiting.appendleft(seq)
             return False
+        if self.pool.enable_prefix_caching:
+            self.pool.count_query(seq.num_tokens, num_hits)
         if seq.index == 0 and seq.request.scheduled_time is None:  # its first admission, not a recompute
-            seq.request.num_cached_tokens = seq.num_computed
+            seq.request.num_cached_tokens = num_hits
         self._budget_left = left
         return True
 
@@ -169,7 +170,6 @@ class Scheduler:
             extend_hashes(seq.block_hashes, seq.request.layout, seq.output_ids, usable * self.block_size,
                           self.block_size)
         hits = self.pool.lookup(seq.block_hashes, usable)
-        self.pool.count_query(seq.num_tokens, len(hits) * self.block_size)
         seq.num_registered = len(hits)
         return hits
 
