@@ -44,6 +44,7 @@ MAX_CROPS_PER_UNIT = 64  # crops (or frames) in one encoder unit, at most
 CPU_STEP_SECONDS = 1.0  # the CPU's default step budget: this much matrix work at the measured rate
 GPU_STEP_TOKENS = 4096
 IDLE_STEP_FACTOR = 4  # the step budget's multiple when no sequence decodes
+MAX_REMEASURES = 10  # idle re-timings of the CPU step budget, at most
 
 
 class EngineDeadError(RuntimeError):
@@ -71,11 +72,13 @@ class Engine:
         self.max_model_len = min(context, capacity)
         self.cost = LanguageCost.of(model.config)
         self.pool = BlockPool(num_blocks, config.enable_prefix_caching)
-        step_tokens = config.max_num_batched_tokens or _auto_step_tokens(model, self.cost)
+        self._measures_budget = config.max_num_batched_tokens is None and device.type == "cpu"
+        self._remeasured = 0
+        step_tokens = config.max_num_batched_tokens or _auto_step_tokens(model, self.cost, warn=True)
         self.scheduler = Scheduler(config.max_num_seqs, step_tokens, self.pool, bs, self.cost, self._resolve_media,
                                    idle_step_factor=IDLE_STEP_FACTOR)
-        unit = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop through one layer
-        self.max_crops = max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / unit)))
+        self._crop_layer = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop, one layer
+        self.max_crops = self._max_crops()
         self.max_forward_rows = config.max_num_seqs  # halved after an out-of-memory error
         self.requests: dict[str, Request] = {}  # unfinished
         self.choices: dict[str, list[Sequence]] = {}  # request id -> its sequences (choice 0 first)
@@ -98,6 +101,22 @@ class Engine:
     @property
     def is_dead(self) -> bool:
         return self.dead_reason is not None
+
+    def _max_crops(self) -> int:
+        return max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / self._crop_layer)))
+
+    def remeasure_step_budget(self) -> None:
+        """CPU with the default budget: time the matmul again (the worker calls this while idle) and
+        raise the budget if this machine turns out faster than at start-up, when loading and starting
+        processes may have slowed the first measurement."""
+        if not self._measures_budget or self.has_unfinished() or self._remeasured >= MAX_REMEASURES:
+            return
+        self._remeasured += 1
+        tokens = _auto_step_tokens(self.runner.model, self.cost)
+        if tokens > self.scheduler.step_tokens:
+            log.info("step budget %d -> %d tokens (matmul timed again)", self.scheduler.step_tokens, tokens)
+            self.scheduler.step_tokens = tokens
+            self.max_crops = self._max_crops()
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -538,7 +557,7 @@ def _matmul_flops(device: torch.device, dtype: torch.dtype, rows: int, inner: in
     return 2.0 * rows * inner * outer / best
 
 
-def _auto_step_tokens(model, cost: LanguageCost) -> int:
+def _auto_step_tokens(model, cost: LanguageCost, warn: bool = False) -> int:
     """The default step budget: fixed on a GPU; on the CPU, whose speed varies a hundredfold between
     machines and dtypes, what CPU_STEP_SECONDS of the model's own matmul shape buys here (timed on
     256 rows, where the matmul runs at its full rate, unless 16 rows already show it is slow)."""
@@ -549,7 +568,7 @@ def _auto_step_tokens(model, cost: LanguageCost) -> int:
     flops = _matmul_flops(weight.device, weight.dtype, 16, inner, outer)
     if flops > 5e9:
         flops = _matmul_flops(weight.device, weight.dtype, 256, inner, outer)
-    if weight.dtype != torch.float32:
+    if warn and weight.dtype != torch.float32:
         fp32 = _matmul_flops(weight.device, torch.float32, 16, inner, outer)
         if fp32 > 4 * flops:
             log.warning("this CPU multiplies %s matrices %.0fx slower than float32 (%.1f against %.1f GFLOP/s): "

@@ -140,3 +140,19 @@ def test_the_cache_holds_about_the_tokens_it_has(new_engine, make_request):
     assert stats.kv_cache_bytes == stats.kv_blocks_used * block_bytes(engine)
     assert 0 < stats.kv_cache_usage < 1
     run(engine, [])
+
+
+def test_the_cpu_step_budget_is_measured_and_raised_when_the_machine_proves_faster(new_engine, make_request):
+    engine = new_engine()  # no max_num_batched_tokens: measured on this CPU
+    measured = engine.scheduler.step_tokens
+    assert 32 <= measured <= 2048 and measured % 16 == 0
+    engine.scheduler.step_tokens = 32  # as if start-up had been slowed down
+    engine.add_request(make_request("busy"))
+    engine.remeasure_step_budget()  # never while requests run
+    assert engine.scheduler.step_tokens == 32
+    run(engine, [])
+    engine.remeasure_step_budget()
+    assert engine.scheduler.step_tokens > 32 and engine.max_crops >= 1
+    fixed = new_engine(max_num_batched_tokens=48)
+    fixed.remeasure_step_budget()
+    assert fixed.scheduler.step_tokens == 48
