@@ -1,6 +1,8 @@
 """Serving benchmark: real server processes over HTTP, the traffic users send, side by side in one run.
 
-Servers, started one after another on 127.0.0.1 with the same weights, dtype and thread count:
+Servers, started one after another on 127.0.0.1 with the same weights, dtype and thread count, and
+all but the one being measured stopped (SIGSTOP) while it runs, so that idle servers' wake-ups
+do not show up in its token gaps:
 
 - `ours`: llava-serve from this checkout (paged KV cache, chunked prefill, prefix caching);
 - `previous`: llava-serve at `--previous-ref` (a git worktree), the engine before paging;
@@ -37,9 +39,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,7 +91,13 @@ class Server:
                 out[name] = float(value)
         return out
 
+    def signal(self, sig: int) -> None:
+        """To the server's process group (each server starts in its own session)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
     def stop(self) -> None:
+        self.signal(signal.SIGCONT)
         self.process.terminate()
         try:
             self.process.wait(60)
@@ -124,7 +134,8 @@ def start_llava_serve(name: str, checkout: Path, model: str, args, out: Path, ex
     cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--dtype", args.dtype, "--port", str(port),
            "--served-model-name", "bench", "--max-num-seqs", "32", "--device", args.device, *extra]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base + "/ready", process, log_path, args.start_timeout)
     return Server(name, base, "bench", process, log_path, is_ours=True)
@@ -466,7 +477,7 @@ def run(args) -> dict:
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     servers: dict[str, Server] = {}
     try:
-        for name in args.servers.split(","):  # all up at once, idle but for the one being measured
+        for name in args.servers.split(","):  # all up at once; all but the measured one stopped (alone)
             print(f"starting {name}", flush=True)
             if name == "ours":
                 servers[name] = start_llava_serve("ours", ROOT, args.model, args, out, args.ours_flags.split())
@@ -485,7 +496,8 @@ def run(args) -> dict:
             for name, server in servers.items():
                 t = time.monotonic()
                 run_scenario = {"mixed": mixed, "multiturn": multiturn}[scenario]
-                results["servers"][name][scenario] = asyncio.run(run_scenario(server, args))
+                with alone(servers, server):
+                    results["servers"][name][scenario] = asyncio.run(run_scenario(server, args))
                 print(f"== {name} {scenario}: {time.monotonic() - t:.0f} s "
                       f"{json.dumps(results['servers'][name][scenario], default=str)[:400]}", flush=True)
                 (out / "serve_bench.json").write_text(json.dumps(results, indent=1, default=str))
@@ -494,6 +506,20 @@ def run(args) -> dict:
             server.stop()
     report(results, out)
     return results
+
+
+@contextlib.contextmanager
+def alone(servers: dict[str, Server], measured: Server):
+    """The other servers stopped (SIGSTOP) while one is measured: idle servers still wake up (HTTP
+    loops, timers, a peer's threads), and on a 2-core machine that shows up in token gaps."""
+    others = [s for s in servers.values() if s is not measured]
+    for s in others:
+        s.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for s in others:
+            s.signal(signal.SIGCONT)
 
 
 def throughput_points(servers: dict[str, Server], args, dims: dict, machine: dict, results: dict, out: Path) -> None:
@@ -505,7 +531,8 @@ def throughput_points(servers: dict[str, Server], args, dims: dict, machine: dic
             for name, server in servers.items():
                 best = None
                 for rep in range(args.repeats):
-                    p = asyncio.run(throughput(server, args, kind, level, rep))
+                    with alone(servers, server):
+                        p = asyncio.run(throughput(server, args, kind, level, rep))
                     p["roofline_share"] = roofline_seconds(p, dims, machine, args.crops_per_image) / p["wall_s"]
                     if best is None or p["tokens_per_s"] > best["tokens_per_s"]:
                         best = p
