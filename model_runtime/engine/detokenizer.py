@@ -1,22 +1,28 @@
 """Incremental detokenisation: complete UTF-8 characters only, stop strings across token boundaries.
 
 `IncrementalDetokenizer` decodes a short window of recent ids per token (never the whole output),
-waits while the tail is an incomplete multi-byte character, finds stop strings anywhere in the
-text (also when split over several tokens) and holds back a tail that could still become a stop
-string. `TokenTexts` gives each token's own text and raw bytes for logprobs. Knows a tokenizer,
-not the model.
+waits while the tail is the start of a multi-byte character that later bytes can still complete
+(at most 3 bytes), finds stop strings anywhere in the text (also when split over several tokens)
+and holds back a tail that could still become a stop string. At the end of a choice everything
+held back is released, so the joined deltas are the tokenizer's decode of the generated ids
+(U+FFFD where bytes are invalid or cut), whatever the finish reason. `TokenTexts` gives each
+token's own text and raw bytes for logprobs. Knows a tokenizer, not the model.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback pieces
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, stop: tuple[str, ...] = (), skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer, stop: tuple[str, ...] = (), skip_special_tokens: bool = True,
+                 token_bytes: Callable[[int], bytes] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.token_bytes = token_bytes or TokenTexts(tokenizer).bytes
         self.stop = stop
         self.skip_special_tokens = skip_special_tokens
         self.max_stop_len = max((len(s) for s in stop), default=0)
@@ -40,7 +46,10 @@ class IncrementalDetokenizer:
             self._find_stop(len(new))
 
     def take(self, is_final: bool = False) -> str:
-        """Text not returned yet; withholds a tail that may start a stop string unless final."""
+        """Text not returned yet; withholds a tail that may start a stop string unless final. The
+        final take also releases a cut character (as U+FFFD): the choice ends there."""
+        if is_final:
+            self._flush()
         end = len(self.text)
         if not is_final and self.stop_string is None:
             end -= self._num_held_back()
@@ -57,11 +66,30 @@ class IncrementalDetokenizer:
         skip = self.skip_special_tokens
         prefix = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=skip)
         full = decode(self.ids[self._prefix_offset :], skip_special_tokens=skip)
-        if len(full) <= len(prefix) or full.endswith("\ufffd"):
-            return ""  # nothing new, or an incomplete UTF-8 sequence: wait for the next token
+        if len(full) <= len(prefix) or (full.endswith("\ufffd") and self._may_complete()):
+            return ""  # nothing new, or a character that the next bytes may complete: wait
         self._prefix_offset = self._read_offset
         self._read_offset = len(self.ids)
         return full[len(prefix) :]
+
+    def _may_complete(self) -> bool:
+        """Whether the ids not yet released end inside a multi-byte character that more bytes can
+        still complete; U+FFFD from invalid bytes, or a real U+FFFD, is released at once."""
+        tail = b"".join(self.token_bytes(i) for i in self.ids[self._read_offset :])
+        return is_incomplete_utf8(tail)
+
+    def _flush(self) -> None:
+        if self.stop_string is not None or self._read_offset >= len(self.ids):
+            return
+        decode, skip = self.tokenizer.decode, self.skip_special_tokens
+        prefix = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=skip)
+        full = decode(self.ids[self._prefix_offset :], skip_special_tokens=skip)
+        self._prefix_offset = self._read_offset = len(self.ids)
+        new = full[len(prefix) :]
+        if new:
+            self.text += new
+            if self.stop:
+                self._find_stop(len(new))
 
     def _find_stop(self, num_new: int) -> None:
         start = max(0, len(self.text) - num_new - self.max_stop_len + 1)
@@ -87,8 +115,11 @@ class TokenTexts:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self._byte_of_char = _byte_level_alphabet()
+        self._byte_of_char = _byte_level_alphabet() if is_byte_level(tokenizer) else None
         self._cache: dict[int, tuple[str, tuple[int, ...]]] = {}
+
+    def bytes(self, token_id: int) -> bytes:
+        return bytes(self.get(token_id)[1])
 
     def get(self, token_id: int) -> tuple[str, tuple[int, ...]]:
         hit = self._cache.get(token_id)
@@ -105,10 +136,50 @@ class TokenTexts:
         match = _BYTE_TOKEN.fullmatch(piece)
         if match:
             return bytes([int(match.group(1), 16)])
-        if all(c in self._byte_of_char for c in piece):
+        if self._byte_of_char is not None and all(c in self._byte_of_char for c in piece):
             # byte-level BPE (GPT-2 / Qwen2): each character stands for one byte
             return bytes(self._byte_of_char[c] for c in piece)
-        return piece.replace("\u2581", " ").encode("utf-8")  # SentencePiece word boundary
+        return piece.replace("\u2581", " ").encode("utf-8")  # SentencePiece word boundary; added tokens
+
+
+def is_byte_level(tokenizer) -> bool:
+    """Whether the vocabulary is byte-level BPE (its decoder maps characters back to bytes), as
+    GPT-2, Llama 3 and Qwen2 are; SentencePiece vocabularies (Llama 2, Mistral, Vicuna) are not,
+    and their pieces of Latin-1 letters (`anó`) are characters, not bytes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is not None:
+        return _has_type(json.loads(decoder.__getstate__()), "ByteLevel")
+    vocab = tokenizer.get_vocab()  # a slow tokenizer: byte-level iff its pieces use GPT-2's space
+    return "\u0120" in "".join(list(vocab)[:5000]) and not any(p.startswith("\u2581") for p in vocab)
+
+
+def _has_type(spec, name: str) -> bool:
+    if isinstance(spec, dict):
+        return spec.get("type") == name or any(_has_type(v, name) for v in spec.values())
+    if isinstance(spec, list):
+        return any(_has_type(v, name) for v in spec)
+    return False
+
+
+def is_incomplete_utf8(data: bytes) -> bool:
+    """Whether `data` ends with the first bytes of a valid multi-byte UTF-8 character."""
+    for back in range(1, min(3, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: its lead is further back
+        need = 2 if 0xC2 <= byte <= 0xDF else 3 if 0xE0 <= byte <= 0xEF else 4 if 0xF0 <= byte <= 0xF4 else 0
+        # some continuation completes it (the second byte's range depends on the lead: try each)
+        return need > back and any(_valid(data[-back:] + bytes([fill]) * (need - back)) for fill in (0x80, 0x90, 0xA0))
+    return False
+
+
+def _valid(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _byte_level_alphabet() -> dict[str, int]:

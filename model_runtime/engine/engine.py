@@ -466,7 +466,7 @@ class Engine:
     def _new_sequence(self, request: Request, index: int) -> Sequence:
         params = request.params
         return Sequence(
-            request, index, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens),
+            request, index, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens, self._texts.bytes),
             None if params.is_greedy else choice_generator(params.seed, index, self.runner.device, self._seed_source),
         )
 

@@ -95,3 +95,29 @@ def test_errors_map_to_sdk_exceptions(client):
     # the server keeps serving
     ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "still there?"}], max_tokens=1)
     assert ok.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_text_is_the_decode_of_the_tokens_streamed_or_not(client, tiny_model, seed):
+    """A third of the tiny vocabulary is partial UTF-8: sampled answers end inside characters and
+    hold runs of stray bytes. The streamed deltas joined, the non-streamed text and the chosen
+    tokens' bytes all say the same thing (U+FFFD where bytes are invalid or cut)."""
+    kwargs = dict(model="tiny", messages=[{"role": "user", "content": "Tell me something"}], max_tokens=9,
+                  temperature=1.0, seed=seed, logprobs=True, extra_body={"ignore_eos": True})
+    whole = client.chat.completions.create(**kwargs)
+    special = set(tiny_model.tokenizer.all_special_tokens)  # an EOS sampled under ignore_eos has no text
+    raw = b"".join(bytes(t.bytes) for t in whole.choices[0].logprobs.content if t.token not in special)
+    assert whole.choices[0].message.content == raw.decode("utf-8", errors="replace")
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content
+    assert whole.choices[0].finish_reason == "length"
+    # a stop string taken from the middle of that text cuts both the same way
+    text = whole.choices[0].message.content
+    if len(text) > 4 and "\ufffd" not in text[2:4]:
+        stop = text[2:4]
+        cut = client.chat.completions.create(**{**kwargs, "stop": [stop]})
+        chunks = list(client.chat.completions.create(stream=True, **{**kwargs, "stop": [stop]}))
+        assert cut.choices[0].message.content == text[: text.find(stop)] == "".join(
+            c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert cut.choices[0].finish_reason == "stop"
