@@ -136,8 +136,12 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             worker = EngineWorker(engine)
             worker.start()
         except Exception as e:
-            log.critical("the model could not be loaded", exc_info=e)
-            lifecycle.mark_failed("the model could not be loaded")
+            # a refusal (ConfigError), a missing file or a bad engine setting: one line, status 2;
+            # the traceback only at --log-level debug
+            reason = f"the model could not be loaded: {_one_line(e)}"
+            log.critical(reason)
+            log.debug("loading failed", exc_info=e)
+            lifecycle.mark_failed(reason, exit_status=2)
             request_exit()
             return
         media = MediaLoader(fetcher, pool, config.limits, model.processor, metrics)
@@ -386,3 +390,8 @@ def _param(loc: list) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"

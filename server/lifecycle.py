@@ -63,6 +63,7 @@ class Lifecycle:
         self.clock = clock
         self.phase = Phase.LOADING
         self.failure: str | None = None
+        self.exit_status = 0  # what the process exits with once FAILED: 2 a model that cannot load, 1 a dead engine
         self.num_waiting = 0
         self.tickets: set[Ticket] = set()
         self.worker: EngineWorker | None = None
@@ -76,8 +77,9 @@ class Lifecycle:
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
 
-    def mark_failed(self, reason: str) -> None:
+    def mark_failed(self, reason: str, exit_status: int = 1) -> None:
         self.failure = reason
+        self.exit_status = exit_status
         self.phase = Phase.FAILED
 
     # -- admission --------------------------------------------------------------------------

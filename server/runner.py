@@ -4,7 +4,8 @@ uvicorn alone stops listening at SIGTERM and re-raises the signal when done (exi
 Here the first SIGTERM/SIGINT starts the drain (spec section 5: /ready 503 at once, new
 requests 503, in-flight requests finish until --shutdown-timeout, the rest end with "abort"),
 then uvicorn shuts down and the process exits 0. A second signal exits at once. If the engine
-dies, the app asks for an exit and the process exits 1 so an orchestrator restarts it.
+dies, the app asks for an exit and the process exits 1 so an orchestrator restarts it; a model
+that cannot be loaded exits 2 with one line on stderr (`llava-serve serve: error: ...`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 import uvicorn
 
@@ -66,7 +68,8 @@ def run_server(config: ServerConfig) -> int:
     server = DrainingServer(uv_config, app.state.lifecycle)
     app.state.request_exit = server.request_exit
     server.run()
-    if app.state.lifecycle.phase is Phase.FAILED:
-        log.error("exiting with status 1: %s", app.state.lifecycle.failure)
-        return 1
+    lifecycle = app.state.lifecycle
+    if lifecycle.phase is Phase.FAILED:
+        print(f"llava-serve serve: error: {lifecycle.failure}", file=sys.stderr, flush=True)
+        return lifecycle.exit_status
     return 0

@@ -102,14 +102,20 @@ class Processor:
         )
 
     def plan_video_frames(
-        self, num_frames_total: int, native_fps: float, num_frames: int | None = None, fps: float | None = None
+        self, num_frames_total: int, native_fps: float, num_frames: int | None = None, fps: float | None = None,
+        max_frames: int | None = None,
     ) -> FramePlan:
         """Which frames of a video to decode: the checkpoint's sampling (frames_upbound, else
-        DEFAULT_MAX_FRAMES; video_fps; force_sample) with the request's clamped overrides."""
+        DEFAULT_MAX_FRAMES; video_fps; force_sample) with the request's overrides. `max_frames`, a
+        server's ceiling, lowers the checkpoint's frames_upbound and clamps a requested `num_frames`;
+        the checkpoint's own rule (force_sample, video_fps) still applies under it."""
+        upbound = self.max_video_frames if max_frames is None else min(max_frames, self.max_video_frames)
+        if num_frames is not None and max_frames is not None:
+            num_frames = min(num_frames, max_frames)
         return plan_video_frames(
             num_frames_total,
             native_fps,
-            frames_upbound=self.max_video_frames,
+            frames_upbound=upbound,
             video_fps=self.cfg.video_fps,
             force_sample=self.cfg.force_sample,
             num_frames=num_frames,

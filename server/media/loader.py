@@ -123,8 +123,8 @@ class MediaLoader:
         started = time.perf_counter()
         async with self.pool.session() as decoder:
             probe = await decoder.call(probe_video, data, self.limits, timeout=timeout)
-            num_frames, fps = self._frame_request(ref)
-            plan = self.processor.plan_video_frames(probe.num_frames, probe.native_fps, num_frames=num_frames, fps=fps)
+            plan = self.processor.plan_video_frames(probe.num_frames, probe.native_fps, num_frames=ref.num_frames,
+                                                    fps=ref.fps, max_frames=self.limits.max_video_frames)
             unique = sorted(set(plan.indices))
             decoded = await decoder.call(decode_video, unique, probe.native_fps, ref.use_audio, self.limits,
                                          timeout=timeout)
@@ -147,16 +147,6 @@ class MediaLoader:
                                      "seconds": round(len(decoded.audio) / TARGET_RATE, 3),
                                      "resampled_to": TARGET_RATE, "tokens": track.num_tokens}
         return LoadedItem(inputs, report)
-
-    def _frame_request(self, ref: MediaRef) -> tuple[int | None, float | None]:
-        """The request's num_frames/fps clamped to the server ceiling (the checkpoint's default if lower)."""
-        default = self.processor.max_video_frames
-        ceiling = self.limits.max_video_frames or default
-        if ref.num_frames is not None:
-            return min(ref.num_frames, ceiling), ref.fps
-        if ceiling < default:  # the server's ceiling is below the checkpoint's: cap its sampling
-            return ceiling, ref.fps or self.processor.cfg.video_fps
-        return None, ref.fps
 
     async def _audio(self, ref: MediaRef, data: bytes, source: dict) -> LoadedItem:
         started = time.perf_counter()

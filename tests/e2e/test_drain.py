@@ -78,3 +78,32 @@ def test_queue_bound_then_sigterm_drain(tiny_checkpoint, tmp_path, origin):
     finally:
         if server.process.poll() is None:
             server.process.kill()
+
+
+@pytest.mark.parametrize("breakage", ["missing weights", "no such folder", "kv cache too small"])
+def test_a_model_that_cannot_load_exits_2_with_one_line(tiny_checkpoint, tmp_path, breakage):
+    """While the model loads the port answers /health; when loading fails the process exits with
+    status 2 and says why in one line, no traceback (the promise of docs/CHECKPOINTS.md)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import free_port
+
+    model, extra = str(tmp_path / "broken"), []
+    if breakage == "missing weights":
+        shutil.copytree(tiny_checkpoint, model)
+        for f in (tmp_path / "broken").glob("*.safetensors"):
+            f.unlink()
+    elif breakage == "kv cache too small":
+        model, extra = tiny_checkpoint, ["--kv-cache-memory", "1KB"]
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--model", model, "--host", "127.0.0.1", "--port",
+         str(free_port()), "--media-workers", "1", *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("llava-serve serve: error: the model could not be loaded: "), done.stderr
+    assert len(last) < 600

@@ -138,3 +138,19 @@ def test_process_video_refuses_missing_frames(tiny_model):
         tiny_model.processor.process_video([], [], duration=1.0)
     with pytest.raises(InvalidMediaError):
         tiny_model.processor.process_video([random_image(8, 8)], [0.0, 1.0], duration=1.0)
+
+
+def test_a_server_ceiling_keeps_the_checkpoints_force_sample(tiny_model):
+    """LLaVA-Video (frames_upbound 64, force_sample) behind a 32-frame ceiling: a 10 s clip still
+    gets 32 frames spread over it, not the 1 fps sampling (10 frames)."""
+    cfg = dataclasses.replace(tiny_model.config, frames_upbound=64, force_sample=True, video_fps=1)
+    processor = Processor(cfg, tiny_model.tokenizer, tiny_model.processor.template)
+    plan = processor.plan_video_frames(300, 30.0, max_frames=32)
+    assert len(plan.indices) == 32 and plan.indices[0] == 0 and plan.indices[-1] == 299
+    assert processor.plan_video_frames(300, 30.0, num_frames=500, max_frames=32).indices == plan.indices
+    assert len(processor.plan_video_frames(300, 30.0, num_frames=5, max_frames=32).indices) == 5
+    assert len(processor.plan_video_frames(300, 30.0).indices) == 64  # no ceiling: the checkpoint's
+    # without force_sample the ceiling caps the checkpoint's fps sampling
+    plain = Processor(dataclasses.replace(cfg, force_sample=False), tiny_model.tokenizer, tiny_model.processor.template)
+    assert plain.plan_video_frames(300, 30.0, max_frames=32).indices == tuple(range(0, 300, 30))
+    assert len(plain.plan_video_frames(3000, 30.0, max_frames=32).indices) == 32
