@@ -6,7 +6,7 @@ folder that transformers' own classes and `AutoProcessor` load, and `transformer
 started on that folder in a venv of its own (transformers 5.24 with its serving extras), so both
 servers can be driven over HTTP with the OpenAI chat-completions API.
 
-  export SRC OUT      ORIG checkpoint -> llava-hf folder (config.json with [h, w] pinpoints,
+  export SRC OUT      `llava-serve export-hf`: ORIG checkpoint -> llava-hf folder (config.json with [h, w] pinpoints,
                       vision_feature_layer -1 over the kept SigLIP layers, anyres_max_N,
                       safetensors under transformers' names, tokenizer, image processor with
                       SigLIP's mean/std, processor config, the checkpoint's own chat template).
@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -74,8 +73,6 @@ PEER_TRANSFORMERS = "5.24.0"
 IMAGE_SIZES = ((384, 384), (640, 480), (1920, 1080))  # (W, H)
 TEXT_PROMPT = "Describe a sunset over the sea in one sentence."
 IMAGE_PROMPT = "What is in this image?"
-AUDIO_PREFIXES = ("model.speech_encoder.", "model.speech_projector.")
-SIGLIP_MEAN = SIGLIP_STD = [0.5, 0.5, 0.5]
 # environment of the peer process: nothing from the network, torch threads bounded
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -86,237 +83,13 @@ OFFLINE_ENV = {
 }
 
 
-# -- export ----------------------------------------------------------------------------------
-def hf_key(orig: str) -> str | None:
-    """ORIG weight name -> transformers 5 LlavaOnevisionForConditionalGeneration name (None:
-    no counterpart, i.e. the audio tower)."""
-    if orig.startswith(AUDIO_PREFIXES):
-        return None
-    rules = (
-        # transformers 5.x holds the SigLIP transformer itself (no `vision_model` level)
-        ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
-        ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
-        ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
-        ("model.image_newline", "model.image_newline"),
-        ("model.", "model.language_model."),  # embed_tokens, layers, norm
-        ("lm_head.", "lm_head."),
-    )
-    for old, new in rules:
-        if orig.startswith(old):
-            return new + orig[len(old):]
-    raise ValueError(f"{orig}: no llava-hf counterpart known")
-
-
-def _check_exportable(cfg) -> None:
-    """Refuse what LlavaOnevisionForConditionalGeneration cannot represent for images."""
-    problems = []
-    if cfg.language != "qwen2":
-        problems.append(f"language model {cfg.language!r} (LlavaOnevision here is exported with Qwen2)")
-    if cfg.vision.kind != "siglip":
-        problems.append(f"vision tower {cfg.vision.kind!r} (only SigLIP)")
-    if cfg.mm_projector_type != "mlp2x_gelu":
-        problems.append(f"mm_projector_type {cfg.mm_projector_type!r} (only mlp2x_gelu)")
-    if cfg.mm_patch_merge_type != "spatial_unpad":
-        problems.append(f"mm_patch_merge_type {cfg.mm_patch_merge_type!r} (only spatial_unpad)")
-    if cfg.anyres_max is None:
-        problems.append(f"image_aspect_ratio {cfg.image_aspect_ratio!r} (only anyres_max_N)")
-    if cfg.mm_use_im_start_end:
-        problems.append("mm_use_im_start_end")
-    if problems:
-        raise ValueError("cannot export to LlavaOnevision: " + "; ".join(problems))
-
-
-def _read_orig_weights(src: Path) -> dict:
-    from safetensors import safe_open
-
-    files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors weights in {src} (convert .bin first: llava-serve convert-bin)")
-    state = {}
-    for file in files:
-        with safe_open(str(file), "pt") as f:
-            for key in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                state[key] = f.get_tensor(key)
-    return state
-
-
-def _add_placeholder_token(tok_json: dict, token: str) -> int:
-    """Id of `token` in a tokenizer.json dict, appended as a special added token if missing."""
-    vocab = tok_json["model"]["vocab"]
-    for added in tok_json.get("added_tokens", []):
-        if added["content"] == token:
-            return added["id"]
-    if token in vocab:
-        return vocab[token]
-    ids = list(vocab.values()) + [a["id"] for a in tok_json.get("added_tokens", [])]
-    new_id = max(ids) + 1
-    tok_json.setdefault("added_tokens", []).append({
-        "id": new_id, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
-        "normalized": False, "special": True,
-    })
-    return new_id
-
-
+# -- export ---------------------------------------------------------------------------------
 def export_llava_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Convert an ORIG-layout LLaVA-OneVision checkpoint (llava-serve's demos) into a llava-hf
-    LlavaOnevisionForConditionalGeneration folder. Returns a report: image/video token ids, the
-    ORIG keys left out (audio tower), whether tokens were added.
-
-    Weights keep their dtype and values; only names change. The text vocabulary is kept as it is:
-    `<image>`/`<video>` are reused when the tokenizer has them (the demos do) and appended as
-    special tokens otherwise (embedding rows are zero-padded only if the new id is past vocab_size).
-    """
-    import torch
-    from safetensors.torch import save_file
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        Qwen2Config,
-        SiglipVisionConfig,
-    )
-
+    """`llava-serve export-hf` (model_runtime/checkpoint/hf_export.py), from llava-serve's venv."""
     sys.path.insert(0, str(ROOT))
-    from model_runtime.checkpoint.demo import CHAT_TEMPLATE
-    from model_runtime.config import LlavaConfig
+    from model_runtime.checkpoint.hf_export import export_hf
 
-    src, out = Path(src_dir), Path(out_dir)
-    raw = json.loads((src / "config.json").read_text())
-    cfg = LlavaConfig.from_dict(raw)
-    _check_exportable(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"source": str(src), "out": str(out)}
-
-    # tokenizer: same vocabulary; <image>/<video> ids
-    tok_json = json.loads((src / "tokenizer.json").read_text())
-    before = len(tok_json.get("added_tokens", []))
-    image_id = _add_placeholder_token(tok_json, "<image>")
-    video_id = _add_placeholder_token(tok_json, "<video>")
-    report["added_tokens"] = len(tok_json.get("added_tokens", [])) - before
-    (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
-    tok_config = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").exists() else {}
-    template = tok_config.get("chat_template")
-    if not template or "image" not in template:
-        template = CHAT_TEMPLATE  # the demos' ChatML template that knows image/video parts
-    tok_config["chat_template"] = template
-    decoder = tok_config.setdefault("added_tokens_decoder", {})
-    for token, tid in (("<image>", image_id), ("<video>", video_id)):
-        decoder.setdefault(str(tid), {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
-                                      "single_word": False, "special": True})
-    tok_config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
-    (out / "chat_template.jinja").write_text(template)  # the processor's template (transformers 5 layout)
-
-    # weights: ORIG names -> transformers names, nothing else changes
-    state = _read_orig_weights(src)
-    vocab_size = max(int(raw["vocab_size"]), image_id + 1, video_id + 1)
-    tied = bool(raw.get("tie_word_embeddings", False))
-    v = cfg.vision
-    p = v.num_patches_per_side
-    text_config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
-        num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
-        num_key_value_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]),
-        hidden_act=raw.get("hidden_act", "silu"), rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-        rope_theta=raw.get("rope_theta", 1000000.0),
-        max_position_embeddings=raw.get("max_position_embeddings", 32768),
-        use_sliding_window=False, sliding_window=None,
-        max_window_layers=raw.get("max_window_layers", raw["num_hidden_layers"]),
-        attention_dropout=raw.get("attention_dropout", 0.0), tie_word_embeddings=tied,
-        bos_token_id=raw.get("bos_token_id"), eos_token_id=raw.get("eos_token_id"),
-    )
-    vision_config = SiglipVisionConfig(
-        hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
-        num_hidden_layers=v.num_hidden_layers - 1,  # ORIG drops the last layer at load; its weights are not stored
-        num_attention_heads=v.num_attention_heads, image_size=v.image_size, patch_size=v.patch_size,
-        layer_norm_eps=v.layer_norm_eps, hidden_act=v.hidden_act, vision_use_head=False,
-    )
-    dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
-    config = LlavaOnevisionConfig(
-        text_config=text_config, vision_config=vision_config,
-        image_token_id=image_id, video_token_id=video_id,
-        # hidden_states[-1] of the kept layers == ORIG's output of its truncated tower (before post_layernorm)
-        vision_feature_layer=-1, vision_feature_select_strategy="full",
-        vision_aspect_ratio=f"anyres_max_{cfg.anyres_max}",
-        image_grid_pinpoints=[[h, w] for w, h in cfg.image_grid_pinpoints],  # ORIG (w, h) -> transformers [h, w]
-        projector_hidden_act="gelu", multimodal_projector_bias=True, tie_word_embeddings=tied,
-    )
-    config.architectures = ["LlavaOnevisionForConditionalGeneration"]
-    config.dtype = dtype
-    with torch.device("meta"):
-        skeleton = LlavaOnevisionForConditionalGeneration(config)
-    expected = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
-    del skeleton
-    weights, left_out = {}, []
-    for orig in sorted(state):
-        name = hf_key(orig)
-        if name is None:
-            left_out.append(orig)
-            continue
-        if name not in expected:
-            raise ValueError(f"{orig} -> {name}: not a parameter of LlavaOnevisionForConditionalGeneration")
-        tensor = state[orig]
-        if name in ("model.language_model.embed_tokens.weight", "lm_head.weight") and tensor.shape[0] < vocab_size:
-            tensor = torch.cat([tensor, tensor.new_zeros(vocab_size - tensor.shape[0], tensor.shape[1])])
-        if tuple(tensor.shape) != expected[name]:
-            raise ValueError(f"{orig} -> {name}: shape {tuple(tensor.shape)} != {expected[name]}")
-        weights[name] = tensor.contiguous()
-    missing = sorted(set(expected) - set(weights) - ({"lm_head.weight"} if tied else set()))
-    if missing:
-        raise ValueError(f"no ORIG weights for {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    for stale in out.glob("model*.safetensors*"):
-        stale.unlink()
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(str(out))
-    report["left_out"] = {"tensors": len(left_out), "prefixes": sorted({".".join(k.split(".")[:2]) for k in left_out})}
-    report["num_tensors"] = len(weights)
-    report["dtype"] = dtype
-
-    # generation config: the checkpoint's own (eos = <|im_end|>, <|endoftext|>)
-    if (src / "generation_config.json").exists():
-        shutil.copy(src / "generation_config.json", out / "generation_config.json")
-
-    # image processor: SigLIP's squash-resize + 0.5/0.5 normalisation, ORIG's pinpoints as [h, w]
-    pinpoints_hw = [[h, w] for w, h in cfg.image_grid_pinpoints]
-    image_processor = {
-        "image_processor_type": "LlavaOnevisionImageProcessor",
-        "processor_class": "LlavaOnevisionProcessor",
-        "do_convert_rgb": True, "do_resize": True, "size": {"height": v.image_size, "width": v.image_size},
-        "resample": 3,  # bicubic, as ORIG's PIL resizes
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": SIGLIP_MEAN, "image_std": SIGLIP_STD, "do_pad": True,
-        "image_grid_pinpoints": pinpoints_hw,
-    }
-    (out / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2) + "\n")
-    video_processor = {
-        "video_processor_type": "LlavaOnevisionVideoProcessor", "processor_class": "LlavaOnevisionProcessor",
-        "do_convert_rgb": True, "do_resize": True, "size": {"height": v.image_size, "width": v.image_size},
-        "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": SIGLIP_MEAN, "image_std": SIGLIP_STD,
-    }
-    (out / "video_preprocessor_config.json").write_text(json.dumps(video_processor, indent=2) + "\n")
-    processor = {
-        "processor_class": "LlavaOnevisionProcessor", "image_token": "<image>", "video_token": "<video>",
-        "num_image_tokens": p * p, "vision_feature_select_strategy": "full",
-        "vision_aspect_ratio": f"anyres_max_{cfg.anyres_max}",
-    }
-    (out / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
-
-    notes = [
-        f"# llava-hf export of {src.name}",
-        "",
-        f"Written by `python bench/hf_peer.py export {src} {out}` from llava-serve's ORIG-layout checkpoint.",
-        "Same weight values under transformers' LlavaOnevisionForConditionalGeneration names.",
-    ]
-    if raw.get("llava_serve_demo"):
-        notes.append("**The weights are RANDOM (llava-serve demo): generated text is meaningless.**")
-    if left_out:
-        notes.append(f"Left out: the audio tower ({len(left_out)} tensors); LlavaOnevision has no audio input.")
-    if cfg.mm_newline_position != "one_token" or cfg.mm_spatial_pool_mode != "bilinear":
-        notes.append("Videos differ from ORIG: transformers pools bilinearly with one trailing newline.")
-    (out / "README.md").write_text("\n".join(notes) + "\n")
-    report.update(image_token_id=image_id, video_token_id=video_id, vocab_size=vocab_size,
-                  tie_word_embeddings=tied, num_image_tokens_per_crop=p * p)
-    return report
+    return export_hf(src_dir, out_dir)
 
 
 # -- compare ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The checkpoint subcommands of `llava-serve`: convert-bin, apply-delta, make-delta, upgrade, merge-lora.
+"""The checkpoint subcommands of `llava-serve`: convert-bin, apply-delta, make-delta, upgrade, merge-lora,
+export-hf.
 
 Thin wrappers: each parses its flags, calls the model_runtime tool, prints what it wrote, and turns
 a ConfigError (missing files, shape mismatches, incompatible bases) into one line on stderr and
@@ -66,6 +67,17 @@ def add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_merge_lora)
 
 
+    p = sub.add_parser("export-hf", formatter_class=fmt,
+                       help="write an original-layout LLaVA-OneVision checkpoint in the llava-hf layout",
+                       description="Write SRC (original LLaVA layout, e.g. a make-demo checkpoint) as a transformers "
+                                   "LlavaOnevisionForConditionalGeneration folder: same weights under transformers' "
+                                   "names, config, tokenizer, processor configs, chat template. An audio tower has "
+                                   "no llava-hf home: it goes to audio_tower.safetensors beside it.")
+    p.add_argument("src", metavar="SRC", help="original-layout checkpoint folder")
+    p.add_argument("out", metavar="OUT", help="new folder to write")
+    p.set_defaults(run=_export_hf)
+
+
 def run_checkpoint_command(args: argparse.Namespace) -> int:
     from model_runtime import ConfigError
 
@@ -120,4 +132,15 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
     out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size)
     print(f"wrote the merged checkpoint to {out}")
+    return 0
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from model_runtime.checkpoint.hf_export import export_hf
+
+    report = export_hf(args.src, args.out)
+    print(f"wrote {report['num_tensors']} tensors in the llava-hf layout (LlavaOnevisionForConditionalGeneration, "
+          f"{report['dtype']}) to {report['out']}")
+    if report["left_out"]["tensors"]:
+        print(f"audio tower ({report['left_out']['tensors']} tensors) kept in {report['out']}/audio_tower.safetensors")
     return 0

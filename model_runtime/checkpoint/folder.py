@@ -22,7 +22,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 NON_LORA_WEIGHTS = "non_lora_trainables.safetensors"
 # Tensors of the language model proper; every other `model.*` tensor belongs to the multimodal parts
 # (towers, projectors, image_newline, faster_token, resampler).
-LM_PREFIXES = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")
+LM_PREFIXES = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.",
+               "language_model.", "model.language_model.")  # the last two: llava-hf (4.x hub, transformers 5)
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 
 

@@ -26,6 +26,8 @@ from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
 from model_runtime.checkpoint.delta import DELTA_KEY
 from model_runtime.checkpoint.folder import CheckpointFiles, inspect_checkpoint, resolve_checkpoint
+from model_runtime.checkpoint.hf_layout import HF_KEY_MAPPING, is_llava_hf
+from model_runtime.checkpoint.hf_layout import orig_config as hf_orig_config
 from model_runtime.checkpoint.lora import merge_adapter, read_non_lora_trainables
 from model_runtime.checkpoint.quantize import QUANTIZATIONS, bitsandbytes_config, default_compute_dtype
 from model_runtime.checkpoint.safetensors_io import SafetensorsFile
@@ -96,6 +98,11 @@ def load_pretrained_model(
     if DELTA_KEY in raw:
         raise ConfigError(f"{files.path} is a weight delta, not a model: rebuild the model with "
                           f"`llava-serve apply-delta --base BASE --delta {files.path} --out DST`")
+    key_mapping = OPENAI_WHISPER_KEY_MAPPING if raw.get("speech_encoder") else None
+    if is_llava_hf(raw):
+        if files.kind != "full" or base is not None:
+            raise ConfigError(f"{files.path}: llava-hf checkpoints load as full checkpoints only (no --model-base)")
+        raw, key_mapping = hf_orig_config(raw), HF_KEY_MAPPING
     cfg = LlavaConfig.from_dict(raw)
     if base is not None:
         check_compatible_base(raw, read_config_dict(base), base)
@@ -117,8 +124,8 @@ def load_pretrained_model(
             use_safetensors=True,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below as a ConfigError
-            # EgoGPT/Ola store the Whisper encoder under openai-whisper names
-            key_mapping=OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
+            # EgoGPT/Ola store the Whisper encoder under openai-whisper names; llava-hf, transformers' names
+            key_mapping=key_mapping,
         )
     if info["mismatched_keys"]:
         raise ConfigError(f"{weights_path}: tensor shapes differ from what its config describes: "

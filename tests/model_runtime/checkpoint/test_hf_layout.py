@@ -1,0 +1,143 @@
+"""llava-hf checkpoints in and out: `export_hf` writes transformers' LlavaOnevision layout, the
+loader reads it back (transformers 5 names and the 4.x hub names) with the same numerics as the
+original, and transformers' own class loads the export with the same logits as ours."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model_runtime import ChatTurn, ConfigError, load_pretrained_model, make_demo
+from model_runtime.checkpoint.hf_export import export_hf
+from model_runtime.checkpoint.hf_layout import orig_config
+from model_runtime.constants import IMAGE_TOKEN_INDEX
+from server.cli import main
+from tests.conftest import random_image
+
+SIZES = ((160, 90), (37, 120), (300, 300))  # (w, h): wide, tall (extreme), square
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> Path:
+    return make_demo("tiny", tmp_path_factory.mktemp("orig") / "ckpt", seed=3, audio=False)
+
+
+@pytest.fixture(scope="module")
+def exported(original, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "export"
+    report = export_hf(original, out)
+    assert report["left_out"]["tensors"] == 0
+    return out
+
+
+def logits_of(loaded, image_sizes) -> tuple[torch.Tensor, list[int]]:
+    p = loaded.processor
+    media = [p.process_image(random_image(w, h, seed=i), single_crop=len(image_sizes) > 1)
+             for i, (w, h) in enumerate(image_sizes)]
+    prompt = p.build_prompt([ChatTurn("user", "<image>\n" * len(media) + "What is shown?")], media)
+    with torch.inference_mode():
+        items = loaded.model.encode_media(media)
+        embeds, mask, positions = loaded.model.prepare_inputs_for_multimodal([prompt.token_ids], [items])
+        logits = loaded.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    return logits, [m.num_tokens for m in media]
+
+
+def same_logits(a, b) -> None:
+    la, na = a
+    lb, nb = b
+    assert na == nb  # the same token counts
+    width = min(la.shape[-1], lb.shape[-1])
+    assert la.shape[:-1] == lb.shape[:-1]
+    assert torch.equal(la[..., :width], lb[..., :width])
+
+
+@pytest.mark.parametrize("sizes", [SIZES[:1], SIZES[1:2], SIZES[2:], SIZES[:2]], ids=["wide", "tall", "square", "two"])
+def test_export_then_load_gives_the_same_logits(original, exported, sizes):
+    ours = load_pretrained_model(str(original), dtype="float32")
+    back = load_pretrained_model(str(exported), dtype="float32")
+    same_logits(logits_of(ours, sizes), logits_of(back, sizes))
+    assert back.config.raw["llava_hf_layout"] == "llava_onevision"
+    assert back.eos_token_ids == ours.eos_token_ids
+
+
+def test_the_transformers_4_hub_names_load_too(original, exported, tmp_path):
+    legacy = tmp_path / "legacy"
+    shutil.copytree(exported, legacy)
+    renames = (("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+               ("model.vision_tower.", "vision_tower.vision_model."),
+               ("model.multi_modal_projector.", "multi_modal_projector."), ("model.image_newline", "image_newline"))
+    state = load_file(legacy / "model.safetensors")
+    renamed = {}
+    for key, tensor in state.items():
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = tensor
+    assert any(k.startswith("vision_tower.vision_model.") for k in renamed)
+    save_file(renamed, legacy / "model.safetensors", metadata={"format": "pt"})
+    ours = load_pretrained_model(str(original), dtype="float32")
+    same_logits(logits_of(ours, SIZES[:1]), logits_of(load_pretrained_model(str(legacy), dtype="float32"), SIZES[:1]))
+
+
+def test_transformers_loads_the_export_with_our_logits(exported):
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(str(exported), dtype=torch.float32).eval()
+    ours = load_pretrained_model(str(exported), dtype="float32")
+    raw = json.loads((exported / "config.json").read_text())
+    p = ours.processor
+    media = [p.process_image(random_image(*SIZES[0], seed=5), single_crop=False)]
+    prompt = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown?")], media)
+    hf_ids = [t for t in prompt.token_ids if t != IMAGE_TOKEN_INDEX]
+    at = prompt.token_ids.index(IMAGE_TOKEN_INDEX)
+    hf_ids[at:at] = [raw["image_token_index"]] * media[0].num_tokens
+    w, h = media[0].image_size
+    with torch.inference_mode():
+        items = ours.model.encode_media(media)
+        embeds, mask, positions = ours.model.prepare_inputs_for_multimodal([prompt.token_ids], [items])
+        mine = ours.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        theirs = hf(input_ids=torch.tensor([hf_ids]), pixel_values=media[0].data[None],
+                    image_sizes=torch.tensor([[h, w]])).logits
+    width = min(mine.shape[-1], theirs.shape[-1])
+    assert mine.shape[1] == theirs.shape[1] == len(hf_ids)
+    assert (mine[..., :width] - theirs[..., :width]).abs().max() <= 1e-4
+
+
+def test_refusals_name_the_key():
+    base = {"model_type": "llava_onevision", "text_config": {"model_type": "qwen2"},
+            "vision_config": {"model_type": "siglip_vision_model"}}
+    with pytest.raises(ConfigError, match="llava_next"):
+        orig_config({**base, "model_type": "llava_next"})
+    with pytest.raises(ConfigError, match="vision_feature_select_strategy"):
+        orig_config({**base, "vision_feature_select_strategy": "default"})
+    with pytest.raises(ConfigError, match="only qwen2"):
+        orig_config({**base, "text_config": {"model_type": "llama"}})
+    with pytest.raises(ConfigError, match="vision_feature_layer"):
+        orig_config({**base, "vision_feature_layer": -40})
+    # F indexes hidden_states: -1 of M layers is what ORIG computes with M + 1 published layers
+    assert orig_config(base)["mm_vision_tower_config"]["num_hidden_layers"] == 27
+    assert orig_config({**base, "vision_feature_layer": -2})["mm_vision_tower_config"]["num_hidden_layers"] == 26
+
+
+def test_cli_export_hf(original, tmp_path, capsys):
+    out = tmp_path / "cli-export"
+    assert main(["export-hf", str(original), str(out)]) == 0
+    assert "llava-hf layout" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llava_onevision"
+    assert main(["export-hf", str(original), str(out)]) == 2  # not empty: nothing written
+    assert "is not empty" in capsys.readouterr().err
+
+
+def test_an_audio_tower_is_kept_beside_the_export(tmp_path):
+    src = make_demo("tiny", tmp_path / "av", seed=0, audio=True)
+    report = export_hf(src, tmp_path / "out")
+    assert report["left_out"]["tensors"] > 0
+    side = load_file(tmp_path / "out" / "audio_tower.safetensors")
+    assert side and all(k.startswith(("model.speech_encoder.", "model.speech_projector.")) for k in side)
+    assert "audio tower" in (tmp_path / "out" / "README.md").read_text()
