@@ -542,7 +542,7 @@ def throughput_points(servers: dict[str, Server], args, dims: dict, machine: dic
                 (out / "serve_bench.json").write_text(json.dumps(results, indent=1, default=str))
 
 
-def report(results: dict, out: Path | None) -> None:
+def report(results: dict, out: Path | None, plot_name: str = "serve_bench.png") -> None:
     servers = results["servers"]
     m = results["machine"]
     print(f"\nmachine: {m['dtype']} matmul {m['matmul_flops'] / 1e9:.1f} GFLOP/s (float32 "
@@ -583,7 +583,7 @@ def report(results: dict, out: Path | None) -> None:
                 cells.append(f"{p['tokens_per_s']:.2f} ({100 * p['roofline_share']:.1f}%)" if p else "")
             print(f"| {kind} | {level} | " + " | ".join(cells) + " |")
         if out is not None:
-            plot(points, out / "serve_bench.png")
+            plot(points, out / plot_name)
 
 
 def plot(points: dict, path: Path) -> None:
@@ -635,7 +635,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.replot:
         path = Path(args.replot)
-        report(json.loads(path.read_text()), path.parent)
+        report(json.loads(path.read_text()), path.parent, path.with_suffix(".png").name)
         return
     run(args)
 
