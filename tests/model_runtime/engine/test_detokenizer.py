@@ -16,13 +16,7 @@ TEXT = "naïve café — 日本語 🙂 hello world, stop here"
 
 
 def stream(tokenizer, text: str, stop: tuple[str, ...] = ()) -> tuple[list[str], IncrementalDetokenizer]:
-    detok = IncrementalDetokenizer(tokenizer, stop)
-    deltas = []
-    for token in tokenizer.encode(text, add_special_tokens=False):
-        detok.add(token)
-        deltas.append(detok.take())
-    deltas.append(detok.take(is_final=True))
-    return deltas, detok
+    return _stream_ids(tokenizer, tokenizer.encode(text, add_special_tokens=False), stop)
 
 
 def test_stream_deltas_never_split_a_multibyte_character(tiny_model):
