@@ -22,7 +22,7 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer, stop: tuple[str, ...] = (), skip_special_tokens: bool = True,
                  token_bytes: Callable[[int], bytes] | None = None) -> None:
         self.tokenizer = tokenizer
-        self.token_bytes = token_bytes or TokenTexts(tokenizer).bytes
+        self._token_bytes = token_bytes  # None: a TokenTexts of the tokenizer, made when first needed
         self.stop = stop
         self.skip_special_tokens = skip_special_tokens
         self.max_stop_len = max((len(s) for s in stop), default=0)
@@ -75,7 +75,9 @@ class IncrementalDetokenizer:
     def _may_complete(self) -> bool:
         """Whether the ids not yet released end inside a multi-byte character that more bytes can
         still complete; U+FFFD from invalid bytes, or a real U+FFFD, is released at once."""
-        tail = b"".join(self.token_bytes(i) for i in self.ids[self._read_offset :])
+        if self._token_bytes is None:
+            self._token_bytes = TokenTexts(self.tokenizer).bytes
+        tail = b"".join(self._token_bytes(i) for i in self.ids[self._read_offset :])
         return is_incomplete_utf8(tail)
 
     def _flush(self) -> None:

@@ -106,12 +106,14 @@ class Processor:
         max_frames: int | None = None,
     ) -> FramePlan:
         """Which frames of a video to decode: the checkpoint's sampling (frames_upbound, else
-        DEFAULT_MAX_FRAMES; video_fps; force_sample) with the request's overrides. `max_frames`, a
-        server's ceiling, lowers the checkpoint's frames_upbound and clamps a requested `num_frames`;
-        the checkpoint's own rule (force_sample, video_fps) still applies under it."""
-        upbound = self.max_video_frames if max_frames is None else min(max_frames, self.max_video_frames)
-        if num_frames is not None and max_frames is not None:
-            num_frames = min(num_frames, max_frames)
+        DEFAULT_MAX_FRAMES; video_fps; force_sample) with the request's overrides. A requested
+        `num_frames` is clamped to `max_frames` (a server's ceiling; default: the checkpoint's
+        frames_upbound); a ceiling below frames_upbound lowers it, and the checkpoint's own rule
+        (force_sample, video_fps) still applies under it."""
+        ceiling = self.max_video_frames if max_frames is None else max_frames
+        upbound = min(ceiling, self.max_video_frames)
+        if num_frames is not None:
+            num_frames = min(num_frames, ceiling)
         return plan_video_frames(
             num_frames_total,
             native_fps,
