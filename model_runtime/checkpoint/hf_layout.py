@@ -1,7 +1,8 @@
-"""The llava-hf layout read as ORIG: a transformers `LlavaOnevisionForConditionalGeneration` folder
-(config.json with `model_type: llava_onevision`, `text_config`/`vision_config`, weights under
-transformers' names) becomes the ORIG config dict and weight names our model classes load, so the
-same model code, token counts and engine serve it.
+"""The llava-hf layout read as ORIG: a transformers `LlavaOnevisionForConditionalGeneration` or
+`LlavaNextForConditionalGeneration` folder (config.json with `model_type` llava_onevision /
+llava_next, `text_config`/`vision_config`, weights under transformers' names) becomes the ORIG
+config dict and weight names our model classes load, so the same model code, token counts and
+engine serve it.
 
 What maps (transformers' key -> ORIG key):
 
@@ -9,6 +10,8 @@ What maps (transformers' key -> ORIG key):
 | ---                                                  | ---                                           |
 | `text_config.*`                                      | top-level LM keys (`hidden_size`, ...)        |
 | `vision_config` (SigLIP, M layers), `vision_feature_layer` F | `mm_vision_tower_config` with M + 2 + F layers (ORIG drops the last) |
+| `vision_config` (CLIP, M layers), F, strategy default / full | M layers, `mm_vision_select_layer` F, `patch` / `cls_patch` |
+| llava_next: Llama / Mistral / Qwen2 `text_config`       | `LlavaLlamaForCausalLM` / `LlavaMistralForCausalLM` / `LlavaQwenForCausalLM`, `anyres` |
 | `vision_aspect_ratio` `anyres_max_N`                 | `image_aspect_ratio`                          |
 | `image_grid_pinpoints` `[h, w]`                      | `image_grid_pinpoints` `[w, h]`               |
 | `projector_hidden_act: gelu`                         | `mm_projector_type: mlp2x_gelu`               |
@@ -17,8 +20,7 @@ What maps (transformers' key -> ORIG key):
 Weights: the transformers 4.x hub names (`language_model.model.*`, `vision_tower.vision_model.*`,
 `multi_modal_projector.linear_1`) and the transformers 5 names (`model.language_model.*`,
 `model.vision_tower.*`) both load, through `HF_KEY_MAPPING` (regexes on checkpoint names).
-The other llava-hf families (llava_next, llava, llava_next_video) are refused with a clear
-message for now. `export_hf` (hf_export.py) writes the reverse.
+The other llava-hf families (llava, llava_next_video) are refused with a clear message for now. `export_hf` (hf_export.py) writes the reverse.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from model_runtime.config.errors import ConfigError
 
 HF_MODEL_TYPES = ("llava_onevision", "llava_next", "llava", "llava_next_video")
-LOADABLE = ("llava_onevision",)
+LOADABLE = ("llava_onevision", "llava_next")
 LAYOUT_KEY = "llava_hf_layout"  # set in the translated dict: where the config came from
 
 # checkpoint name (transformers 4.x hub layout, then transformers 5) -> ORIG name; applied in order
@@ -36,6 +38,7 @@ HF_KEY_MAPPING = {
     r"^language_model\.model\.": "model.",
     r"^language_model\.lm_head\.": "lm_head.",
     r"^vision_tower\.vision_model\.": "model.vision_tower.vision_tower.vision_model.",
+    r"^vision_tower\.(?!vision_model\.)": "model.vision_tower.vision_tower.vision_model.",  # saved by transformers 5
     r"^multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
     r"^multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
     r"^image_newline$": "model.image_newline",
@@ -49,7 +52,8 @@ _TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
               "num_key_value_heads", "hidden_act", "rms_norm_eps", "rope_theta", "rope_scaling",
               "max_position_embeddings", "max_window_layers", "attention_dropout", "bos_token_id",
               "eos_token_id", "use_sliding_window", "sliding_window", "initializer_range")
-_ARCHITECTURE = {"qwen2": "LlavaQwenForCausalLM"}
+_ARCHITECTURE = {"qwen2": "LlavaQwenForCausalLM", "llama": "LlavaLlamaForCausalLM", "mistral": "LlavaMistralForCausalLM"}
+_TOWER_KIND = {"siglip_vision_model": "siglip", "clip_vision_model": "clip"}
 
 
 def is_llava_hf(raw: dict[str, Any]) -> bool:
@@ -68,61 +72,61 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
                           "convert it to the original LLaVA layout or serve a llava_onevision checkpoint")
     text = dict(raw.get("text_config") or {})
     vision = dict(raw.get("vision_config") or {})
-    language = text.get("model_type", "qwen2")
-    if language not in _ARCHITECTURE:
-        raise ConfigError(f"llava-hf {model_type} with text model {language!r}: only qwen2 is supported")
-    if vision.get("model_type", "siglip_vision_model") != "siglip_vision_model":
-        raise ConfigError(f"llava-hf {model_type} with vision model {vision.get('model_type')!r}: only SigLIP")
+    onevision = model_type == "llava_onevision"
+    language = text.get("model_type", "qwen2" if onevision else "llama")
+    if language not in _ARCHITECTURE or (onevision and language != "qwen2"):
+        raise ConfigError(f"llava-hf {model_type} with text model {language!r}: only "
+                          f"{'qwen2' if onevision else ', '.join(_ARCHITECTURE)} is supported")
+    kind = _TOWER_KIND.get(vision.get("model_type", "siglip_vision_model" if onevision else "clip_vision_model"))
+    if kind is None or (onevision and kind != "siglip"):
+        raise ConfigError(f"llava-hf {model_type} with vision model {vision.get('model_type')!r}: "
+                          f"only {'SigLIP' if onevision else 'SigLIP or CLIP'}")
+    strategy = raw.get("vision_feature_select_strategy", "full" if onevision else "default")
     problems = []
-    if raw.get("vision_feature_select_strategy", "full") != "full":
-        problems.append(f"vision_feature_select_strategy={raw.get('vision_feature_select_strategy')!r} (only full)")
+    if strategy not in ("full", "default") or (kind == "siglip" and strategy != "full"):
+        problems.append(f"vision_feature_select_strategy={strategy!r}")
     if raw.get("projector_hidden_act", "gelu") != "gelu":
         problems.append(f"projector_hidden_act={raw.get('projector_hidden_act')!r} (only gelu)")
     if raw.get("multimodal_projector_bias", True) is not True:
         problems.append("multimodal_projector_bias=false")
     if vision.get("vision_use_head"):
         problems.append("vision_config.vision_use_head=true")
-    layer = raw.get("vision_feature_layer", -1)
+    layer = raw.get("vision_feature_layer", -1 if onevision else -2)
     if not isinstance(layer, int):
         problems.append(f"vision_feature_layer={layer!r} (one layer only)")
         layer = -1
-    num_layers = int(vision.get("num_hidden_layers", 26))
+    num_layers = int(vision.get("num_hidden_layers", 26 if onevision else 24))
     if problems:
-        raise ConfigError(f"llava-hf {model_type}: cannot be served as LLaVA-OneVision: {'; '.join(problems)}")
-    # ORIG keeps the first N - 1 SigLIP layers and reads the last kept one; F indexes hidden_states
-    # (0 = embeddings, M + 1 entries), so N - 1 = the layer F reads
-    kept = layer if layer >= 0 else num_layers + 1 + layer
-    if not 1 <= kept <= num_layers:
+        raise ConfigError(f"llava-hf {model_type}: cannot be served: {'; '.join(problems)}")
+    # F indexes hidden_states (0 = embeddings, M + 1 entries). ORIG's SigLIP keeps its first N - 1
+    # layers and reads the last kept one (so N - 1 = the layer F reads); ORIG's CLIP reads
+    # hidden_states[mm_vision_select_layer] of all its layers, as transformers does
+    reads = layer if layer >= 0 else num_layers + 1 + layer
+    if not 1 <= reads <= num_layers:
         raise ConfigError(f"llava-hf vision_feature_layer={layer} is outside the tower's {num_layers} layers")
-    tower = {
-        "kind": "siglip",
-        "hidden_size": int(vision.get("hidden_size", 1152)),
-        "intermediate_size": int(vision.get("intermediate_size", 4304)),
-        "num_hidden_layers": kept + 1,
-        "num_attention_heads": int(vision.get("num_attention_heads", 16)),
-        "image_size": int(vision.get("image_size", 384)),
-        "patch_size": int(vision.get("patch_size", 14)),
-        "layer_norm_eps": float(vision.get("layer_norm_eps", 1e-6)),
-        "hidden_act": str(vision.get("hidden_act", "gelu_pytorch_tanh")),
-    }
+    defaults = SIGLIP if kind == "siglip" else CLIP_L14_336
+    tower = {"kind": kind, **{k: type(v)(vision.get(k, v)) for k, v in defaults.items()}}
+    tower["num_hidden_layers"] = reads + 1 if kind == "siglip" else num_layers
     out: dict[str, Any] = {k: text[k] for k in _TEXT_KEYS if k in text}
     rope = dict(text.get("rope_parameters") or {})  # transformers 5 keeps rope_theta/scaling here
     if "rope_theta" in rope:
         out["rope_theta"] = rope.pop("rope_theta")
     if rope and rope.get("rope_type", "default") != "default":
         out["rope_scaling"] = rope
-    out.setdefault("rope_theta", 1000000.0)  # Qwen2's, where neither layout states it
+    out.setdefault("rope_theta", 1000000.0 if language == "qwen2" else 10000.0)  # where neither layout states it
     out.setdefault("tokenizer_model_max_length", text.get("max_position_embeddings"))
+    aspect = raw.get("vision_aspect_ratio", "anyres_max_9") if onevision else "anyres"
     out.update(
         architectures=[_ARCHITECTURE[language]],
         model_type="llava",
-        mm_vision_tower=raw.get("vision_tower_name") or "google/siglip-so400m-patch14-384",
+        mm_vision_tower=raw.get("vision_tower_name") or ("google/siglip-so400m-patch14-384" if kind == "siglip"
+                                                         else "openai/clip-vit-large-patch14-336"),
         mm_vision_tower_config=tower,
         mm_hidden_size=tower["hidden_size"],
-        mm_vision_select_layer=-2,
-        mm_vision_select_feature="patch",
+        mm_vision_select_layer=layer if kind == "clip" else -2,
+        mm_vision_select_feature="patch" if strategy == "default" or kind == "siglip" else "cls_patch",
         mm_projector_type="mlp2x_gelu",
-        image_aspect_ratio=raw.get("vision_aspect_ratio", "anyres_max_9"),
+        image_aspect_ratio=aspect,
         image_grid_pinpoints=[[w, h] for h, w in raw.get("image_grid_pinpoints") or []],
         mm_patch_merge_type="spatial_unpad",
         mm_newline_position="one_token",
@@ -137,3 +141,9 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
     if raw.get("llava_serve_demo"):
         out["llava_serve_demo"] = raw["llava_serve_demo"]
     return {k: v for k, v in out.items() if v is not None}
+
+
+SIGLIP = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "image_size": 384,
+          "patch_size": 14, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
+CLIP_L14_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "image_size": 336,
+                "patch_size": 14, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu"}

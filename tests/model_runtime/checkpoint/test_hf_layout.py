@@ -112,8 +112,8 @@ def test_transformers_loads_the_export_with_our_logits(exported):
 def test_refusals_name_the_key():
     base = {"model_type": "llava_onevision", "text_config": {"model_type": "qwen2"},
             "vision_config": {"model_type": "siglip_vision_model"}}
-    with pytest.raises(ConfigError, match="llava_next"):
-        orig_config({**base, "model_type": "llava_next"})
+    with pytest.raises(ConfigError, match="'llava' is not supported yet"):
+        orig_config({**base, "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]})
     with pytest.raises(ConfigError, match="vision_feature_select_strategy"):
         orig_config({**base, "vision_feature_select_strategy": "default"})
     with pytest.raises(ConfigError, match="only qwen2"):
@@ -123,6 +123,65 @@ def test_refusals_name_the_key():
     # F indexes hidden_states: -1 of M layers is what ORIG computes with M + 1 published layers
     assert orig_config(base)["mm_vision_tower_config"]["num_hidden_layers"] == 27
     assert orig_config({**base, "vision_feature_layer": -2})["mm_vision_tower_config"]["num_hidden_layers"] == 26
+
+
+def compare_with_transformers(hf_dir: Path, hf_model_cls, image_token: int, size=(160, 90)) -> float:
+    hf = hf_model_cls.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    ours = load_pretrained_model(str(hf_dir), dtype="float32")
+    p = ours.processor
+    media = [p.process_image(random_image(*size, seed=5), single_crop=False)]
+    prompt = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown?")], media)
+    hf_ids = [t for t in prompt.token_ids if t != IMAGE_TOKEN_INDEX]
+    at = prompt.token_ids.index(IMAGE_TOKEN_INDEX)
+    hf_ids[at:at] = [image_token] * media[0].num_tokens
+    w, h = media[0].image_size
+    with torch.inference_mode():
+        items = ours.model.encode_media(media)
+        embeds, mask, positions = ours.model.prepare_inputs_for_multimodal([prompt.token_ids], [items])
+        mine = ours.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        theirs = hf(input_ids=torch.tensor([hf_ids]), pixel_values=media[0].data[None],
+                    image_sizes=torch.tensor([[h, w]])).logits
+    width = min(mine.shape[-1], theirs.shape[-1])
+    assert mine.shape[1] == theirs.shape[1] == len(hf_ids)  # the same token count
+    return (mine[..., :width] - theirs[..., :width]).abs().max().item()
+
+
+@pytest.mark.parametrize("language", ["llama", "mistral"])
+def test_llava_next_loads_with_transformers_logits(original, tmp_path, language):
+    """LLaVA-1.6's llava-hf shape (Llama or Mistral LM, CLIP layer -2 without CLS, anyres), saved by
+    transformers itself; our loader serves it with transformers' logits."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        MistralConfig,
+    )
+
+    raw = json.loads((original / "config.json").read_text())
+    text_cls = LlamaConfig if language == "llama" else MistralConfig
+    text = text_cls(vocab_size=raw["vocab_size"], hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
+                    num_hidden_layers=raw["num_hidden_layers"], num_attention_heads=raw["num_attention_heads"],
+                    num_key_value_heads=raw["num_key_value_heads"], rms_norm_eps=1e-5, max_position_embeddings=4096)
+    pinpoints = [[42, 42], [42, 84], [84, 42], [84, 84]]  # [h, w]
+    config = LlavaNextConfig(
+        text_config=text,
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                       image_size=42, patch_size=14),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", image_grid_pinpoints=pinpoints,
+        image_token_index=raw["image_token_index"], projector_hidden_act="gelu", multimodal_projector_bias=True,
+    )
+    torch.manual_seed(4)
+    folder = tmp_path / language
+    LlavaNextForConditionalGeneration(config).save_pretrained(str(folder))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(original / name, folder / name)
+    loaded = load_pretrained_model(str(folder), dtype="float32")
+    assert loaded.config.language == language and loaded.config.vision.kind == "clip"
+    assert loaded.config.image_grid_pinpoints == ((42, 42), (84, 42), (42, 84), (84, 84))  # (w, h)
+    for size in ((160, 90), (37, 120)):
+        assert compare_with_transformers(folder, LlavaNextForConditionalGeneration, raw["image_token_index"],
+                                         size) <= 1e-4
 
 
 def test_cli_export_hf(original, tmp_path, capsys):
