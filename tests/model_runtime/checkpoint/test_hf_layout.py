@@ -88,25 +88,9 @@ def test_the_transformers_4_hub_names_load_too(original, exported, tmp_path):
 def test_transformers_loads_the_export_with_our_logits(exported):
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(str(exported), dtype=torch.float32).eval()
-    ours = load_pretrained_model(str(exported), dtype="float32")
-    raw = json.loads((exported / "config.json").read_text())
-    p = ours.processor
-    media = [p.process_image(random_image(*SIZES[0], seed=5), single_crop=False)]
-    prompt = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown?")], media)
-    hf_ids = [t for t in prompt.token_ids if t != IMAGE_TOKEN_INDEX]
-    at = prompt.token_ids.index(IMAGE_TOKEN_INDEX)
-    hf_ids[at:at] = [raw["image_token_index"]] * media[0].num_tokens
-    w, h = media[0].image_size
-    with torch.inference_mode():
-        items = ours.model.encode_media(media)
-        embeds, mask, positions = ours.model.prepare_inputs_for_multimodal([prompt.token_ids], [items])
-        mine = ours.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-        theirs = hf(input_ids=torch.tensor([hf_ids]), pixel_values=media[0].data[None],
-                    image_sizes=torch.tensor([[h, w]])).logits
-    width = min(mine.shape[-1], theirs.shape[-1])
-    assert mine.shape[1] == theirs.shape[1] == len(hf_ids)
-    assert (mine[..., :width] - theirs[..., :width]).abs().max() <= 1e-4
+    image_token = json.loads((exported / "config.json").read_text())["image_token_index"]
+    for size in SIZES:
+        assert compare_with_transformers(exported, LlavaOnevisionForConditionalGeneration, image_token, size) <= 1e-4
 
 
 def test_refusals_name_the_key():
