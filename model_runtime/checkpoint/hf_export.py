@@ -17,7 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from model_runtime.config import ConfigError, LlavaConfig
+from model_runtime.checkpoint.folder import weight_files
+from model_runtime.checkpoint.hf_layout import ORIG_TO_HF
+from model_runtime.checkpoint.safetensors_io import SafetensorsFile
+from model_runtime.config import ConfigError, LlavaConfig, read_config_dict
 
 AUDIO_PREFIXES = ("model.speech_encoder.", "model.speech_projector.")
 SIGLIP_MEAN = SIGLIP_STD = [0.5, 0.5, 0.5]
@@ -29,16 +32,7 @@ def hf_key(orig: str) -> str | None:
     no counterpart, i.e. the audio tower)."""
     if orig.startswith(AUDIO_PREFIXES):
         return None
-    rules = (
-        # transformers 5.x holds the SigLIP transformer itself (no `vision_model` level)
-        ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
-        ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
-        ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
-        ("model.image_newline", "model.image_newline"),
-        ("model.", "model.language_model."),  # embed_tokens, layers, norm
-        ("lm_head.", "lm_head."),
-    )
-    for old, new in rules:
+    for old, new in ORIG_TO_HF:
         if orig.startswith(old):
             return new + orig[len(old):]
     raise ConfigError(f"{orig}: no llava-hf counterpart known")
@@ -61,20 +55,6 @@ def _check_exportable(cfg) -> None:
         problems.append("mm_use_im_start_end")
     if problems:
         raise ConfigError("cannot export to LlavaOnevision: " + "; ".join(problems))
-
-
-def _read_orig_weights(src: Path) -> dict:
-    from safetensors import safe_open
-
-    files = sorted(src.glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"no safetensors weights in {src} (convert .bin first: llava-serve convert-bin)")
-    state = {}
-    for file in files:
-        with safe_open(str(file), "pt") as f:
-            for key in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
-                state[key] = f.get_tensor(key)
-    return state
 
 
 def _add_placeholder_token(tok_json: dict, token: str) -> int:
@@ -115,7 +95,7 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     from model_runtime.checkpoint.demo import CHAT_TEMPLATE
 
     src, out = Path(src_dir), Path(out_dir)
-    raw = json.loads((src / "config.json").read_text())
+    raw = read_config_dict(src)
     cfg = LlavaConfig.from_dict(raw)
     _check_exportable(cfg)
     if out.exists() and any(out.iterdir()):
@@ -144,7 +124,7 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     (out / "chat_template.jinja").write_text(template)  # the processor's template (transformers 5 layout)
 
     # weights: ORIG names -> transformers names, nothing else changes
-    state = _read_orig_weights(src)
+    state = {name: tensor for file in weight_files(src) for name, tensor in SafetensorsFile(file)}
     vocab_size = max(int(raw["vocab_size"]), image_id + 1, video_id + 1)
     tied = bool(raw.get("tie_word_embeddings", False))
     v = cfg.vision
@@ -202,8 +182,6 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     missing = sorted(set(expected) - set(weights) - ({"lm_head.weight"} if tied else set()))
     if missing:
         raise ConfigError(f"no ORIG weights for {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    for stale in out.glob("model*.safetensors*"):
-        stale.unlink()
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     if left_out:
         save_file({k: state[k].contiguous() for k in left_out}, str(out / AUDIO_SIDE_FILE), metadata={"format": "pt"})

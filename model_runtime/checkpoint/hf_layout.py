@@ -25,27 +25,37 @@ The other llava-hf families (llava, llava_next_video) are refused with a clear m
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from model_runtime.config.errors import ConfigError
+from model_runtime.config.towers import KNOWN_CLIP_TOWERS, SIGLIP_SO400M
 
 HF_MODEL_TYPES = ("llava_onevision", "llava_next", "llava", "llava_next_video")
 LOADABLE = ("llava_onevision", "llava_next")
 LAYOUT_KEY = "llava_hf_layout"  # set in the translated dict: where the config came from
 
-# checkpoint name (transformers 4.x hub layout, then transformers 5) -> ORIG name; applied in order
+# ORIG prefix -> transformers 5 prefix (LlavaOnevision / LlavaNext); export_hf writes these names
+ORIG_TO_HF = (
+    ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),  # no `vision_model` level in 5.x
+    ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
+    ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
+    ("model.image_newline", "model.image_newline"),
+    ("model.", "model.language_model."),  # embed_tokens, layers, norm
+    ("lm_head.", "lm_head."),
+)
+_TOWER = ORIG_TO_HF[0][0]
+# checkpoint name -> ORIG name, applied in order: the 4.x hub names (and transformers 5's own
+# save_pretrained, which writes `vision_tower.*` without `vision_model`), then the reverse of ORIG_TO_HF
 HF_KEY_MAPPING = {
     r"^language_model\.model\.": "model.",
     r"^language_model\.lm_head\.": "lm_head.",
-    r"^vision_tower\.vision_model\.": "model.vision_tower.vision_tower.vision_model.",
-    r"^vision_tower\.(?!vision_model\.)": "model.vision_tower.vision_tower.vision_model.",  # saved by transformers 5
+    r"^vision_tower\.(vision_model\.)?": _TOWER,
     r"^multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
     r"^multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
     r"^image_newline$": "model.image_newline",
-    r"^model\.language_model\.": "model.",
-    r"^model\.vision_tower\.(?!vision_tower\.)": "model.vision_tower.vision_tower.vision_model.",
-    r"^model\.multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
-    r"^model\.multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
+    **{"^" + re.escape(hf) + ("(?!vision_tower\\.)" if orig == _TOWER else ""): orig
+       for orig, hf in ORIG_TO_HF if orig != hf},
 }
 
 _TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -104,8 +114,8 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
     reads = layer if layer >= 0 else num_layers + 1 + layer
     if not 1 <= reads <= num_layers:
         raise ConfigError(f"llava-hf vision_feature_layer={layer} is outside the tower's {num_layers} layers")
-    defaults = SIGLIP if kind == "siglip" else CLIP_L14_336
-    tower = {"kind": kind, **{k: type(v)(vision.get(k, v)) for k, v in defaults.items()}}
+    defaults = SIGLIP_SO400M if kind == "siglip" else KNOWN_CLIP_TOWERS["openai/clip-vit-large-patch14-336"]
+    tower = {"kind": kind, **{k: type(v)(vision.get(k, v)) for k, v in defaults.items() if k != "num_hidden_layers"}}
     tower["num_hidden_layers"] = reads + 1 if kind == "siglip" else num_layers
     out: dict[str, Any] = {k: text[k] for k in _TEXT_KEYS if k in text}
     rope = dict(text.get("rope_parameters") or {})  # transformers 5 keeps rope_theta/scaling here
@@ -142,8 +152,3 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
         out["llava_serve_demo"] = raw["llava_serve_demo"]
     return {k: v for k, v in out.items() if v is not None}
 
-
-SIGLIP = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "image_size": 384,
-          "patch_size": 14, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
-CLIP_L14_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "image_size": 336,
-                "patch_size": 14, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu"}

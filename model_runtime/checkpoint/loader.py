@@ -98,11 +98,11 @@ def load_pretrained_model(
     if DELTA_KEY in raw:
         raise ConfigError(f"{files.path} is a weight delta, not a model: rebuild the model with "
                           f"`llava-serve apply-delta --base BASE --delta {files.path} --out DST`")
-    key_mapping = OPENAI_WHISPER_KEY_MAPPING if raw.get("speech_encoder") else None
-    if is_llava_hf(raw):
+    hf_layout = is_llava_hf(raw)
+    if hf_layout:
         if files.kind != "full" or base is not None:
             raise ConfigError(f"{files.path}: llava-hf checkpoints load as full checkpoints only (no --model-base)")
-        raw, key_mapping = hf_orig_config(raw), HF_KEY_MAPPING
+        raw = hf_orig_config(raw)
     cfg = LlavaConfig.from_dict(raw)
     if base is not None:
         check_compatible_base(raw, read_config_dict(base), base)
@@ -125,7 +125,7 @@ def load_pretrained_model(
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below as a ConfigError
             # EgoGPT/Ola store the Whisper encoder under openai-whisper names; llava-hf, transformers' names
-            key_mapping=key_mapping,
+            key_mapping=HF_KEY_MAPPING if hf_layout else OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
         )
     if info["mismatched_keys"]:
         raise ConfigError(f"{weights_path}: tensor shapes differ from what its config describes: "

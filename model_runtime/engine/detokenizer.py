@@ -38,18 +38,13 @@ class IncrementalDetokenizer:
         if self.stop_string is not None:
             return
         self.ids.append(token_id)
-        new = self._decode_new()
-        if not new:
-            return
-        self.text += new
-        if self.stop:
-            self._find_stop(len(new))
+        self._release()
 
     def take(self, is_final: bool = False) -> str:
         """Text not returned yet; withholds a tail that may start a stop string unless final. The
         final take also releases a cut character (as U+FFFD): the choice ends there."""
-        if is_final:
-            self._flush()
+        if is_final and self.stop_string is None:
+            self._release(final=True)
         end = len(self.text)
         if not is_final and self.stop_string is None:
             end -= self._num_held_back()
@@ -59,18 +54,23 @@ class IncrementalDetokenizer:
         self._num_emitted = end
         return delta
 
-    def _decode_new(self) -> str:
+    def _release(self, final: bool = False) -> None:
+        """Decode the ids not released yet into `text`; unless final, wait while the last character
+        may still be completed by the next bytes."""
         # NOTE: decoding a window (not one id) keeps tokenizers that strip a leading space or merge
         # byte pieces right: the window's prefix is decoded the same way and subtracted.
         decode = self.tokenizer.decode
         skip = self.skip_special_tokens
         prefix = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=skip)
         full = decode(self.ids[self._prefix_offset :], skip_special_tokens=skip)
-        if len(full) <= len(prefix) or (full.endswith("\ufffd") and self._may_complete()):
-            return ""  # nothing new, or a character that the next bytes may complete: wait
+        if len(full) <= len(prefix) or (not final and full.endswith("\ufffd") and self._may_complete()):
+            return
         self._prefix_offset = self._read_offset
         self._read_offset = len(self.ids)
-        return full[len(prefix) :]
+        new = full[len(prefix) :]
+        self.text += new
+        if self.stop:
+            self._find_stop(len(new))
 
     def _may_complete(self) -> bool:
         """Whether the ids not yet released end inside a multi-byte character that more bytes can
@@ -79,19 +79,6 @@ class IncrementalDetokenizer:
             self._token_bytes = TokenTexts(self.tokenizer).bytes
         tail = b"".join(self._token_bytes(i) for i in self.ids[self._read_offset :])
         return is_incomplete_utf8(tail)
-
-    def _flush(self) -> None:
-        if self.stop_string is not None or self._read_offset >= len(self.ids):
-            return
-        decode, skip = self.tokenizer.decode, self.skip_special_tokens
-        prefix = decode(self.ids[self._prefix_offset : self._read_offset], skip_special_tokens=skip)
-        full = decode(self.ids[self._prefix_offset :], skip_special_tokens=skip)
-        self._prefix_offset = self._read_offset = len(self.ids)
-        new = full[len(prefix) :]
-        if new:
-            self.text += new
-            if self.stop:
-                self._find_stop(len(new))
 
     def _find_stop(self, num_new: int) -> None:
         start = max(0, len(self.text) - num_new - self.max_stop_len + 1)
