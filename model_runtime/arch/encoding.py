@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from model_runtime.arch import cost
+from model_runtime.arch import cost, layout
 from model_runtime.arch.vision import TowerPass
 from model_runtime.inputs import EncodedItem, MediaInput
 
@@ -32,9 +32,13 @@ class EncodingJob:
             self._layers = len(model.model.vision_tower.pass_layers)
             self.unit_flops = [cost.vision_layer_flops(cfg, g.shape[0]) for g in self._groups
                                for _ in range(self._layers)]
-            # the last unit also runs the projector over every crop's patches
+            # the last unit also runs the projector over every crop's patches (pooled ones for videos
+            # pooled before the projector)
             weights = sum(p.numel() for p in model.model.mm_projector.parameters() if p.dim() == 2)
-            patches = cfg.vision.num_patches_per_side**2 * item.data.shape[0]
+            side = cfg.vision.num_patches_per_side
+            if item.modality == "video" and cfg.pools_video_before_projector:
+                side = layout.video_pool_sides(cfg)[0]
+            patches = side**2 * item.data.shape[0]
             self.unit_flops[-1] += 2.0 * weights * patches
         elif item.modality == "audio":
             self._groups, self._layers = [], 1
@@ -80,7 +84,7 @@ class EncodingJob:
             if len(self._features) == len(self._groups):
                 features = torch.cat(self._features, dim=0)
                 self._features = []
-                rows = model.finish_visual_item(self.item, model.model.mm_projector(features))
+                rows = model.finish_visual_item(self.item, model.project_visual_item(self.item, features))
                 self._result = EncodedItem(self.item.modality, rows)
 
     def result(self) -> EncodedItem:

@@ -129,14 +129,23 @@ def pooled_side(num_patches_per_side: int, stride: int, mode: str) -> int:
     return num_patches_per_side // stride
 
 
+def video_pool_stride(cfg: LlavaConfig) -> int:
+    """Stride of every video frame's pooling (slow frames under faster video). ORIG HEAD pools with
+    stride 2 after the projector; faster video and pooling before the projector (llava-hf
+    LlavaNextVideo) read mm_spatial_pool_stride (default 2)."""
+    if cfg.is_faster_video or cfg.pools_video_before_projector:
+        return cfg.mm_spatial_pool_stride or VIDEO_POOL_STRIDE
+    return VIDEO_POOL_STRIDE
+
+
 def video_pool_sides(cfg: LlavaConfig) -> tuple[int, int]:
-    """(slow, fast) pooled frame sides. ORIG HEAD pools every frame with stride 2; faster video
-    (spec 4.4) pools slow frames with mm_spatial_pool_stride (default 2) and fast ones with twice it."""
+    """(slow, fast) pooled frame sides: every frame pooled with `video_pool_stride`; faster video
+    (spec 4.4) pools fast frames with twice it."""
     p, mode = cfg.vision.num_patches_per_side, cfg.mm_spatial_pool_mode
+    stride = video_pool_stride(cfg)
     if not cfg.is_faster_video:
-        side = pooled_side(p, VIDEO_POOL_STRIDE, mode)
+        side = pooled_side(p, stride, mode)
         return side, side
-    stride = cfg.mm_spatial_pool_stride or VIDEO_POOL_STRIDE
     return pooled_side(p, stride, mode), pooled_side(p, 2 * stride, mode)
 
 

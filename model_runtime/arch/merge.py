@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model_runtime.arch import layout
-from model_runtime.config import VIDEO_POOL_STRIDE, LlavaConfig
+from model_runtime.config import LlavaConfig
 
 
 def merge_image(
@@ -75,18 +75,26 @@ def add_row_newlines(frames: torch.Tensor, image_newline: torch.Tensor) -> torch
     return torch.cat([rows, newline], dim=2).reshape(num_frames, side * (side + 1), d)
 
 
+def pool_video(cfg: LlavaConfig, frames: torch.Tensor) -> torch.Tensor:
+    """Every frame of one video pooled with the checkpoint's mode and `layout.video_pool_stride`:
+    frames [F, P*P, C] -> [F, Q*Q, C] (tower features before the projector, or projected rows)."""
+    stride = layout.video_pool_stride(cfg)
+    return pool_frames(frames, cfg.vision.num_patches_per_side, stride, cfg.mm_spatial_pool_mode)
+
+
 def merge_video(
     cfg: LlavaConfig,
     frames: torch.Tensor,
     image_newline: torch.Tensor | None,
     faster_token: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One video: projected frames [F, P*P, D] -> rows [n, D]: pooled AFTER the projector, then
-    newlines by mm_newline_position, or SlowFast frames each followed by `faster_token`."""
+    """One video: projected frames [F, P*P, D] -> rows [n, D]: pooled AFTER the projector (ORIG
+    HEAD; with `pools_video_before_projector` they come pooled [F, Q*Q, D]), then newlines by
+    mm_newline_position, or SlowFast frames each followed by `faster_token`."""
     layout.check_video_layout(cfg)
     p, mode = cfg.vision.num_patches_per_side, cfg.mm_spatial_pool_mode
     if cfg.is_faster_video:
-        stride = cfg.mm_spatial_pool_stride or VIDEO_POOL_STRIDE
+        stride = layout.video_pool_stride(cfg)
         slow = add_row_newlines(pool_frames(frames, p, stride, mode), image_newline)
         fast = add_row_newlines(pool_frames(frames, p, 2 * stride, mode), image_newline)
         token = faster_token[None].to(frames.dtype)
@@ -94,7 +102,7 @@ def merge_video(
         for f in range(frames.shape[0]):
             pieces += [slow[f] if layout.is_slow_frame(cfg, f) else fast[f], token]
         return torch.cat(pieces, dim=0)
-    pooled = pool_frames(frames, p, VIDEO_POOL_STRIDE, mode)  # [F, Q*Q, D]
+    pooled = frames if cfg.pools_video_before_projector else pool_video(cfg, frames)  # [F, Q*Q, D]
     if cfg.mm_patch_merge_type == "flat":
         return pooled.flatten(0, 1)
     position = cfg.mm_newline_position

@@ -111,12 +111,25 @@ class LlavaMetaForCausalLM:
         if not media:
             return []
         device = self.model.embed_tokens.weight.device
-        features = self.encode_images(torch.cat([m.data.to(device) for m in media], dim=0))
-        per_item = torch.split(features, [m.data.shape[0] for m in media], dim=0)
+        pixels = torch.cat([m.data.to(device) for m in media], dim=0)
+        counts = [m.data.shape[0] for m in media]
+        if self.llava_config.pools_video_before_projector and any(m.modality == "video" for m in media):
+            towers = self.model.vision_tower(pixels.to(self.model.embed_tokens.weight.dtype))  # [N, T, Cv]
+            split = torch.split(towers, counts)
+            per_item = [self.project_visual_item(m, f) for m, f in zip(media, split, strict=True)]
+        else:
+            per_item = torch.split(self.encode_images(pixels), counts, dim=0)
         return [self.finish_visual_item(m, f) for m, f in zip(media, per_item, strict=True)]
 
+    def project_visual_item(self, item: MediaInput, features: torch.Tensor) -> torch.Tensor:
+        """An item's tower features [k, T, Cv] -> projected [k, T', D]; a video's frames are pooled
+        first where the checkpoint pools before the projector (llava-hf LlavaNextVideo)."""
+        if item.modality == "video" and self.llava_config.pools_video_before_projector:
+            features = merge.pool_video(self.llava_config, features)  # [F, Q*Q, Cv]
+        return self.model.mm_projector(features)
+
     def finish_visual_item(self, item: MediaInput, projected: torch.Tensor) -> torch.Tensor:
-        """An image's or video's projected crops / frames [k, T, D] -> its rows [n, D]."""
+        """An image's or video's projected crops / frames [k, T, D] (project_visual_item) -> rows [n, D]."""
         if item.modality == "video":
             return self.merge_video_features(projected)
         return self.merge_image_features(projected, item.image_size, item.single_crop)
@@ -148,7 +161,8 @@ class LlavaMetaForCausalLM:
         return rows
 
     def merge_video_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Pool and merge one video's projected frames [F, P*P, D] -> rows [n, D]."""
+        """Pool and merge one video's projected frames [F, P*P, D] (already pooled [F, Q*Q, D] with
+        `pools_video_before_projector`) -> rows [n, D]."""
         cfg = self.llava_config
         rows = merge.merge_video(
             cfg, frames, getattr(self.model, "image_newline", None), getattr(self.model, "faster_token", None)

@@ -1,41 +1,52 @@
-"""The llava-hf layout read as ORIG: a transformers `LlavaOnevisionForConditionalGeneration` or
-`LlavaNextForConditionalGeneration` folder (config.json with `model_type` llava_onevision /
-llava_next, `text_config`/`vision_config`, weights under transformers' names) becomes the ORIG
-config dict and weight names our model classes load, so the same model code, token counts and
-engine serve it.
+"""The llava-hf layout read as ORIG: a transformers `LlavaOnevision` / `LlavaNext` / `Llava` /
+`LlavaNextVideo` `ForConditionalGeneration` folder (config.json with `model_type` llava_onevision /
+llava_next / llava / llava_next_video, `text_config`/`vision_config`, weights under transformers'
+names) becomes the ORIG config dict and weight names our model classes load, so the same model
+code, token counts and engine serve it.
 
 What maps (transformers' key -> ORIG key):
 
 | llava-hf                                             | ORIG                                          |
 | ---                                                  | ---                                           |
-| `text_config.*`                                      | top-level LM keys (`hidden_size`, ...)        |
+| `text_config.*` (Qwen2 / Llama / Mistral)            | top-level LM keys, `LlavaQwen/Llama/MistralForCausalLM` |
 | `vision_config` (SigLIP, M layers), `vision_feature_layer` F | `mm_vision_tower_config` with M + 2 + F layers (ORIG drops the last) |
 | `vision_config` (CLIP, M layers), F, strategy default / full | M layers, `mm_vision_select_layer` F, `patch` / `cls_patch` |
-| llava_next: Llama / Mistral / Qwen2 `text_config`       | `LlavaLlamaForCausalLM` / `LlavaMistralForCausalLM` / `LlavaQwenForCausalLM`, `anyres` |
-| `vision_aspect_ratio` `anyres_max_N`                 | `image_aspect_ratio`                          |
-| `image_grid_pinpoints` `[h, w]`                      | `image_grid_pinpoints` `[w, h]`               |
 | `projector_hidden_act: gelu`                         | `mm_projector_type: mlp2x_gelu`               |
-| images: newline per row; videos: 2x bilinear pool, one newline | `spatial_unpad`, `one_token`, `bilinear` |
+| llava_onevision: `vision_aspect_ratio` `anyres_max_N` | `image_aspect_ratio`                         |
+| llava_next(_video): anyres, `image_grid_pinpoints` `[h, w]` | `anyres`, `image_grid_pinpoints` `[w, h]` |
+| anyres images: newline per row                       | `spatial_unpad`                               |
+| llava_onevision videos: 2x bilinear pool after the projector, one newline | `one_token`, `bilinear` |
+| llava (1.5): one crop per image, no newline; preprocessor_config.json `do_pad` | `flat`; `pad` (also when the file does not say) / `square` (`do_pad: false`) |
+| llava_next_video videos: `spatial_pool_mode` average / max, `spatial_pool_stride` s, before the projector, no newline | `mm_spatial_pool_mode`, `mm_spatial_pool_stride` s, `video_pool_position: before_projector` (a llava-serve key), `no_token` |
 
 Weights: the transformers 4.x hub names (`language_model.model.*`, `vision_tower.vision_model.*`,
 `multi_modal_projector.linear_1`) and the transformers 5 names (`model.language_model.*`,
 `model.vision_tower.*`) both load, through `HF_KEY_MAPPING` (regexes on checkpoint names).
-The other llava-hf families (llava, llava_next_video) are refused with a clear message for now. `export_hf` (hf_export.py) writes the reverse.
+Refused (ConfigError naming the key): other text or vision models, several feature layers, a
+projector other than gelu with biases, LlavaNextVideo's learned `conv` pooling. `export_hf`
+(hf_export.py) writes the reverse.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 from model_runtime.config.errors import ConfigError
 from model_runtime.config.towers import KNOWN_CLIP_TOWERS, SIGLIP_SO400M
 
 HF_MODEL_TYPES = ("llava_onevision", "llava_next", "llava", "llava_next_video")
-LOADABLE = ("llava_onevision", "llava_next")
 LAYOUT_KEY = "llava_hf_layout"  # set in the translated dict: where the config came from
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+# LlavaNextConfig's / LlavaNextVideoConfig's pinpoints ([h, w]) where config.json states none
+HF_DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+# LlavaNextVideo's spatial_pool_mode: average / max pool with no weights; "conv" is a learned layer
+# (`vision_resampler.pool`) that ORIG's model has no place for
+VIDEO_POOL_MODES = ("average", "max")
 
-# ORIG prefix -> transformers 5 prefix (LlavaOnevision / LlavaNext); export_hf writes these names
+# ORIG prefix -> transformers 5 prefix (all four classes); export_hf writes these names
 ORIG_TO_HF = (
     ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),  # no `vision_model` level in 5.x
     ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
@@ -74,12 +85,26 @@ def is_llava_hf(raw: dict[str, Any]) -> bool:
         "text_config" in raw or any(str(a).endswith("ForConditionalGeneration") for a in archs))
 
 
-def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """The ORIG config dict of a llava-hf config.json (refusals as ConfigError, naming the key)."""
+def read_preprocessor_config(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's preprocessor_config.json (transformers' image processor settings), None if absent."""
+    file = Path(folder) / PREPROCESSOR_CONFIG
+    if not file.exists():
+        return None
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file} is not valid JSON: {e.msg} at line {e.lineno}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    return value
+
+
+def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ORIG config dict of a llava-hf config.json (refusals as ConfigError, naming the key).
+    `preprocessor`: the folder's preprocessor_config.json, which decides `llava`'s image_aspect_ratio."""
     model_type = raw.get("model_type")
-    if model_type not in LOADABLE:
-        raise ConfigError(f"llava-hf model_type {model_type!r} is not supported yet (loadable: {', '.join(LOADABLE)}); "
-                          "convert it to the original LLaVA layout or serve a llava_onevision checkpoint")
+    if model_type not in HF_MODEL_TYPES:
+        raise ConfigError(f"llava-hf model_type {model_type!r} is not supported (loadable: {', '.join(HF_MODEL_TYPES)})")
     text = dict(raw.get("text_config") or {})
     vision = dict(raw.get("vision_config") or {})
     onevision = model_type == "llava_onevision"
@@ -106,6 +131,7 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
         problems.append(f"vision_feature_layer={layer!r} (one layer only)")
         layer = -1
     num_layers = int(vision.get("num_hidden_layers", 26 if onevision else 24))
+    layout = _layout_keys(model_type, raw, preprocessor, problems)
     if problems:
         raise ConfigError(f"llava-hf {model_type}: cannot be served: {'; '.join(problems)}")
     # F indexes hidden_states (0 = embeddings, M + 1 entries). ORIG's SigLIP keeps its first N - 1
@@ -125,7 +151,6 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
         out["rope_scaling"] = rope
     out.setdefault("rope_theta", 1000000.0 if language == "qwen2" else 10000.0)  # where neither layout states it
     out.setdefault("tokenizer_model_max_length", text.get("max_position_embeddings"))
-    aspect = raw.get("vision_aspect_ratio", "anyres_max_9") if onevision else "anyres"
     out.update(
         architectures=[_ARCHITECTURE[language]],
         model_type="llava",
@@ -136,19 +161,54 @@ def orig_config(raw: dict[str, Any]) -> dict[str, Any]:
         mm_vision_select_layer=layer if kind == "clip" else -2,
         mm_vision_select_feature="patch" if strategy == "default" or kind == "siglip" else "cls_patch",
         mm_projector_type="mlp2x_gelu",
-        image_aspect_ratio=aspect,
-        image_grid_pinpoints=[[w, h] for h, w in raw.get("image_grid_pinpoints") or []],
-        mm_patch_merge_type="spatial_unpad",
-        mm_newline_position="one_token",
-        mm_spatial_pool_mode="bilinear",
         mm_use_im_start_end=False,
         mm_use_im_patch_token=False,
         image_token_index=raw.get("image_token_index", raw.get("image_token_id")),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
         torch_dtype=raw.get("torch_dtype") or raw.get("dtype") or text.get("torch_dtype") or text.get("dtype"),
+        **layout,
         **{LAYOUT_KEY: model_type},
     )
     if raw.get("llava_serve_demo"):
         out["llava_serve_demo"] = raw["llava_serve_demo"]
     return {k: v for k, v in out.items() if v is not None}
 
+
+def _layout_keys(model_type: str, raw: dict[str, Any], preprocessor: dict[str, Any] | None,
+                 problems: list[str]) -> dict[str, Any]:
+    """ORIG's image and video layout keys for each family (what cannot be served goes to `problems`)."""
+    if model_type == "llava":
+        # one crop per image, no newline (LLaVA-1.5); transformers' Llava has no video input: videos are
+        # served as for the same checkpoint in the ORIG layout (pooled after the projector, bilinear)
+        return {"image_aspect_ratio": llava_aspect_ratio(preprocessor), "mm_patch_merge_type": "flat",
+                "mm_newline_position": "one_token", "mm_spatial_pool_mode": "bilinear"}
+    if model_type == "llava_onevision":
+        aspect, pinpoints = raw.get("vision_aspect_ratio", "anyres_max_9"), raw.get("image_grid_pinpoints") or []
+    else:
+        aspect, pinpoints = "anyres", raw.get("image_grid_pinpoints") or HF_DEFAULT_PINPOINTS
+    keys = {"image_aspect_ratio": aspect, "image_grid_pinpoints": [[w, h] for h, w in pinpoints],
+            "mm_patch_merge_type": "spatial_unpad", "mm_newline_position": "one_token",
+            "mm_spatial_pool_mode": "bilinear"}
+    if model_type == "llava_next_video":
+        # every frame pooled BEFORE the projector with spatial_pool_mode / stride, no newline
+        mode, stride = raw.get("spatial_pool_mode", "average"), raw.get("spatial_pool_stride", 2)
+        if mode not in VIDEO_POOL_MODES:
+            problems.append(f"spatial_pool_mode={mode!r} (only {' or '.join(VIDEO_POOL_MODES)})")
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            problems.append(f"spatial_pool_stride={stride!r} (a positive integer)")
+        keys.update(mm_spatial_pool_mode=mode, mm_spatial_pool_stride=stride, mm_newline_position="no_token",
+                    video_pool_position="before_projector")
+    return keys
+
+
+def llava_aspect_ratio(preprocessor: dict[str, Any] | None) -> str:
+    """`llava` (1.5) images: ORIG pads to a square of the mean colour ("pad"); transformers'
+    LlavaImageProcessor does the same only with `do_pad: true` and otherwise resizes the shortest side
+    and centre-crops ("square"). No file, or one that does not say (the hub's CLIPImageProcessor
+    files): ORIG's pad, what LLaVA-1.5 was trained with. An explicit `do_pad` is followed."""
+    do_pad = (preprocessor or {}).get("do_pad")
+    if do_pad is None:
+        return "pad"
+    if not isinstance(do_pad, bool):
+        raise ConfigError(f"{PREPROCESSOR_CONFIG}: do_pad={do_pad!r}: expected true or false")
+    return "pad" if do_pad else "square"

@@ -26,7 +26,7 @@ from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
 from model_runtime.checkpoint.delta import DELTA_KEY
 from model_runtime.checkpoint.folder import CheckpointFiles, inspect_checkpoint, resolve_checkpoint
-from model_runtime.checkpoint.hf_layout import HF_KEY_MAPPING, is_llava_hf
+from model_runtime.checkpoint.hf_layout import HF_KEY_MAPPING, is_llava_hf, read_preprocessor_config
 from model_runtime.checkpoint.hf_layout import orig_config as hf_orig_config
 from model_runtime.checkpoint.lora import merge_adapter, read_non_lora_trainables
 from model_runtime.checkpoint.quantize import QUANTIZATIONS, bitsandbytes_config, default_compute_dtype
@@ -102,7 +102,7 @@ def load_pretrained_model(
     if hf_layout:
         if files.kind != "full" or base is not None:
             raise ConfigError(f"{files.path}: llava-hf checkpoints load as full checkpoints only (no --model-base)")
-        raw = hf_orig_config(raw)
+        raw = hf_orig_config(raw, read_preprocessor_config(files.path))
     cfg = LlavaConfig.from_dict(raw)
     if base is not None:
         check_compatible_base(raw, read_config_dict(base), base)

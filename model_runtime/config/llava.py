@@ -51,6 +51,9 @@ PROJECTOR_PATTERNS = (r"linear", r"identity", r"pooler", r"mlp[1-9]\d*x_gelu", r
 RESAMPLER_TYPES = (None, "spatial_pool", "masked_drop", "perceiver", "qformer")
 PADDING_SIDES = ("left", "right")
 VIDEO_POOL_STRIDE = 2  # ORIG HEAD pools videos with stride 2 whatever mm_spatial_pool_stride says
+# llava-serve key `video_pool_position`: ORIG HEAD pools video frames after the projector; transformers'
+# LlavaNextVideo (like the older LLaVA-NeXT-Video code it was converted from) pools before it
+VIDEO_POOL_POSITIONS = ("after_projector", "before_projector")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class LlavaConfig:
     mm_spatial_pool_mode: str = "bilinear"  # absent: training default, logged once (spec 13)
     mm_spatial_pool_stride: int | None = None  # read only by faster video (slow stride; None -> 2)
     add_faster_video: bool = False
+    # llava-serve key (the llava-hf LlavaNextVideo translation sets it): "before_projector" pools the
+    # tower features with mm_spatial_pool_mode (average / max) and mm_spatial_pool_stride (default 2)
+    video_pool_position: str = "after_projector"
     faster_token_stride: int = 10
     frames_upbound: int = 0
     video_fps: int = 1
@@ -102,6 +108,7 @@ class LlavaConfig:
         _check_choice("mm_vision_select_feature", self.mm_vision_select_feature, SELECT_FEATURES)
         _check_choice("mm_resampler_type", self.mm_resampler_type, RESAMPLER_TYPES)
         _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, PADDING_SIDES)
+        _check_choice("video_pool_position", self.video_pool_position, VIDEO_POOL_POSITIONS)
         if not any(re.fullmatch(p, self.mm_projector_type) for p in PROJECTOR_PATTERNS):
             raise ConfigError(
                 f"mm_projector_type={self.mm_projector_type!r}: expected linear, identity, pooler, mlpNx_gelu "
@@ -121,6 +128,14 @@ class LlavaConfig:
         if self.mm_spatial_pool_stride is not None and self.mm_spatial_pool_stride < 1:
             raise ConfigError(f"mm_spatial_pool_stride={self.mm_spatial_pool_stride!r}: must be >= 1")
         self._check_feature_width()
+        if self.pools_video_before_projector and (
+            self.mm_spatial_pool_mode not in ("average", "max") or self.is_faster_video
+        ):
+            raise ConfigError(
+                f"video_pool_position='before_projector' pools with mm_spatial_pool_mode average or max "
+                f"and no faster video, got mm_spatial_pool_mode={self.mm_spatial_pool_mode!r}, "
+                f"add_faster_video={self.add_faster_video!r}"
+            )
         if self.is_anyres and self.mm_patch_merge_type.startswith("spatial") and not self.has_square_patch_map:
             raise ConfigError(
                 f"mm_patch_merge_type={self.mm_patch_merge_type!r} with image_aspect_ratio={aspect!r} needs a "
@@ -169,6 +184,10 @@ class LlavaConfig:
     def has_square_patch_map(self) -> bool:
         """Each crop becomes a P x P map of rows (what spatial merges and video pooling need)."""
         return not self.has_cls_token and self.mm_projector_type != "pooler"
+
+    @property
+    def pools_video_before_projector(self) -> bool:
+        return self.video_pool_position == "before_projector"
 
     @property
     def is_faster_video(self) -> bool:

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from model_runtime import ChatTurn, ConfigError, load_pretrained_model, make_demo
 from model_runtime.checkpoint.hf_export import export_hf
 from model_runtime.checkpoint.hf_layout import orig_config
-from model_runtime.constants import IMAGE_TOKEN_INDEX
 from server.cli import main
 from tests.conftest import random_image
+from tests.model_runtime.checkpoint.conftest import load_both, logit_gap
 
 SIZES = ((160, 90), (37, 120), (300, 300))  # (w, h): wide, tall (extreme), square
 
@@ -88,16 +88,16 @@ def test_the_transformers_4_hub_names_load_too(original, exported, tmp_path):
 def test_transformers_loads_the_export_with_our_logits(exported):
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    image_token = json.loads((exported / "config.json").read_text())["image_token_index"]
+    hf, ours = load_both(exported, LlavaOnevisionForConditionalGeneration)
     for size in SIZES:
-        assert compare_with_transformers(exported, LlavaOnevisionForConditionalGeneration, image_token, size) <= 1e-4
+        assert logit_gap(hf, ours, "image", size) <= 1e-4
 
 
 def test_refusals_name_the_key():
     base = {"model_type": "llava_onevision", "text_config": {"model_type": "qwen2"},
             "vision_config": {"model_type": "siglip_vision_model"}}
-    with pytest.raises(ConfigError, match="'llava' is not supported yet"):
-        orig_config({**base, "model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]})
+    with pytest.raises(ConfigError, match="'video_llava' is not supported"):
+        orig_config({**base, "model_type": "video_llava", "architectures": ["VideoLlavaForConditionalGeneration"]})
     with pytest.raises(ConfigError, match="vision_feature_select_strategy"):
         orig_config({**base, "vision_feature_select_strategy": "default"})
     with pytest.raises(ConfigError, match="only qwen2"):
@@ -107,27 +107,6 @@ def test_refusals_name_the_key():
     # F indexes hidden_states: -1 of M layers is what ORIG computes with M + 1 published layers
     assert orig_config(base)["mm_vision_tower_config"]["num_hidden_layers"] == 27
     assert orig_config({**base, "vision_feature_layer": -2})["mm_vision_tower_config"]["num_hidden_layers"] == 26
-
-
-def compare_with_transformers(hf_dir: Path, hf_model_cls, image_token: int, size=(160, 90)) -> float:
-    hf = hf_model_cls.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    ours = load_pretrained_model(str(hf_dir), dtype="float32")
-    p = ours.processor
-    media = [p.process_image(random_image(*size, seed=5), single_crop=False)]
-    prompt = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown?")], media)
-    hf_ids = [t for t in prompt.token_ids if t != IMAGE_TOKEN_INDEX]
-    at = prompt.token_ids.index(IMAGE_TOKEN_INDEX)
-    hf_ids[at:at] = [image_token] * media[0].num_tokens
-    w, h = media[0].image_size
-    with torch.inference_mode():
-        items = ours.model.encode_media(media)
-        embeds, mask, positions = ours.model.prepare_inputs_for_multimodal([prompt.token_ids], [items])
-        mine = ours.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
-        theirs = hf(input_ids=torch.tensor([hf_ids]), pixel_values=media[0].data[None],
-                    image_sizes=torch.tensor([[h, w]])).logits
-    width = min(mine.shape[-1], theirs.shape[-1])
-    assert mine.shape[1] == theirs.shape[1] == len(hf_ids)  # the same token count
-    return (mine[..., :width] - theirs[..., :width]).abs().max().item()
 
 
 @pytest.mark.parametrize("language", ["llama", "mistral"])
@@ -160,12 +139,11 @@ def test_llava_next_loads_with_transformers_logits(original, tmp_path, language)
     LlavaNextForConditionalGeneration(config).save_pretrained(str(folder))
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(original / name, folder / name)
-    loaded = load_pretrained_model(str(folder), dtype="float32")
+    hf, loaded = load_both(folder, LlavaNextForConditionalGeneration)
     assert loaded.config.language == language and loaded.config.vision.kind == "clip"
     assert loaded.config.image_grid_pinpoints == ((42, 42), (84, 42), (42, 84), (84, 84))  # (w, h)
     for size in ((160, 90), (37, 120)):
-        assert compare_with_transformers(folder, LlavaNextForConditionalGeneration, raw["image_token_index"],
-                                         size) <= 1e-4
+        assert logit_gap(hf, loaded, "image", size) <= 1e-4
 
 
 def test_cli_export_hf(original, tmp_path, capsys):
