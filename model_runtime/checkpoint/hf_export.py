@@ -33,7 +33,7 @@ ONEVISION, LLAVA = "LlavaOnevisionForConditionalGeneration", "LlavaForConditiona
 
 
 def hf_key(orig: str) -> str | None:
-    """ORIG weight name -> transformers 5 LlavaOnevisionForConditionalGeneration name (None:
+    """ORIG weight name -> transformers 5 name (LlavaOnevision / Llava ForConditionalGeneration; None:
     no counterpart, i.e. the audio tower)."""
     if orig.startswith(AUDIO_PREFIXES):
         return None
