@@ -59,8 +59,11 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
           "start-up (0.5), or auto (GPU: 0.8 of free memory; CPU: min(4 GiB, half the available memory))", "auto")
     _flag(engine, "--block-size", "token positions per KV cache block (a power of two)", "16", type=int)
     _flag(engine, "--max-num-batched-tokens", "work per engine step in prompt tokens: decode rows always run, "
-          "prompts and media encoding are cut into chunks to fit (default: 4096 on a GPU; on the CPU what a second "
-          "of matrix work buys, measured at start-up; 4x in steps where nothing decodes)", type=int)
+          "prompts and media encoding are cut into chunks to fit (default: 4096 on a GPU; on the CPU paced by "
+          "time, see --step-seconds; 4x in steps where nothing decodes)", type=int)
+    _flag(engine, "--step-seconds", "CPU without --max-num-batched-tokens: size each step in which some stream "
+          "decodes to last about this long, from the engine's own step timings (the longest token gap while "
+          "other prompts and media are computed)", "1.5", type=float)
     _switch(engine, "--no-prefix-caching", "do not reuse the KV of prompt prefixes seen before")
     _flag(engine, "--encoder-cache-mb", "encoded media kept for reuse, in MiB (0: none)", "512", type=float)
 
@@ -166,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_model_len=int(args.max_model_len) if args.max_model_len is not None else None,
         kv_cache_memory=parse_memory(args.kv_cache_memory), block_size=int(args.block_size),
         max_num_batched_tokens=int(args.max_num_batched_tokens) if args.max_num_batched_tokens is not None else None,
+        step_seconds=float(args.step_seconds),
         enable_prefix_caching=not args.no_prefix_caching, encoder_cache_bytes=int(float(args.encoder_cache_mb) * MiB),
         log_level=args.log_level,
         api_keys=tuple(args.api_key or env_list("--api-key")),

@@ -193,6 +193,7 @@ class ServerConfig:
     kv_cache_memory: int | float | None = None  # bytes, a share of available memory, or None: auto (EngineConfig)
     block_size: int = 16
     max_num_batched_tokens: int | None = None  # None: the engine's default for the device
+    step_seconds: float = 1.5  # CPU, no max_num_batched_tokens: the paced step length (EngineConfig)
     enable_prefix_caching: bool = True
     encoder_cache_bytes: int = 512 * MiB
     log_level: str = "info"
@@ -237,8 +238,8 @@ class ServerConfig:
         return EngineConfig(
             max_num_seqs=self.max_num_seqs, max_model_len=max_model_len or self.max_model_len,
             kv_cache_memory=self.kv_cache_memory, block_size=self.block_size,
-            max_num_batched_tokens=self.max_num_batched_tokens, enable_prefix_caching=self.enable_prefix_caching,
-            encoder_cache_bytes=self.encoder_cache_bytes, fault_injection=fault_injection,
+            max_num_batched_tokens=self.max_num_batched_tokens, step_seconds=self.step_seconds,
+            enable_prefix_caching=self.enable_prefix_caching, encoder_cache_bytes=self.encoder_cache_bytes, fault_injection=fault_injection,
         )
 
     @staticmethod

@@ -32,8 +32,12 @@ class EngineConfig:
     block_size: int = 16  # token positions per KV block
     # work per step, in prompt tokens at zero context (decode rows count one each and always run; a later
     # prompt token and a slice of encoder work count what their FLOPs are worth). None: 4096 on a GPU; on
-    # the CPU what a second of matrix work buys at the rate measured at start-up (32-2048)
+    # the CPU paced by time, see step_seconds
     max_num_batched_tokens: int | None = None
+    # CPU, no max_num_batched_tokens: each step in which some sequence decodes is sized to last about this
+    # long, from the engine's own step timings (engine/pacing.py); the longest token gap of a stream while
+    # others' prompts and media are computed
+    step_seconds: float = 1.5
     enable_prefix_caching: bool = True  # keep full KV blocks findable by content after their request
     encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
     fault_injection: FaultInjection | None = None  # tests only
@@ -47,6 +51,8 @@ class EngineConfig:
             raise ValueError(f"block_size={self.block_size}: must be a power of two")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 16:
             raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens}: must be >= 16")
+        if not 0.05 <= self.step_seconds <= 60:
+            raise ValueError(f"step_seconds={self.step_seconds}: must be within [0.05, 60]")
         memory = self.kv_cache_memory
         if isinstance(memory, bool) or (isinstance(memory, int) and memory < 1) or (
                 isinstance(memory, float) and not 0 < memory <= 1):

@@ -22,6 +22,7 @@ from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.detokenizer import IncrementalDetokenizer, TokenTexts
 from model_runtime.engine.encoder_cache import media_key
 from model_runtime.engine.kv import bytes_per_block, kv_cache_bytes
+from model_runtime.engine.pacing import StepPacer
 from model_runtime.engine.request import (
     FINISH_REASONS,
     Logprob,
@@ -41,10 +42,8 @@ from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats, TokenHist
 log = logging.getLogger(__name__)
 
 MAX_CROPS_PER_UNIT = 64  # crops (or frames) in one encoder unit, at most
-CPU_STEP_SECONDS = 1.0  # the CPU's default step budget: this much matrix work at the measured rate
 GPU_STEP_TOKENS = 4096
 IDLE_STEP_FACTOR = 4  # the step budget's multiple when no sequence decodes
-MAX_REMEASURES = 10  # idle re-timings of the CPU step budget, at most
 
 
 class EngineDeadError(RuntimeError):
@@ -72,9 +71,14 @@ class Engine:
         self.max_model_len = min(context, capacity)
         self.cost = LanguageCost.of(model.config)
         self.pool = BlockPool(num_blocks, config.enable_prefix_caching)
-        self._measures_budget = config.max_num_batched_tokens is None and device.type == "cpu"
-        self._remeasured = 0
-        step_tokens = config.max_num_batched_tokens or _auto_step_tokens(model, self.cost, warn=True)
+        # the CPU's default budget is paced by time (pacing.py); a GPU's is fixed, as is a given one
+        self.pacer: StepPacer | None = None
+        if config.max_num_batched_tokens is None and device.type == "cpu":
+            rate = _cpu_token_rate(model, self.cost)
+            self.pacer = StepPacer(config.step_seconds, 1.0 / rate, idle_factor=IDLE_STEP_FACTOR)
+            step_tokens = self.pacer.budget(1)
+        else:
+            step_tokens = config.max_num_batched_tokens or GPU_STEP_TOKENS
         self.scheduler = Scheduler(config.max_num_seqs, step_tokens, self.pool, bs, self.cost, self._resolve_media,
                                    idle_step_factor=IDLE_STEP_FACTOR)
         self._crop_layer = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop, one layer
@@ -103,20 +107,20 @@ class Engine:
         return self.dead_reason is not None
 
     def _max_crops(self) -> int:
-        return max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / self._crop_layer)))
+        """Crops (frames) per encoder unit: a unit (one layer of them) takes at most half a step's budget."""
+        crop = self._crop_layer * self.scheduler.encoder_price
+        return max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / crop)))
 
-    def remeasure_step_budget(self) -> None:
-        """CPU with the default budget: time the matmul again (the worker calls this while idle) and
-        raise the budget if this machine turns out faster than at start-up, when loading and starting
-        processes may have slowed the first measurement."""
-        if not self._measures_budget or self.has_unfinished() or self._remeasured >= MAX_REMEASURES:
-            return
-        self._remeasured += 1
-        tokens = _auto_step_tokens(self.runner.model, self.cost)
-        if tokens > self.scheduler.step_tokens:
-            log.info("step budget %d -> %d tokens (matmul timed again)", self.scheduler.step_tokens, tokens)
-            self.scheduler.step_tokens = tokens
-            self.max_crops = self._max_crops()
+    def _pace(self) -> int:
+        """Size this step's budget from the pacer (CPU default); the decode rows it will run."""
+        num_decoding = sum(1 for seq in self.scheduler.running if seq.is_decoding)
+        if self.pacer is not None:
+            tokens = self.pacer.budget(num_decoding) // (1 if num_decoding else IDLE_STEP_FACTOR)
+            self.scheduler.encoder_price = self.pacer.encoder_price
+            if tokens != self.scheduler.step_tokens:
+                self.scheduler.step_tokens = tokens
+                self.max_crops = self._max_crops()
+        return num_decoding
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -216,6 +220,7 @@ class Engine:
         now = time.monotonic()
         outputs = [o for r in self.scheduler.expired(now)
                    for o in self._finish_request(r.request_id, RequestStatus.FINISHED_ABORTED)]
+        self._pace()
         plan: SchedulerOutput = self.scheduler.schedule()
         try:
             self.runner.kv.zero(plan.fresh_blocks)
@@ -237,6 +242,8 @@ class Engine:
             outputs += self._die(error)
         self._last_step_seconds = time.perf_counter() - started
         self._step_seconds += self._last_step_seconds
+        if self.pacer is not None and (plan.chunks or plan.encoder_work):
+            self.pacer.observe(plan.num_decode_tokens, plan.prompt_cost, self._last_step_seconds, plan.encoder_cost)
         self._last_step_time = time.time()
         return outputs
 
@@ -557,25 +564,23 @@ def _matmul_flops(device: torch.device, dtype: torch.dtype, rows: int, inner: in
     return 2.0 * rows * inner * outer / best
 
 
-def _auto_step_tokens(model, cost: LanguageCost, warn: bool = False) -> int:
-    """The default step budget: fixed on a GPU; on the CPU, whose speed varies a hundredfold between
-    machines and dtypes, what CPU_STEP_SECONDS of the model's own matmul shape buys here (timed on
-    256 rows, where the matmul runs at its full rate, unless 16 rows already show it is slow)."""
+def _cpu_token_rate(model, cost: LanguageCost) -> float:
+    """Budget tokens per second this CPU's matmul promises: the pacer's first estimate, before any
+    step has run (the CPU's speed varies a hundredfold between machines and dtypes). Timed on the
+    model's own matmul shape, on 256 rows where it runs at its full rate, unless 16 rows already
+    show it is slow."""
     weight = model.model.embed_tokens.weight
-    if weight.device.type != "cpu":
-        return GPU_STEP_TOKENS
     inner, outer = model.config.hidden_size, model.config.intermediate_size
     flops = _matmul_flops(weight.device, weight.dtype, 16, inner, outer)
     if flops > 5e9:
         flops = _matmul_flops(weight.device, weight.dtype, 256, inner, outer)
-    if warn and weight.dtype != torch.float32:
+    if weight.dtype != torch.float32:
         fp32 = _matmul_flops(weight.device, torch.float32, 16, inner, outer)
         if fp32 > 4 * flops:
             log.warning("this CPU multiplies %s matrices %.0fx slower than float32 (%.1f against %.1f GFLOP/s): "
                         "serve with --dtype float32", str(weight.dtype).removeprefix("torch."), fp32 / flops,
                         flops / 1e9, fp32 / 1e9)
-    tokens = int(CPU_STEP_SECONDS * flops / cost.token_flops) // 16 * 16
-    return max(32, min(2048, tokens))
+    return flops / cost.token_flops
 
 
 def _first_report(request: Request, item: int, reused: bool) -> None:

@@ -56,6 +56,8 @@ class SchedulerOutput:
     encoder_work: list[tuple[str, int]] = field(default_factory=list)  # (media key, units to run), in order
     preempted: list[Sequence] = field(default_factory=list)
     fresh_blocks: list[int] = field(default_factory=list)  # handed out for the first time: zero them
+    prompt_cost: float = 0.0  # budget tokens spent on prompt chunks
+    encoder_cost: float = 0.0  # budget tokens of encoder work planned, before `Scheduler.encoder_price`
 
     @property
     def num_decode_tokens(self) -> int:
@@ -72,6 +74,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs  # lowered by the engine after an out-of-memory error
         self.step_tokens = step_tokens
         self.idle_step_factor = idle_step_factor  # the budget's multiple in steps where no sequence decodes
+        self.encoder_price = 1.0  # an encoder unit's budget tokens are worth this many prompt tokens (pacing.py)
         self.pool = pool
         self.block_size = block_size
         self.cost = cost
@@ -118,7 +121,7 @@ class Scheduler:
         self._scheduled: dict[int, ScheduledChunk] = {}  # id(seq) -> its chunk
         decoding = any(seq.is_decoding for seq in self.running)
         # nobody waits for a token: a longer step stalls no stream and runs prompt work more efficiently
-        budget = float(self.step_tokens * (1 if decoding else self.idle_step_factor))
+        budget = start = float(self.step_tokens * (1 if decoding else self.idle_step_factor))
         for seq in list(self.running):
             if seq.is_decoding and seq in self.running and self._grow(seq, seq.num_computed + 1, out):
                 self._add_chunk(out, ScheduledChunk(seq, seq.num_computed, 1))
@@ -133,6 +136,7 @@ class Scheduler:
             if not self._admit(seq, budget, out):
                 break
             budget = self._budget_left
+        out.prompt_cost = start - budget - out.num_decode_tokens - out.encoder_cost * self.encoder_price
         return out
 
     def _reserved(self, seq: Sequence) -> int:
@@ -210,8 +214,10 @@ class Scheduler:
         planned = self._planned.get(key, 0)
         start = planned
         nothing_yet = not out.encoder_work and not any(not c.is_decode for c in out.chunks)
-        while planned < len(units) and (units[planned] <= budget or (nothing_yet and planned == start == 0)):
-            budget -= units[planned]
+        while planned < len(units) and (units[planned] * self.encoder_price <= budget
+                                         or (nothing_yet and planned == start == 0)):
+            budget -= units[planned] * self.encoder_price
+            out.encoder_cost += units[planned]
             planned += 1
             nothing_yet = False
         if planned > start:

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 _IDLE_WAIT_S = 0.5  # the heartbeat's period while idle
 _DRAIN_POLL_S = 0.02
-_REMEASURE_S = 30.0  # while idle, how often the engine may time its step budget again
 
 
 class EngineDrainingError(RuntimeError):
@@ -153,15 +152,11 @@ class EngineWorker:
 
     # -- thread side ------------------------------------------------------------------------
     def _run(self) -> None:
-        remeasured = 0.0
         try:
             while not self._stop.is_set() and not self.engine.is_dead:
                 self._drain_inbox(block=not self.engine.has_unfinished())
                 if self.engine.has_unfinished():
                     self._deliver(self.engine.step())
-                elif self._inbox.empty() and time.monotonic() - remeasured > _REMEASURE_S:
-                    remeasured = time.monotonic()
-                    self.engine.remeasure_step_budget()
                 self._stats = self.engine.stats()
                 self.last_heartbeat = time.time()
         except Exception as error:

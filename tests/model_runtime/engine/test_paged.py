@@ -142,17 +142,18 @@ def test_the_cache_holds_about_the_tokens_it_has(new_engine, make_request):
     run(engine, [])
 
 
-def test_the_cpu_step_budget_is_measured_and_raised_when_the_machine_proves_faster(new_engine, make_request):
-    engine = new_engine()  # no max_num_batched_tokens: measured on this CPU
-    measured = engine.scheduler.step_tokens
-    assert 32 <= measured <= 2048 and measured % 16 == 0
-    engine.scheduler.step_tokens = 32  # as if start-up had been slowed down
-    engine.add_request(make_request("busy"))
-    engine.remeasure_step_budget()  # never while requests run
-    assert engine.scheduler.step_tokens == 32
-    run(engine, [])
-    engine.remeasure_step_budget()
-    assert engine.scheduler.step_tokens > 32 and engine.max_crops >= 1
+def test_the_cpu_step_budget_is_paced_by_the_engines_own_steps(new_engine, make_request):
+    """No max_num_batched_tokens on the CPU: the first budget comes from a timed matmul, later ones
+    from the steps run (pacing.py); a given budget stays fixed."""
+    engine = new_engine(step_seconds=0.5)
+    assert engine.pacer is not None and engine.pacer.step_seconds == 0.5
+    first = engine.pacer.token_seconds
+    assert engine.scheduler.step_tokens == engine.pacer.budget(1)
+    run(engine, [make_request("a", max_tokens=6), make_request("b", max_tokens=6)])
+    assert set(engine.pacer.decode_seconds) <= {1, 2} and engine.pacer.decode_seconds  # decode-only steps seen
+    assert engine.pacer.token_seconds != first  # prompt steps seen
+    assert engine.scheduler.step_tokens in (engine.pacer.budget(1), engine.pacer.budget(2), engine.pacer.budget(0) // 4)
     fixed = new_engine(max_num_batched_tokens=48)
-    fixed.remeasure_step_budget()
+    assert fixed.pacer is None
+    run(fixed, [make_request("c", max_tokens=4)])
     assert fixed.scheduler.step_tokens == 48
