@@ -37,6 +37,7 @@ from model_runtime import (
     load_pretrained_model,
 )
 from model_runtime import Request as EngineRequest
+from model_runtime.arch.cpu_linear import pack_linears
 from server import chat
 from server.auth import APIKeyAuth
 from server.completion import Generation, collect, stream
@@ -122,9 +123,14 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             return loaded
         if load is not None:
             return load()
-        return load_pretrained_model(config.model, model_base=config.model_base, dtype=config.dtype,
-                                     device=config.device, device_map=config.device_map,
-                                     quantization=config.quantization)
+        model = load_pretrained_model(config.model, model_base=config.model_base, dtype=config.dtype,
+                                      device=config.device, device_map=config.device_map,
+                                      quantization=config.quantization)
+        if config.packed_linear:
+            count = pack_linears(model.model)
+            if count:
+                log.info("%d linear layers packed for oneDNN (--no-packed-linear keeps them plain)", count)
+        return model
 
     async def start_runtime() -> None:
         try:

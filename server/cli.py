@@ -64,6 +64,8 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     _flag(engine, "--step-seconds", "CPU without --max-num-batched-tokens: size each step in which some stream "
           "decodes to last about this long, from the engine's own step timings (the longest token gap while "
           "other prompts and media are computed)", "1.5", type=float)
+    _switch(engine, "--no-packed-linear", "CPU, float32: keep PyTorch's default matmul for the language model's "
+             "linear layers instead of weights packed once for oneDNN (faster decoding, batch-independent rows)")
     _switch(engine, "--no-prefix-caching", "do not reuse the KV of prompt prefixes seen before")
     _flag(engine, "--encoder-cache-mb", "encoded media kept for reuse, in MiB (0: none)", "512", type=float)
 
@@ -169,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_model_len=int(args.max_model_len) if args.max_model_len is not None else None,
         kv_cache_memory=parse_memory(args.kv_cache_memory), block_size=int(args.block_size),
         max_num_batched_tokens=int(args.max_num_batched_tokens) if args.max_num_batched_tokens is not None else None,
-        step_seconds=float(args.step_seconds),
+        step_seconds=float(args.step_seconds), packed_linear=not args.no_packed_linear,
         enable_prefix_caching=not args.no_prefix_caching, encoder_cache_bytes=int(float(args.encoder_cache_mb) * MiB),
         log_level=args.log_level,
         api_keys=tuple(args.api_key or env_list("--api-key")),

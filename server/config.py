@@ -194,6 +194,7 @@ class ServerConfig:
     block_size: int = 16
     max_num_batched_tokens: int | None = None  # None: the engine's default for the device
     step_seconds: float = 1.5  # CPU, no max_num_batched_tokens: the paced step length (EngineConfig)
+    packed_linear: bool = True  # CPU float32: the LM's linears run on oneDNN-packed weights (arch/cpu_linear.py)
     enable_prefix_caching: bool = True
     encoder_cache_bytes: int = 512 * MiB
     log_level: str = "info"

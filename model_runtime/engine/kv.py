@@ -78,7 +78,7 @@ class KVCache:
         self.key_cache: list[torch.Tensor] = []
         self.value_cache: list[torch.Tensor] = []
         for layer in model.model.layers[:layers]:
-            device = layer.self_attn.k_proj.weight.device
+            device = layer.input_layernorm.weight.device
             for store in (self.key_cache, self.value_cache):
                 t = torch.empty(kv_heads, num_blocks, block_size, head_dim, dtype=dtype, device=device)
                 t[:, NULL_BLOCK].zero_()

@@ -19,7 +19,7 @@ def tiny_lm(num_layers: int = 1):
     """Just what KVCache reads of a model: its config, layers' k_proj device and the embedding dtype."""
     config = SimpleNamespace(num_hidden_layers=num_layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
                              hidden_size=HEADS * HEAD_DIM, head_dim=HEAD_DIM)
-    layer = SimpleNamespace(self_attn=SimpleNamespace(k_proj=torch.nn.Linear(1, 1)))
+    layer = SimpleNamespace(input_layernorm=torch.nn.LayerNorm(1))  # the layer's device: where its KV goes
     model = SimpleNamespace(layers=[layer] * num_layers, embed_tokens=torch.nn.Embedding(1, 1))
     return SimpleNamespace(config=config, model=model)
 
