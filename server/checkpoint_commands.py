@@ -68,9 +68,11 @@ def add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
 
 
     p = sub.add_parser("export-hf", formatter_class=fmt,
-                       help="write an original-layout LLaVA-OneVision checkpoint in the llava-hf layout",
+                       help="write an original-layout LLaVA checkpoint in the llava-hf layout",
                        description="Write SRC (original LLaVA layout, e.g. a make-demo checkpoint) as a transformers "
-                                   "LlavaOnevisionForConditionalGeneration folder: same weights under transformers' "
+                                   "folder (LlavaOnevisionForConditionalGeneration for OneVision checkpoints, "
+                                   "LlavaForConditionalGeneration for LLaVA-1.5-style ones): same weights under "
+                                   "transformers' "
                                    "names, config, tokenizer, processor configs, chat template. An audio tower has "
                                    "no llava-hf home: it goes to audio_tower.safetensors beside it.")
     p.add_argument("src", metavar="SRC", help="original-layout checkpoint folder")
@@ -139,7 +141,7 @@ def _export_hf(args: argparse.Namespace) -> int:
     from model_runtime.checkpoint.hf_export import export_hf
 
     report = export_hf(args.src, args.out)
-    print(f"wrote {report['num_tensors']} tensors in the llava-hf layout (LlavaOnevisionForConditionalGeneration, "
+    print(f"wrote {report['num_tensors']} tensors in the llava-hf layout ({report['architecture']}, "
           f"{report['dtype']}) to {report['out']}")
     if report["left_out"]["tensors"]:
         print(f"audio tower ({report['left_out']['tensors']} tensors) kept in {report['out']}/audio_tower.safetensors")

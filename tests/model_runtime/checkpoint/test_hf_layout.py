@@ -149,7 +149,7 @@ def test_llava_next_loads_with_transformers_logits(original, tmp_path, language)
 def test_cli_export_hf(original, tmp_path, capsys):
     out = tmp_path / "cli-export"
     assert main(["export-hf", str(original), str(out)]) == 0
-    assert "llava-hf layout" in capsys.readouterr().out
+    assert "llava-hf layout (LlavaOnevisionForConditionalGeneration," in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava_onevision"
     assert main(["export-hf", str(original), str(out)]) == 2  # not empty: nothing written
     assert "is not empty" in capsys.readouterr().err
