@@ -125,7 +125,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             return load()
         model = load_pretrained_model(config.model, model_base=config.model_base, dtype=config.dtype,
                                       device=config.device, device_map=config.device_map,
-                                      quantization=config.quantization)
+                                      quantization=config.quantization, hf_behaviour=config.hf_behaviour)
         if config.packed_linear:
             count = pack_linears(model.model)
             if count:

@@ -13,6 +13,7 @@ import sys
 
 from server.checkpoint_commands import add_checkpoint_commands, run_checkpoint_command
 from server.config import (
+    HF_BEHAVIOURS,
     QUANTIZATIONS,
     FetchPolicy,
     MediaLimits,
@@ -50,6 +51,10 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     _flag(model, "--device-map", "spread the model over devices: auto, or one device (wins over --device)")
     _flag(model, "--quantization", "bitsandbytes quantization of the language model", "none", choices=QUANTIZATIONS)
     _flag(model, "--model-base", "base model under a LoRA or projector-only --model (folder or hub id)")
+    _flag(model, "--hf-behaviour", "llava-hf checkpoints, where transformers and the original LLaVA code differ: "
+          "original (its conversation template, unpadding, image layouts) or transformers (the checkpoint's chat "
+          "template, transformers' unpad rounding and image layouts; docs/CHECKPOINTS.md section 8)", "original",
+          choices=HF_BEHAVIOURS)
     _flag(model, "--max-model-len", "context length (prompt + output tokens); default: the checkpoint's", type=int)
 
     engine = serve.add_argument_group("engine (docs/ENGINE.md)")
@@ -167,7 +172,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         model=args.model,
         served_model_name=args.served_model_name or ServerConfig.default_served_name(args.model),
         host=args.host, port=args.port, dtype=args.dtype, device=args.device, device_map=args.device_map,
-        quantization=args.quantization, model_base=args.model_base, max_num_seqs=args.max_num_seqs,
+        quantization=args.quantization, model_base=args.model_base, hf_behaviour=args.hf_behaviour,
+        max_num_seqs=args.max_num_seqs,
         max_model_len=int(args.max_model_len) if args.max_model_len is not None else None,
         kv_cache_memory=parse_memory(args.kv_cache_memory), block_size=int(args.block_size),
         max_num_batched_tokens=int(args.max_num_batched_tokens) if args.max_num_batched_tokens is not None else None,

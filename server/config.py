@@ -18,6 +18,7 @@ ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
 MODALITIES = ("image", "video", "audio")
 QUANTIZATIONS = ("none", "bitsandbytes-8bit", "bitsandbytes-4bit")  # model_runtime's load_pretrained_model
+HF_BEHAVIOURS = ("original", "transformers")  # load_pretrained_model's hf_behaviour (llava-hf checkpoints)
 
 
 def env_name(flag: str) -> str:
@@ -188,6 +189,7 @@ class ServerConfig:
     device_map: str | None = None  # "auto" or one device; wins over `device`
     quantization: str = "none"  # one of QUANTIZATIONS
     model_base: str | None = None  # base under a LoRA / projector-only checkpoint
+    hf_behaviour: str = "original"  # llava-hf checkpoints, where transformers differs: ORIG's behaviour or transformers'
     max_num_seqs: int = 32
     max_model_len: int | None = None
     kv_cache_memory: int | float | None = None  # bytes, a share of available memory, or None: auto (EngineConfig)
@@ -216,6 +218,8 @@ class ServerConfig:
         self.engine_config()  # the engine's knobs are validated where they are defined
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
+        if self.hf_behaviour not in HF_BEHAVIOURS:
+            raise ValueError(f"hf_behaviour={self.hf_behaviour!r}: expected one of {HF_BEHAVIOURS}")
         if not self.served_model_name:
             raise ValueError("served_model_name must not be empty")
         if self.max_queued_requests < 1:

@@ -47,17 +47,29 @@ def anyres_grid_shape(size: tuple[int, int], pinpoints: Sequence[tuple[int, int]
     return w // crop_side, h // crop_side
 
 
-def unpad_bounds(size: tuple[int, int], cur_h: int, cur_w: int) -> tuple[int, int, int, int]:
+def unpad_bounds(
+    size: tuple[int, int], cur_h: int, cur_w: int, rounding: str = "truncate"
+) -> tuple[int, int, int, int]:
     """ORIG unpad_image: rows [top, bottom) and cols [left, right) of a (cur_h x cur_w) feature map
-    that hold the image rather than the black anyres padding. Truncates with int() like ORIG."""
+    that hold the image rather than the black anyres padding. `rounding` "truncate": int() like ORIG;
+    "round": int(round(x, 7)) like transformers' unpad_image (a side of 1.9999999 is 2, not 1)."""
     width, height = size
+    side = _truncate if rounding == "truncate" else _round7
     if width / height > cur_w / cur_h:
-        new_h = int(height * (cur_w / width))
+        new_h = side(height * (cur_w / width))
         pad = (cur_h - new_h) // 2
         return pad, cur_h - pad, 0, cur_w
-    new_w = int(width * (cur_h / height))
+    new_w = side(width * (cur_h / height))
     pad = (cur_w - new_w) // 2
     return 0, cur_h, pad, cur_w - pad
+
+
+def _truncate(x: float) -> int:
+    return int(x)
+
+
+def _round7(x: float) -> int:
+    return int(round(x, 7))
 
 
 def anyres_max_shape(h: int, w: int, max_crops: int, tokens_per_crop: int) -> tuple[int, int]:
@@ -80,7 +92,7 @@ def unpadded_map_shape(cfg: LlavaConfig, size: tuple[int, int]) -> tuple[int, in
     """(h, w) of the stitched anyres map after unpad and the anyres_max cap, before the newline column."""
     nw, nh = anyres_grid(cfg, size)
     p = cfg.vision.num_patches_per_side
-    top, bottom, left, right = unpad_bounds(size, nh * p, nw * p)
+    top, bottom, left, right = unpad_bounds(size, nh * p, nw * p, cfg.unpad_rounding)
     h, w = bottom - top, right - left
     if cfg.anyres_max is not None:
         h, w = anyres_max_shape(h, w, cfg.anyres_max, p * p)

@@ -38,7 +38,7 @@ def merge_image(
     if "maxpool2x2" in merge:
         grid = F.max_pool2d(grid[None], 2)[0]
     elif "unpad" in merge:
-        top, bottom, left, right = layout.unpad_bounds(size, nh * p, nw * p)
+        top, bottom, left, right = layout.unpad_bounds(size, nh * p, nw * p, cfg.unpad_rounding)
         grid = grid[:, top:bottom, left:right]
         if cfg.anyres_max is not None:
             h, w = grid.shape[1:]

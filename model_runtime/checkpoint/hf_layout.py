@@ -45,6 +45,9 @@ HF_DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1
 # LlavaNextVideo's spatial_pool_mode: average / max pool with no weights; "conv" is a learned layer
 # (`vision_resampler.pool`) that ORIG's model has no place for
 VIDEO_POOL_MODES = ("average", "max")
+# `hf_behaviour`: where transformers and ORIG differ, serve ORIG's behaviour ("original") or transformers'
+# ("transformers": the checkpoint's chat template, unpad rounding, llava's crop, multi-image layout)
+HF_BEHAVIOURS = ("original", "transformers")
 
 # ORIG prefix -> transformers 5 prefix (all four classes); export_hf writes these names
 ORIG_TO_HF = (
@@ -99,9 +102,14 @@ def read_preprocessor_config(folder: str | Path) -> dict[str, Any] | None:
     return value
 
 
-def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None) -> dict[str, Any]:
+def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None,
+                behaviour: str = "original") -> dict[str, Any]:
     """The ORIG config dict of a llava-hf config.json (refusals as ConfigError, naming the key).
-    `preprocessor`: the folder's preprocessor_config.json, which decides `llava`'s image_aspect_ratio."""
+    `preprocessor`: the folder's preprocessor_config.json, which decides `llava`'s image_aspect_ratio.
+    `behaviour` "transformers" adds the llava-serve keys that follow transformers where it differs
+    from ORIG (`transformers_keys`)."""
+    if behaviour not in HF_BEHAVIOURS:
+        raise ConfigError(f"hf_behaviour={behaviour!r}: expected one of {', '.join(HF_BEHAVIOURS)}")
     model_type = raw.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise ConfigError(f"llava-hf model_type {model_type!r} is not supported (loadable: {', '.join(HF_MODEL_TYPES)})")
@@ -132,6 +140,8 @@ def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None)
         layer = -1
     num_layers = int(vision.get("num_hidden_layers", 26 if onevision else 24))
     layout = _layout_keys(model_type, raw, preprocessor, problems)
+    if behaviour == "transformers":
+        layout.update(transformers_keys(model_type, preprocessor))
     if problems:
         raise ConfigError(f"llava-hf {model_type}: cannot be served: {'; '.join(problems)}")
     # F indexes hidden_states (0 = embeddings, M + 1 entries). ORIG's SigLIP keeps its first N - 1
@@ -198,6 +208,21 @@ def _layout_keys(model_type: str, raw: dict[str, Any], preprocessor: dict[str, A
             problems.append(f"spatial_pool_stride={stride!r} (a positive integer)")
         keys.update(mm_spatial_pool_mode=mode, mm_spatial_pool_stride=stride, mm_newline_position="no_token",
                     video_pool_position="before_projector")
+    return keys
+
+
+def transformers_keys(model_type: str, preprocessor: dict[str, Any] | None) -> dict[str, Any]:
+    """The layout keys that make a llava-hf checkpoint behave as transformers' class and processor:
+    anyres unpadding rounded (`int(round(x, 7))`, transformers' unpad_image) instead of truncated;
+    llava_next(_video) and llava: every image of a multi-image request laid out as if it came alone
+    (LlavaNextImageProcessor: full anyres; LlavaImageProcessor: its own crop); llava without an
+    explicit `do_pad: true`: shortest side + centre crop (`square`) instead of ORIG's `pad`.
+    llava_onevision's multi-image layout (one mean-colour square crop + newline) already agrees."""
+    keys: dict[str, Any] = {"unpad_rounding": "round"}
+    if model_type != "llava_onevision":
+        keys["multi_image_layout"] = "as_single"
+    if model_type == "llava":
+        keys["image_aspect_ratio"] = "pad" if (preprocessor or {}).get("do_pad") is True else "square"
     return keys
 
 

@@ -26,7 +26,12 @@ from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
 from model_runtime.checkpoint.delta import DELTA_KEY
 from model_runtime.checkpoint.folder import CheckpointFiles, inspect_checkpoint, resolve_checkpoint
-from model_runtime.checkpoint.hf_layout import HF_KEY_MAPPING, is_llava_hf, read_preprocessor_config
+from model_runtime.checkpoint.hf_layout import (
+    HF_BEHAVIOURS,
+    HF_KEY_MAPPING,
+    is_llava_hf,
+    read_preprocessor_config,
+)
 from model_runtime.checkpoint.hf_layout import orig_config as hf_orig_config
 from model_runtime.checkpoint.lora import merge_adapter, read_non_lora_trainables
 from model_runtime.checkpoint.quantize import QUANTIZATIONS, bitsandbytes_config, default_compute_dtype
@@ -35,6 +40,7 @@ from model_runtime.checkpoint.tensors import load_tensors
 from model_runtime.checkpoint.tokens import add_special_tokens
 from model_runtime.checkpoint.tower_source import fill_vision_tower
 from model_runtime.config import ConfigError, LlavaConfig, read_config_dict
+from model_runtime.processing.chat_template import read_chat_template
 from model_runtime.processing.conversation import template_for
 from model_runtime.processing.processor import Processor
 
@@ -81,10 +87,16 @@ def load_pretrained_model(
     device: str = "cpu",
     device_map: str | dict | None = None,
     quantization: str = "none",
+    hf_behaviour: str = "original",
 ) -> LoadedModel:
-    """`device_map` (e.g. "auto", "cuda:1" or a module -> device dict) wins over `device`."""
+    """`device_map` (e.g. "auto", "cuda:1" or a module -> device dict) wins over `device`.
+    `hf_behaviour` (llava-hf checkpoints only): "original" serves ORIG's behaviour where transformers
+    differs; "transformers" serves transformers' (the checkpoint's chat template, its unpad rounding
+    and image layouts; docs/CHECKPOINTS.md section 8)."""
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization={quantization!r}: expected one of {QUANTIZATIONS}")
+    if hf_behaviour not in HF_BEHAVIOURS:
+        raise ConfigError(f"hf_behaviour={hf_behaviour!r}: expected one of {', '.join(HF_BEHAVIOURS)}")
     files = inspect_checkpoint(resolve_checkpoint(model_path))
     base = resolve_checkpoint(model_base) if model_base else None
     if files.kind == "full" and base is not None:
@@ -102,7 +114,11 @@ def load_pretrained_model(
     if hf_layout:
         if files.kind != "full" or base is not None:
             raise ConfigError(f"{files.path}: llava-hf checkpoints load as full checkpoints only (no --model-base)")
-        raw = hf_orig_config(raw, read_preprocessor_config(files.path))
+        raw = hf_orig_config(raw, read_preprocessor_config(files.path), hf_behaviour)
+    elif hf_behaviour != "original":
+        raise ConfigError(f"{files.path} is not a llava-hf checkpoint (config.json model_type "
+                          f"{raw.get('model_type')!r} without text_config): hf_behaviour={hf_behaviour!r} "
+                          "applies to llava-hf checkpoints only")
     cfg = LlavaConfig.from_dict(raw)
     if base is not None:
         check_compatible_base(raw, read_config_dict(base), base)
@@ -143,7 +159,10 @@ def load_pretrained_model(
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(files.path, base), config=hf_config)
     add_special_tokens(tokenizer, model, cfg)
     model.eval()
-    template = template_for(cfg.language, cfg.conversation_template, tokenizer)
+    if hf_behaviour == "transformers":
+        template = read_chat_template(files.path, tokenizer)
+    else:
+        template = template_for(cfg.language, cfg.conversation_template, tokenizer)
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     eos |= _generation_eos(files.path) or (_generation_eos(base) if base is not None else set())
     log.info("loaded %s checkpoint %s%s (%s, quantization %s)", files.kind, files.path,

@@ -54,6 +54,12 @@ VIDEO_POOL_STRIDE = 2  # ORIG HEAD pools videos with stride 2 whatever mm_spatia
 # llava-serve key `video_pool_position`: ORIG HEAD pools video frames after the projector; transformers'
 # LlavaNextVideo (like the older LLaVA-NeXT-Video code it was converted from) pools before it
 VIDEO_POOL_POSITIONS = ("after_projector", "before_projector")
+# llava-serve keys the llava-hf translation sets for `hf_behaviour="transformers"` (docs/CHECKPOINTS.md 8):
+# the unpadded side truncated with int() (ORIG) or int(round(x, 7)) (transformers' unpad_image); the
+# images of a multi-image request as one padded crop each (ORIG) or each as if it came alone (transformers'
+# LlavaNext / Llava processors)
+UNPAD_ROUNDINGS = ("truncate", "round")
+MULTI_IMAGE_LAYOUTS = ("single_crop", "as_single")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class LlavaConfig:
     # llava-serve key (the llava-hf LlavaNextVideo translation sets it): "before_projector" pools the
     # tower features with mm_spatial_pool_mode (average / max) and mm_spatial_pool_stride (default 2)
     video_pool_position: str = "after_projector"
+    unpad_rounding: str = "truncate"  # llava-serve key: "round" follows transformers' unpad_image
+    multi_image_layout: str = "single_crop"  # llava-serve key: "as_single" lays each image out as if alone
     faster_token_stride: int = 10
     frames_upbound: int = 0
     video_fps: int = 1
@@ -109,6 +117,8 @@ class LlavaConfig:
         _check_choice("mm_resampler_type", self.mm_resampler_type, RESAMPLER_TYPES)
         _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, PADDING_SIDES)
         _check_choice("video_pool_position", self.video_pool_position, VIDEO_POOL_POSITIONS)
+        _check_choice("unpad_rounding", self.unpad_rounding, UNPAD_ROUNDINGS)
+        _check_choice("multi_image_layout", self.multi_image_layout, MULTI_IMAGE_LAYOUTS)
         if not any(re.fullmatch(p, self.mm_projector_type) for p in PROJECTOR_PATTERNS):
             raise ConfigError(
                 f"mm_projector_type={self.mm_projector_type!r}: expected linear, identity, pooler, mlpNx_gelu "

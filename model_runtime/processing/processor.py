@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,9 @@ from model_runtime.processing.conversation import ChatTurn, ConversationTemplate
 from model_runtime.processing.image import ImagePreprocessor
 from model_runtime.processing.prompt import contains_placeholder, tokenize_prompt
 from model_runtime.processing.video import FramePlan, plan_video_frames, time_instruction
+
+if TYPE_CHECKING:
+    from model_runtime.processing.chat_template import CheckpointChatTemplate
 
 DEFAULT_MAX_FRAMES = 32  # frames per video when the checkpoint states no frames_upbound (serving spec 4)
 _MODALITY_BY_PLACEHOLDER = {p: m for m, p in PLACEHOLDER_BY_MODALITY.items()}
@@ -56,7 +60,7 @@ class PromptInput:
 
 
 class Processor:
-    def __init__(self, cfg: LlavaConfig, tokenizer, template: ConversationTemplate) -> None:
+    def __init__(self, cfg: LlavaConfig, tokenizer, template: ConversationTemplate | CheckpointChatTemplate) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.template = template
@@ -90,6 +94,11 @@ class Processor:
         for special in self._special_strings:
             if special in text:
                 raise InvalidPromptError(f"text must not contain the special token {special}")
+
+    def is_single_crop(self, num_images: int) -> bool:
+        """Whether each image of a request with `num_images` images is processed as one crop: ORIG's
+        rule for several images; `multi_image_layout: as_single` lays every image out as if alone."""
+        return num_images > 1 and self.cfg.multi_image_layout == "single_crop"
 
     def process_image(self, image: Image.Image, single_crop: bool) -> MediaInput:
         image = image.convert("RGB") if image.mode != "RGB" else image

@@ -55,7 +55,7 @@ class MediaLoader:
         self.metrics = metrics
 
     async def load(self, refs: list[MediaRef]) -> LoadedMedia:
-        single_crop = sum(1 for r in refs if r.modality == "image") > 1  # several images: one crop each
+        single_crop = self.processor.is_single_crop(sum(1 for r in refs if r.modality == "image"))
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._load_one(ref, single_crop)) for ref in refs]

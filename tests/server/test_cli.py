@@ -60,3 +60,13 @@ def test_help_documents_every_flag_with_its_variable():
     assert len(flags) > 40
     for flag in flags:
         assert env_name(flag) in text, flag
+
+
+def test_hf_behaviour_flag_and_environment(monkeypatch):
+    assert serve_args().hf_behaviour == "original"
+    monkeypatch.setenv("LLAVA_SERVE_HF_BEHAVIOUR", "transformers")
+    assert serve_args().hf_behaviour == "transformers"
+    assert serve_args("--hf-behaviour", "original").hf_behaviour == "original"  # the flag wins
+    monkeypatch.setenv("LLAVA_SERVE_HF_BEHAVIOUR", "hf")
+    with pytest.raises(ValueError, match="hf_behaviour='hf'"):
+        serve_args()

@@ -1,0 +1,104 @@
+"""A checkpoint's own Jinja chat template as a conversation template (`hf_behaviour="transformers"`).
+
+llava-hf folders ship the template transformers' processor renders (chat_template.jinja,
+chat_template.json, or the tokenizer's `chat_template`). `CheckpointChatTemplate.render` turns our
+turns back into transformers' message shape (content parts: text, image, video, audio), renders
+them with the tokenizer's `apply_chat_template` and maps the checkpoint's media tokens to our
+placeholders, so the sentinels, token counts and splicing stay ours. Knows nothing of token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from jinja2 import TemplateError
+
+from model_runtime.config import ConfigError
+from model_runtime.constants import PLACEHOLDER_BY_MODALITY
+from model_runtime.processing.conversation import ChatTurn
+from model_runtime.processing.processor import InvalidPromptError
+
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+PROCESSOR_CONFIG = "processor_config.json"
+_MODALITY_BY_PLACEHOLDER = {p: m for m, p in PLACEHOLDER_BY_MODALITY.items()}
+# chat.py writes each media part as its placeholder and a newline; the newline is ours, not the template's
+_PLACEHOLDERS = re.compile("|".join(re.escape(p) for p in _MODALITY_BY_PLACEHOLDER))
+_PART = re.compile("(" + _PLACEHOLDERS.pattern + ")\n?")
+
+
+class ChatTemplateError(InvalidPromptError):
+    """The rendered prompt does not hold the turns' media placeholders, in order (the template
+    dropped, repeated or reordered a media part)."""
+
+
+@dataclass(frozen=True)
+class CheckpointChatTemplate:
+    name: str  # where the template came from, e.g. "chat_template.jinja"
+    source: str  # the Jinja text
+    media_tokens: tuple[tuple[str, str], ...]  # (checkpoint's token, our placeholder) where they differ
+    tokenizer: object  # renders with transformers' sandboxed Jinja environment
+
+    def render(self, turns: list[ChatTurn]) -> str:
+        messages = [{"role": t.role, "content": content_parts(t.text)} for t in turns]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, chat_template=self.source, tokenize=False, add_generation_prompt=True
+            )
+        except TemplateError as e:  # the template's own refusals (raise_exception), e.g. roles out of turn
+            raise ChatTemplateError(f"the checkpoint's chat template ({self.name}) refused the messages: {e}") from e
+        for token, placeholder in self.media_tokens:
+            text = text.replace(token, placeholder)
+        wanted = [m for t in turns for m in _PART.findall(t.text)]
+        rendered = _PLACEHOLDERS.findall(text)
+        if rendered != wanted:
+            raise ChatTemplateError(f"the checkpoint's chat template ({self.name}) rendered the media parts "
+                                    f"{rendered} for {wanted}")
+        return text
+
+
+def content_parts(text: str) -> list[dict[str, str]]:
+    """A turn's text with placeholders -> transformers' content parts, in order."""
+    parts: list[dict[str, str]] = []
+    pieces = _PART.split(text)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            parts.append({"type": _MODALITY_BY_PLACEHOLDER[piece]})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
+def read_chat_template(folder: str | Path, tokenizer) -> CheckpointChatTemplate:
+    """The folder's chat template (chat_template.jinja, then chat_template.json, then the tokenizer's),
+    with the media tokens of its processor_config.json (default `<image>`, `<video>`)."""
+    folder = Path(folder)
+    name, source = None, None
+    if (folder / TEMPLATE_FILES[0]).exists():
+        name, source = TEMPLATE_FILES[0], (folder / TEMPLATE_FILES[0]).read_text()
+    elif (folder / TEMPLATE_FILES[1]).exists():
+        name, source = TEMPLATE_FILES[1], _read_json(folder / TEMPLATE_FILES[1]).get("chat_template")
+    elif isinstance(getattr(tokenizer, "chat_template", None), str):
+        name, source = "the tokenizer's chat_template", tokenizer.chat_template
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"{folder}: no chat template ({', '.join(TEMPLATE_FILES)} or the tokenizer's "
+                          "chat_template); hf_behaviour=transformers renders prompts with it")
+    processor = _read_json(folder / PROCESSOR_CONFIG) if (folder / PROCESSOR_CONFIG).exists() else {}
+    media_tokens = []
+    for modality in ("image", "video"):
+        token = processor.get(f"{modality}_token") or PLACEHOLDER_BY_MODALITY[modality]
+        if token != PLACEHOLDER_BY_MODALITY[modality]:
+            media_tokens.append((str(token), PLACEHOLDER_BY_MODALITY[modality]))
+    return CheckpointChatTemplate(name, source, tuple(media_tokens), tokenizer)
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file} is not valid JSON: {e.msg} at line {e.lineno}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    return value
