@@ -29,12 +29,12 @@ projector other than gelu with biases, LlavaNextVideo's learned `conv` pooling. 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from model_runtime.config.errors import ConfigError
+from model_runtime.config.llava import read_json_object
 from model_runtime.config.towers import KNOWN_CLIP_TOWERS, SIGLIP_SO400M
 
 HF_MODEL_TYPES = ("llava_onevision", "llava_next", "llava", "llava_next_video")
@@ -91,15 +91,7 @@ def is_llava_hf(raw: dict[str, Any]) -> bool:
 def read_preprocessor_config(folder: str | Path) -> dict[str, Any] | None:
     """The folder's preprocessor_config.json (transformers' image processor settings), None if absent."""
     file = Path(folder) / PREPROCESSOR_CONFIG
-    if not file.exists():
-        return None
-    try:
-        value = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{file} is not valid JSON: {e.msg} at line {e.lineno}") from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
-    return value
+    return read_json_object(file) if file.exists() else None
 
 
 def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None,

@@ -273,6 +273,17 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"{name}={value!r}: expected one of {choices}")
 
 
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file that must hold an object; ConfigError naming the file otherwise."""
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file} is not valid JSON: {e.msg} at line {e.lineno}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    return value
+
+
 def read_config_dict(path: str | Path) -> dict[str, Any]:
     file = Path(path) / "config.json"
     try:

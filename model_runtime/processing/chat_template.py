@@ -9,7 +9,6 @@ placeholders, so the sentinels, token counts and splicing stay ours. Knows nothi
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from model_runtime.config import ConfigError
+from model_runtime.config.llava import read_json_object
 from model_runtime.constants import PLACEHOLDER_BY_MODALITY
 from model_runtime.processing.conversation import ChatTurn
 from model_runtime.processing.processor import InvalidPromptError
@@ -79,26 +79,16 @@ def read_chat_template(folder: str | Path, tokenizer) -> CheckpointChatTemplate:
     if (folder / TEMPLATE_FILES[0]).exists():
         name, source = TEMPLATE_FILES[0], (folder / TEMPLATE_FILES[0]).read_text()
     elif (folder / TEMPLATE_FILES[1]).exists():
-        name, source = TEMPLATE_FILES[1], _read_json(folder / TEMPLATE_FILES[1]).get("chat_template")
+        name, source = TEMPLATE_FILES[1], read_json_object(folder / TEMPLATE_FILES[1]).get("chat_template")
     elif isinstance(getattr(tokenizer, "chat_template", None), str):
         name, source = "the tokenizer's chat_template", tokenizer.chat_template
     if not isinstance(source, str) or not source.strip():
         raise ConfigError(f"{folder}: no chat template ({', '.join(TEMPLATE_FILES)} or the tokenizer's "
                           "chat_template); hf_behaviour=transformers renders prompts with it")
-    processor = _read_json(folder / PROCESSOR_CONFIG) if (folder / PROCESSOR_CONFIG).exists() else {}
+    processor = read_json_object(folder / PROCESSOR_CONFIG) if (folder / PROCESSOR_CONFIG).exists() else {}
     media_tokens = []
     for modality in ("image", "video"):
         token = processor.get(f"{modality}_token") or PLACEHOLDER_BY_MODALITY[modality]
         if token != PLACEHOLDER_BY_MODALITY[modality]:
             media_tokens.append((str(token), PLACEHOLDER_BY_MODALITY[modality]))
     return CheckpointChatTemplate(name, source, tuple(media_tokens), tokenizer)
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        value = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{file} is not valid JSON: {e.msg} at line {e.lineno}") from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
-    return value
