@@ -111,16 +111,15 @@ class Engine:
         crop = self._crop_layer * self.scheduler.encoder_price
         return max(1, min(MAX_CROPS_PER_UNIT, int(self.scheduler.step_tokens / 2 / crop)))
 
-    def _pace(self) -> int:
-        """Size this step's budget from the pacer (CPU default); the decode rows it will run."""
-        num_decoding = sum(1 for seq in self.scheduler.running if seq.is_decoding)
+    def _pace(self) -> None:
+        """Size this step's budget from the pacer (CPU default) and the decode rows it will run."""
         if self.pacer is not None:
+            num_decoding = sum(1 for seq in self.scheduler.running if seq.is_decoding)
             tokens = self.pacer.budget(num_decoding) // (1 if num_decoding else IDLE_STEP_FACTOR)
             self.scheduler.encoder_price = self.pacer.encoder_price
             if tokens != self.scheduler.step_tokens:
                 self.scheduler.step_tokens = tokens
                 self.max_crops = self._max_crops()
-        return num_decoding
 
     @property
     def kv_capacity_tokens(self) -> int:
