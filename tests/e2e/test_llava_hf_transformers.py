@@ -1,8 +1,11 @@
-"""`serve --hf-behaviour transformers` answers as transformers does: a llava-hf export of the tiny demo
-served by a real server process, asked through the official openai client, against transformers'
-LlavaOnevisionForConditionalGeneration and its processor (PIL image processor) run here on the same
-folder: prompt token counts, the first token's top logprobs (<= 1e-4, float32) and 8 greedy tokens as
-ids and as text. One image whose unpadding ORIG rounds differently, a wide one, and two images."""
+"""`serve --hf-behaviour transformers` answers as transformers does, for both llava-hf families that
+have anyres images: a OneVision export of the tiny demo (SigLIP, Qwen2-shaped LM) and a LLaVA-NeXT
+folder saved by transformers (CLIP layer -2 without CLS, Llama LM, a vicuna-like template), each served
+by a real server process and asked through the official openai client, against transformers'
+LlavaOnevisionForConditionalGeneration / LlavaNextForConditionalGeneration and their processors (PIL
+image processors) run here on the same folder: prompt token counts, the first token's top logprobs
+(<= 1e-4, float32) and 8 greedy tokens as ids and as text. One image whose unpadding ORIG rounds
+differently, a wide one, and two images."""
 
 from __future__ import annotations
 
@@ -13,14 +16,26 @@ from model_runtime.checkpoint.hf_export import export_hf
 from model_runtime.engine.detokenizer import TokenTexts
 from tests.conftest import png_data_url, random_image
 from tests.e2e.conftest import start_server, stop_server
-from tests.model_runtime.checkpoint.test_hf_behaviour import hf_inputs, hf_processor
+from tests.model_runtime.checkpoint.test_hf_behaviour import (
+    NEXT_ROUNDING,
+    OV_ROUNDING,
+    hf_inputs,
+    hf_processor,
+    llava_next,  # noqa: F401 (fixture)
+    original,  # noqa: F401 (fixture)
+)
 
 NUM_TOKENS = 8
 TOP = 5
 
 
-@pytest.fixture(scope="module")
-def folder(tiny_checkpoint, tmp_path_factory):
+FAMILIES = ("onevision", "llava_next")  # the llava-hf families with anyres images
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def folder(request, tiny_checkpoint, tmp_path_factory):
+    if request.param == "llava_next":
+        return request.getfixturevalue("llava_next")
     out = tmp_path_factory.mktemp("hf-transformers") / "tiny-hf"
     export_hf(tiny_checkpoint, out)
     return out
@@ -35,9 +50,11 @@ def served(folder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(folder):
-    from transformers import LlavaOnevisionForConditionalGeneration
+    from transformers import LlavaNextForConditionalGeneration, LlavaOnevisionForConditionalGeneration
 
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32).eval()
+    onevision = folder.name == "tiny-hf"
+    cls = LlavaOnevisionForConditionalGeneration if onevision else LlavaNextForConditionalGeneration
+    model = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
     return model, hf_processor(folder)
 
 
@@ -73,9 +90,10 @@ def served_answer(server, images, text: str, token_id) -> dict:
             "text": r.choices[0].message.content}
 
 
-@pytest.mark.parametrize("sizes", [[(98, 441)], [(160, 90)], [(441, 98), (90, 90)]],
-                         ids=["tall, rounding differs", "wide", "two images"])
-def test_served_with_transformers_behaviour_answers_as_transformers(served, reference, sizes):
+@pytest.mark.parametrize("case", ["rounding differs", "wide", "two images"])
+def test_served_with_transformers_behaviour_answers_as_transformers(served, reference, case):
+    rounding = next(iter(OV_ROUNDING if served_family(reference) == "onevision" else NEXT_ROUNDING))
+    sizes = {"rounding differs": [rounding], "wide": [(160, 90)], "two images": [rounding[::-1], (90, 90)]}[case]
     tokenizer = reference[1].tokenizer
     texts = TokenTexts(tokenizer)
     token_id = {}
@@ -89,3 +107,7 @@ def test_served_with_transformers_behaviour_answers_as_transformers(served, refe
     assert max(abs(a - b) for (_, a), (_, b) in zip(mine["top"], theirs["top"], strict=True)) <= 1e-4
     assert mine["greedy"] == theirs["greedy"]
     assert mine["text"] == theirs["text"]
+
+
+def served_family(reference) -> str:
+    return "onevision" if reference[0].config.model_type == "llava_onevision" else "llava_next"
