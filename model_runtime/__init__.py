@@ -15,6 +15,7 @@ from model_runtime.checkpoint.upgrade import upgrade_checkpoint
 from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
 from model_runtime.constants import AUDIO_SAMPLE_RATE
 from model_runtime.engine.engine import Engine, EngineDeadError
+from model_runtime.engine.grammar import CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec
 from model_runtime.engine.request import (
     FINISH_REASONS,
     MAX_TOP_LOGPROBS,
@@ -30,16 +31,24 @@ from model_runtime.engine.request import (
 from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats
 from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
 from model_runtime.inputs import EncodedItem, MediaInput
-from model_runtime.processing.conversation import ChatTurn
+from model_runtime.processing.conversation import ChatTurn, ToolCall
 from model_runtime.processing.processor import InvalidMediaError, InvalidPromptError, Processor, PromptInput
+from model_runtime.processing.tool_prompt import CALL_CLOSE, CALL_OPEN, CALL_SEPARATOR, format_call
 from model_runtime.processing.video import FramePlan, plan_video_frames
 
 __all__ = [
     "AUDIO_SAMPLE_RATE",
     "AudioTowerConfig",
+    "CALL_CLOSE",
+    "CALL_OPEN",
+    "CALL_SEPARATOR",
+    "CompiledGrammar",
     "DEMO_SPECS",
     "FINISH_REASONS",
     "FramePlan",
+    "GrammarCompiler",
+    "GrammarError",
+    "GrammarSpec",
     "MAX_TOP_LOGPROBS",
     "ChatTurn",
     "ConfigError",
@@ -70,9 +79,11 @@ __all__ = [
     "SamplingParams",
     "SamplingParamsError",
     "TokenLogprobs",
+    "ToolCall",
     "WorkerHealth",
     "apply_delta",
     "convert_bin",
+    "format_call",
     "audio_token_count",
     "image_token_count",
     "load_pretrained_model",

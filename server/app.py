@@ -31,6 +31,7 @@ from model_runtime import (
     Engine,
     EngineWorker,
     FaultInjection,
+    GrammarCompiler,
     LoadedModel,
     SamplingParams,
     SamplingParamsError,
@@ -38,7 +39,7 @@ from model_runtime import (
 )
 from model_runtime import Request as EngineRequest
 from model_runtime.arch.cpu_linear import pack_linears
-from server import chat
+from server import chat, structured
 from server.auth import APIKeyAuth
 from server.completion import Generation, collect, stream
 from server.config import ServerConfig
@@ -56,6 +57,7 @@ from server.media.pool import DecodePool
 from server.metrics import Metrics
 from server.middleware import BodyLimit, RequestIds
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
+from server.tools import plan_tools
 
 log = logging.getLogger("llava_serve")
 
@@ -69,6 +71,7 @@ class Runtime:
     media: MediaLoader
     context_len: int
     started: int  # unix time the model became ready
+    grammars: GrammarCompiler | None  # None: this tokenizer cannot drive a grammar (no structured outputs)
 
 
 class ClientGone(Exception):
@@ -139,6 +142,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             engine = Engine(model.model, model.tokenizer, model.eos_token_ids,
                             config.engine_config(context_len, fault_injection))
             context_len = engine.max_model_len  # at most what the KV cache holds
+            grammars = await asyncio.to_thread(structured.grammar_compiler, model, engine.vocab_size)
             worker = EngineWorker(engine)
             worker.start()
         except Exception as e:
@@ -151,7 +155,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             request_exit()
             return
         media = MediaLoader(fetcher, pool, config.limits, model.processor, metrics)
-        state["rt"] = Runtime(model, worker, media, context_len, int(time.time()))
+        state["rt"] = Runtime(model, worker, media, context_len, int(time.time()), grammars)
         metrics.model_info.info({
             "model": config.served_model_name,
             "dtype": str(model.dtype).removeprefix("torch."),
@@ -301,9 +305,10 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
             request_id = "chatcmpl-" + uuid.uuid4().hex
         engine_ids.add(request_id)
         try:
-            engine_request, loaded_media = await until_disconnect(request, prepare(rt, body, request_id), ticket)
+            engine_request, loaded_media, tool_plan = await until_disconnect(
+                request, prepare(rt, body, request_id), ticket)
             gen = Generation(engine_request, loaded_media.reports, loaded_media.owners, config.served_model_name,
-                             arrival, metrics, ticket)
+                             arrival, metrics, ticket, tool_plan.names)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 is_streaming = True
@@ -327,10 +332,14 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
 
     async def prepare(rt: Runtime, body: ChatCompletionRequest, request_id: str):
         processor = rt.loaded.processor
+        structured.check_unsupported(body)
+        logit_bias = structured.logit_bias(body, rt.worker.engine.vocab_size)
+        tool_plan = plan_tools(body)
+        grammar = await structured.answer_grammar(rt.grammars, body, tool_plan)
         rendered = chat.render(body.messages, processor, config.limits)
         loaded_media = await rt.media.load(rendered.media)
         try:
-            prompt = processor.build_prompt(rendered.turns, loaded_media.inputs)
+            prompt = processor.build_prompt(rendered.turns, loaded_media.inputs, tools=tool_plan.tools)
         except ValueError as e:
             raise InvalidRequest(f"the messages do not match their media: {e}", param="messages") from e
         context = rt.context_len
@@ -351,10 +360,11 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
                 presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                 repetition_penalty=body.repetition_penalty, seed=body.seed, stop=tuple(body.stop or ()),
                 ignore_eos=body.ignore_eos, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0, n=body.n,
+                logit_bias=logit_bias,
             )
         except SamplingParamsError as e:
             raise InvalidRequest(str(e), param=e.param) from e
-        return EngineRequest(request_id, prompt, loaded_media.inputs, params), loaded_media
+        return EngineRequest(request_id, prompt, loaded_media.inputs, params, grammar=grammar), loaded_media, tool_plan
 
     async def until_disconnect(request: Request, work: Awaitable, ticket: Ticket | None):
         """Run `work` unless the client leaves first (then cancel it); a drain may cancel it too."""

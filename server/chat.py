@@ -1,6 +1,7 @@
 """OpenAI messages -> conversation turns with media placeholders + the media references in order.
 
-Knows the OpenAI message shapes, not the checkpoint's template (the model runtime renders that).
+Knows the OpenAI message shapes, not the checkpoint's template (the model runtime renders that,
+tool calls and tool results included).
 Item counts and the model's modalities are checked here, before anything is fetched. User text
 that contains a placeholder or a special token is refused, never spliced as media.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model_runtime import ChatTurn, InvalidPromptError, Processor
+from model_runtime import ChatTurn, InvalidPromptError, Processor, ToolCall
 from server.config import MODALITIES, MediaLimits
 from server.errors import InvalidRequest, TooManyMediaItems, UnsupportedMedia
 from server.protocol import ChatMessage, ContentPart
@@ -45,9 +46,10 @@ def render(messages: list[ChatMessage], processor: Processor, limits: MediaLimit
     for i, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
         content = message.content if message.content is not None else ""
+        calls = _tool_calls(message, processor, f"messages[{i}]")
         if isinstance(content, str):
             _check_text(processor, content, f"messages[{i}].content")
-            turns.append(ChatTurn(role, content))
+            turns.append(ChatTurn(role, content, calls, message.tool_call_id))
             continue
         pieces: list[str] = []
         for j, part in enumerate(content):
@@ -69,9 +71,25 @@ def render(messages: list[ChatMessage], processor: Processor, limits: MediaLimit
             pieces.append(PLACEHOLDERS[ref.modality] + "\n")
             if ref.use_audio:
                 pieces.append(PLACEHOLDERS["audio"] + "\n")
-        turns.append(ChatTurn(role, "".join(pieces)))
+        turns.append(ChatTurn(role, "".join(pieces), calls, message.tool_call_id))
     check_media(media, processor, limits)
     return RenderedChat(turns, media)
+
+
+def _tool_calls(message: ChatMessage, processor: Processor, where: str) -> tuple[ToolCall, ...]:
+    if message.role == "tool" and message.tool_call_id is None:
+        raise InvalidRequest("a tool message needs `tool_call_id`", param=f"{where}.tool_call_id")
+    if not message.tool_calls:
+        return ()
+    if message.role != "assistant":
+        raise InvalidRequest("only assistant messages carry tool_calls", param=f"{where}.tool_calls")
+    calls = []
+    for j, call in enumerate(message.tool_calls):
+        param = f"{where}.tool_calls[{j}].function"
+        _check_text(processor, call.function.name, f"{param}.name")
+        _check_text(processor, call.function.arguments, f"{param}.arguments")
+        calls.append(ToolCall(call.function.name, call.function.arguments, call.id))
+    return tuple(calls)
 
 
 def check_media(media: list[MediaRef], processor: Processor, limits: MediaLimits) -> None:

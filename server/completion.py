@@ -3,8 +3,10 @@
 `Generation` consumes the worker's `RequestOutput`s for all `n` choices of one request and keeps
 what both response shapes need; `collect()` builds the one-shot response, `stream()` the SSE
 events (a role chunk per choice, content deltas, a finish chunk per choice, the optional usage
-chunk, then `[DONE]`; a failure after the first byte becomes a final error event). Every
-per-request series of the metrics is observed here, once, when the request ends.
+chunk, then `[DONE]`; a failure after the first byte becomes a final error event). With tools,
+each choice's text goes through a `CallParser` (tools.py): calls become `tool_calls` (deltas when
+streamed) and a stopped answer with calls finishes with "tool_calls". Every per-request series of
+the metrics is observed here, once, when the request ends.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ from server.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    FunctionCall,
+    FunctionCallDelta,
     PromptTokensDetails,
     TokenLogprob,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprob,
     Usage,
 )
+from server.tools import CallEvent, CallParser
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,8 @@ def to_logprobs(items: list[TokenLogprobs]) -> list[TokenLogprob]:
 
 class Generation:
     def __init__(self, request: EngineRequest, media_reports: list[dict[str, Any]], owners: list[int],
-                 model_name: str, arrival: float, metrics: Metrics, ticket: Ticket) -> None:
+                 model_name: str, arrival: float, metrics: Metrics, ticket: Ticket,
+                 tool_names: frozenset[str] = frozenset()) -> None:
         self.request = request
         self.media_reports = media_reports
         self.owners = owners  # request.media[k] belongs to media_reports[owners[k]]
@@ -67,6 +75,7 @@ class Generation:
         self.ticket = ticket
         self.created = int(time.time())
         self.choices = [_ChoiceState() for _ in range(request.params.n)]
+        self.tool_names = tool_names  # functions whose calls are parsed out of the answers (none: no parsing)
         self.first_token_time: float | None = None
         self.cache_hits: tuple[bool, ...] = ()
         self.num_cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
@@ -170,6 +179,9 @@ class Generation:
                 reports[owner]["encoder_cache_hit"] = hit if previous is None else previous and hit
         return reports
 
+    def parser(self) -> CallParser | None:
+        return CallParser(self.tool_names) if self.tool_names else None
+
     def failure(self, worker: EngineWorker) -> APIError:
         if worker.engine.is_dead or not worker.is_alive:  # the engine's own flag: health() lags a step
             return NotReady("the engine worker has stopped")
@@ -181,11 +193,18 @@ async def collect(gen: Generation, worker: EngineWorker) -> ChatCompletion:
         pass
     if any(c.finish_reason == "error" for c in gen.choices):
         raise gen.failure(worker)
-    choices = [
-        Choice(index=i, message=AssistantMessage(content="".join(c.text)), finish_reason=c.finish_reason,
-               logprobs=ChoiceLogprobs(content=c.logprobs) if gen.wants_logprobs else None)
-        for i, c in enumerate(gen.choices)
-    ]
+    choices = []
+    for i, c in enumerate(gen.choices):
+        text, calls, parser = "".join(c.text), None, gen.parser()
+        if parser is not None:
+            events = parser.feed(text) + parser.finish()
+            text = "".join(e.text for e in events if e.kind == "content")
+            calls = [ToolCallOut(id=k["id"], function=FunctionCall(name=k["name"], arguments=k["arguments"]))
+                     for k in parser.calls] or None
+        choices.append(Choice(
+            index=i, message=AssistantMessage(content=text if text or not calls else None, tool_calls=calls),
+            finish_reason=_finish_reason(c.finish_reason, bool(calls)),
+            logprobs=ChoiceLogprobs(content=c.logprobs) if gen.wants_logprobs else None))
     return ChatCompletion(id=gen.request.request_id, created=gen.created, model=gen.model_name, choices=choices,
                           usage=gen.usage(), media=gen.media())
 
@@ -200,6 +219,7 @@ async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> 
         return f"data: {c.model_dump_json(exclude=exclude)}\n\n"
 
     error: APIError | None = None
+    parsers = [gen.parser() for _ in range(gen.request.params.n)]
     try:
         for i in range(gen.request.params.n):
             yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
@@ -209,12 +229,20 @@ async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> 
                 error = gen.failure(worker)
                 break
             logprobs = ChoiceLogprobs(content=to_logprobs(out.logprobs or [])) if gen.wants_logprobs else None
-            if out.text or (logprobs and logprobs.content):
-                yield chunk([ChunkChoice(index=out.index, delta=Delta(content=out.text), logprobs=logprobs)])
+            parser = parsers[out.index]
+            if parser is None:
+                deltas = [Delta(content=out.text)] if out.text else []
+            else:
+                deltas = _deltas(parser.feed(out.text) + (parser.finish() if out.finished else []))
+            if logprobs and logprobs.content and not deltas:
+                deltas = [Delta(content="")]
+            for k, delta in enumerate(deltas):
+                yield chunk([ChunkChoice(index=out.index, delta=delta, logprobs=logprobs if k == 0 else None)])
             if out.finished:
                 finished += 1
                 is_last = finished == gen.request.params.n and not include_usage
-                yield chunk([ChunkChoice(index=out.index, delta=Delta(), finish_reason=out.finish_reason)],
+                reason = _finish_reason(out.finish_reason, parser is not None and bool(parser.calls))
+                yield chunk([ChunkChoice(index=out.index, delta=Delta(), finish_reason=reason)],
                             media=gen.media() if is_last else None)
     except APIError as e:
         error = e
@@ -227,3 +255,20 @@ async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> 
     elif include_usage:
         yield chunk([], usage=gen.usage(), media=gen.media())
     yield "data: [DONE]\n\n"
+
+
+def _finish_reason(reason: str | None, has_calls: bool) -> str | None:
+    return "tool_calls" if has_calls and reason == "stop" else reason
+
+
+def _deltas(events: list[CallEvent]) -> list[Delta]:
+    out = []
+    for e in events:
+        if e.kind == "content":
+            out.append(Delta(content=e.text))
+        elif e.kind == "call":
+            out.append(Delta(tool_calls=[ToolCallDelta(index=e.index, id=e.call_id, type="function",
+                                                       function=FunctionCallDelta(name=e.name, arguments=""))]))
+        else:
+            out.append(Delta(tool_calls=[ToolCallDelta(index=e.index, function=FunctionCallDelta(arguments=e.text))]))
+    return out

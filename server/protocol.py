@@ -1,8 +1,10 @@
 """Pydantic models of the OpenAI chat-completions request and response (spec serving.md section 2).
 
-Unknown fields are ignored; known fields with bad values fail validation (400 with `param`).
-Extensions as in vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos` in requests; `media`
-(one report per media item) and `usage.prompt_tokens_details` per modality in responses.
+Unknown fields are ignored; known fields with bad values fail validation (400 with `param`);
+OpenAI fields we do not implement are kept as `Any` so structured.py can refuse them by name.
+Extensions as in vLLM: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `guided_json`,
+`guided_regex`, `guided_choice` in requests; `media` (one report per media item) and
+`usage.prompt_tokens_details` per modality in responses.
 """
 
 from __future__ import annotations
@@ -60,9 +62,63 @@ class ContentPart(_Lenient):
         return {"url": value} if isinstance(value, str) else value
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages: the calls it made
+    tool_call_id: str | None = None  # tool messages: the call this answers
+    name: str | None = None
+
+
+class FunctionDefinition(_Lenient):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(_Lenient):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Lenient):
+    name: str
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    json_schema: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_needs_its_object(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs `json_schema`")
+        return self
 
 
 class StreamOptions(_Lenient):
@@ -90,6 +146,26 @@ class ChatCompletionRequest(_Lenient):
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    guided_json: dict[str, Any] | str | None = None  # extension (vLLM): a JSON schema
+    guided_regex: str | None = None  # extension (vLLM)
+    guided_choice: list[str] | None = None  # extension (vLLM)
+    # OpenAI fields llava-serve does not implement: refused by name unless null or OpenAI's default
+    audio: Any = None
+    functions: Any = None
+    function_call: Any = None
+    metadata: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    service_tier: Any = None
+    store: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
 
     @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty", mode="before")
@@ -147,9 +223,16 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
 
 
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(BaseModel):
@@ -169,9 +252,22 @@ class ChatCompletion(BaseModel):
     media: list[dict[str, Any]] = Field(default_factory=list)  # extension: one report per media item
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int  # the call's place in the choice's tool_calls
+    id: str | None = None  # on the call's first delta, with type and name
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):

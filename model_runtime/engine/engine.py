@@ -63,6 +63,7 @@ class Engine:
         if num_blocks < 2:
             raise ValueError(f"kv_cache_memory holds {num_blocks} blocks of {per_block} bytes; at least 2 are needed")
         self.runner = ModelRunner(model, config, num_blocks)
+        self.vocab_size = model.get_output_embeddings().out_features  # the logits' width
         capacity = (num_blocks - 1) * bs
         context = config.max_model_len or getattr(model.config, "max_position_embeddings", None) or capacity
         if context > capacity:
@@ -133,6 +134,8 @@ class Engine:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         if request.params.n > self.config.max_num_seqs:
             raise SamplingParamsError("n", f"{request.params.n}: at most {self.config.max_num_seqs} here")
+        if any(t >= self.vocab_size for t, _ in request.params.logit_bias):
+            raise SamplingParamsError("logit_bias", f"token ids must be below the vocabulary size {self.vocab_size}")
         if request.num_prompt_tokens >= self.max_model_len:
             raise ValueError(f"a prompt of {request.num_prompt_tokens} tokens does not fit: at most "
                              f"{self.max_model_len - 1} here")
@@ -428,7 +431,8 @@ class Engine:
         """Sample one token per sequence and report it (finishing those that stop)."""
         rows = [
             SamplingRow(s.request.params, s.generator,
-                        s.request.prompt_text_ids if s.request.params.repetition_penalty != 1 else (), s.output_ids)
+                        s.request.prompt_text_ids if s.request.params.repetition_penalty != 1 else (), s.output_ids,
+                        s.matcher)
             for s in seqs
         ]
         sampled = sample(logits, rows)
@@ -439,6 +443,10 @@ class Engine:
             seq.first_token_time = seq.first_token_time or now
             self._counters["num_generation_tokens"] += 1
             logprobs = [self._logprobs(token, lp)] if lp is not None else None
+            if seq.matcher is not None and not seq.matcher.accept(token):
+                log.error("%s: the grammar refused token %d it allowed: %s", seq.row_id, token, seq.matcher.error)
+                outputs += self._finish_sequence(seq, RequestStatus.FINISHED_ERROR, error="the grammar failed")
+                continue
             status, stop_reason = self._check_stop(seq, token)
             if status is None:
                 outputs.append(self._output(seq, [token], seq.detokenizer.take(), logprobs))
@@ -455,6 +463,8 @@ class Engine:
         seq.detokenizer.add(token)
         if seq.detokenizer.stop_string is not None:
             return RequestStatus.FINISHED_STOPPED, seq.detokenizer.stop_string
+        if seq.matcher is not None and seq.matcher.is_finished:  # complete: it allows nothing but EOS
+            return RequestStatus.FINISHED_STOPPED, None
         if len(seq.output_ids) >= params.max_tokens:
             return RequestStatus.FINISHED_LENGTH, None
         if self.max_model_len and seq.request.num_prompt_tokens + len(seq.output_ids) >= self.max_model_len:
@@ -474,6 +484,7 @@ class Engine:
         return Sequence(
             request, index, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens, self._texts.bytes),
             None if params.is_greedy else choice_generator(params.seed, index, self.runner.device, self._seed_source),
+            request.grammar.matcher() if request.grammar is not None else None,
         )
 
     def _finish_request(self, request_id: str, status: RequestStatus, error: str | None = None) -> list[RequestOutput]:

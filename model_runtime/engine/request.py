@@ -19,10 +19,12 @@ import torch
 
 from model_runtime.engine.blocks import BlockHash, PromptLayout
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
+from model_runtime.engine.grammar import CompiledGrammar, GrammarMatcher
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.processor import PromptInput
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's ceiling for `top_logprobs`
+MAX_LOGIT_BIAS = 300  # OpenAI's ceiling for the entries of `logit_bias`
 
 
 class RequestStatus(enum.Enum):
@@ -74,11 +76,14 @@ class SamplingParams:
     top_logprobs: int = 0  # and the k most likely alternatives, 0..20 (needs logprobs)
     n: int = 1  # choices; the prompt is prefilled once and shared
     skip_special_tokens: bool = True  # drop special tokens from the text
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) added to the logits
 
     def __post_init__(self) -> None:
         # lists from JSON become tuples so params stay hashable and immutable
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in bias))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         _check(self.max_tokens >= 1, "max_tokens", f"{self.max_tokens}: must be >= 1")
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature",
@@ -97,6 +102,12 @@ class SamplingParams:
                f"{self.top_logprobs}: must be in [0, {MAX_TOP_LOGPROBS}]")
         _check(self.top_logprobs == 0 or self.logprobs, "top_logprobs", "needs logprobs=true")
         _check(self.n >= 1, "n", f"{self.n}: must be >= 1")
+        _check(len(self.logit_bias) <= MAX_LOGIT_BIAS, "logit_bias",
+               f"{len(self.logit_bias)} entries: at most {MAX_LOGIT_BIAS}")
+        for token, value in self.logit_bias:
+            _check(token >= 0, "logit_bias", f"token id {token}: must be >= 0")
+            _check(math.isfinite(value) and -100 <= value <= 100, "logit_bias",
+                   f"{value} for token {token}: must be in [-100, 100]")
 
     @property
     def is_greedy(self) -> bool:
@@ -126,6 +137,7 @@ class Request:
     params: SamplingParams
     arrival_time: float = field(default_factory=time.monotonic)  # time.monotonic()
     deadline: float | None = None  # time.monotonic() after which the engine aborts it
+    grammar: CompiledGrammar | None = None  # the output must match it (each choice gets its own matcher)
     status: RequestStatus = RequestStatus.WAITING
     # -- the engine's state of the request (engine thread only) --
     scheduled_time: float | None = None  # when it was first scheduled
@@ -219,6 +231,7 @@ class Sequence:
     index: int  # choice index, 0..n-1
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None  # None for greedy choices
+    matcher: GrammarMatcher | None = None  # where it stands in the request's grammar
     output_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     first_token_time: float | None = None

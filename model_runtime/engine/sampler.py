@@ -1,7 +1,8 @@
 """Next tokens for a batch of rows that each have their own sampling parameters.
 
-Order per row: penalties (repetition on prompt + output, presence and frequency on output) ->
-temperature -> top_k -> top_p -> min_p -> choice. Greedy rows take the argmax of the penalised
+Order per row: logit_bias -> penalties (repetition on prompt + output, presence and frequency on
+output) -> the grammar's mask (tokens it does not allow become -inf) -> temperature -> top_k ->
+top_p -> min_p -> choice. Greedy rows take the argmax of the penalised
 logits. Sampling rows race exponential noise from their OWN generator (argmax p / E, E ~ Exp(1)),
 one draw of V numbers per step, so a seeded row's tokens never depend on its neighbours.
 Logprobs are of the raw model distribution (log_softmax of the logits, before any processing).
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model_runtime.engine.grammar import GrammarMatcher, allowed_tokens
 from model_runtime.engine.request import SamplingParams
 
 
@@ -26,6 +28,7 @@ class SamplingRow:
     generator: torch.Generator | None  # None for greedy rows
     prompt_ids: Sequence[int]  # real prompt ids (no sentinels), for the repetition penalty
     output_ids: Sequence[int]  # tokens generated so far
+    matcher: GrammarMatcher | None = None  # the row's grammar: only the tokens it allows may come next
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,10 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
     params = [r.params for r in rows]
     device = logits.device
     num_rows, vocab = logits.shape
-    scores = _apply_penalties(logits, rows) if any(p.has_penalties for p in params) else logits
+    scores = _apply_logit_bias(logits, params) if any(p.logit_bias for p in params) else logits
+    scores = _apply_penalties(scores, rows) if any(p.has_penalties for p in params) else scores
+    if any(r.matcher is not None for r in rows):
+        scores = _apply_grammars(logits.clone() if scores is logits else scores, rows)
     tokens = torch.empty(num_rows, dtype=torch.long, device=device)
     greedy = [i for i, p in enumerate(params) if p.is_greedy]
     sampled = [i for i, p in enumerate(params) if not p.is_greedy]
@@ -76,6 +82,24 @@ def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
         tokens[index] = (probs / noise).argmax(dim=-1)
     token_ids = tokens.tolist()
     return SamplerOutput(token_ids, _logprobs(logits, params, token_ids))
+
+
+def _apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    x = logits.clone()
+    for i, p in enumerate(params):
+        if p.logit_bias:
+            ids, bias = zip(*p.logit_bias, strict=True)
+            x[i, list(ids)] += torch.tensor(bias, dtype=x.dtype, device=x.device)
+    return x
+
+
+def _apply_grammars(x: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+    """Tokens a row's grammar does not allow become -inf (in place on `x`, a copy of the logits)."""
+    index = [i for i, r in enumerate(rows) if r.matcher is not None]
+    allowed = allowed_tokens([rows[i].matcher for i in index], x.shape[1]).to(x.device)  # [R, V] bool
+    picked = torch.tensor(index, device=x.device)
+    x[picked] = x[picked].masked_fill(~allowed, float("-inf"))
+    return x
 
 
 def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:

@@ -9,6 +9,7 @@ placeholders, so the sentinels, token counts and splicing stay ours. Knows nothi
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +42,11 @@ class CheckpointChatTemplate:
     media_tokens: tuple[tuple[str, str], ...]  # (checkpoint's token, our placeholder) where they differ
     tokenizer: object  # renders with transformers' sandboxed Jinja environment
 
-    def render(self, turns: list[ChatTurn]) -> str:
-        messages = [{"role": t.role, "content": content_parts(t.text)} for t in turns]
+    def render(self, turns: list[ChatTurn], tools: list[dict] | None = None) -> str:
+        messages = [_message(t) for t in turns]
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, chat_template=self.source, tokenize=False, add_generation_prompt=True
+                messages, chat_template=self.source, tools=tools or None, tokenize=False, add_generation_prompt=True
             )
         except TemplateError as e:  # the template's own refusals (raise_exception), e.g. roles out of turn
             raise ChatTemplateError(f"the checkpoint's chat template ({self.name}) refused the messages: {e}") from e
@@ -57,6 +58,26 @@ class CheckpointChatTemplate:
             raise ChatTemplateError(f"the checkpoint's chat template ({self.name}) rendered the media parts "
                                     f"{rendered} for {wanted}")
         return text
+
+
+def _message(turn: ChatTurn) -> dict:
+    """A turn in transformers' message shape (tool calls and results as OpenAI's, arguments decoded)."""
+    if turn.role == "tool":
+        return {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.text}
+    message: dict = {"role": turn.role, "content": content_parts(turn.text)}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _decoded(c.arguments)}}
+            for c in turn.tool_calls
+        ]
+    return message
+
+
+def _decoded(arguments: str):
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
 def content_parts(text: str) -> list[dict[str, str]]:

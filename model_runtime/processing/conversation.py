@@ -13,9 +13,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call an assistant turn made."""
+
+    name: str
+    arguments: str  # JSON text of the arguments object
+    id: str = ""
+
+
+@dataclass(frozen=True)
 class ChatTurn:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool" (tool_prompt.py rewrites tool turns)
     text: str  # may contain <image>/<video>/<audio> placeholders (user turns only)
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns: the calls it made
+    tool_call_id: str | None = None  # tool turns: the call this answers
 
 
 @dataclass(frozen=True)

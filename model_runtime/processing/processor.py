@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +25,7 @@ from model_runtime.processing.audio import log_mel_chunks
 from model_runtime.processing.conversation import ChatTurn, ConversationTemplate
 from model_runtime.processing.image import ImagePreprocessor
 from model_runtime.processing.prompt import contains_placeholder, tokenize_prompt
+from model_runtime.processing.tool_prompt import has_tool_turns, hermes_turns
 from model_runtime.processing.video import FramePlan, plan_video_frames, time_instruction
 
 if TYPE_CHECKING:
@@ -171,8 +172,12 @@ class Processor:
             num_samples=num_samples,
         )
 
-    def build_prompt(self, turns: list[ChatTurn], media: list[MediaInput]) -> PromptInput:
+    def build_prompt(self, turns: list[ChatTurn], media: list[MediaInput], tools: list[dict] | None = None,
+                     ) -> PromptInput:
         """Render the template, check placeholders against the items, tokenise chunk-wise.
+
+        `tools` (OpenAI function definitions) and tool turns are written in the Hermes format
+        (tool_prompt.py) by our templates, and by a checkpoint's own template its own way.
 
         Each modality needs as many placeholders as items, and the items sharing a sentinel
         (images and videos) must come in the order of their placeholders. With the checkpoint's
@@ -182,7 +187,12 @@ class Processor:
         self._check_placeholders(turns, media)
         if self.cfg.add_time_instruction:
             turns = self._with_time_instructions(turns, [m for m in media if m.modality == "video"])
-        text = self.template.render(turns)
+        if not isinstance(self.template, ConversationTemplate):
+            text = self.template.render(turns, tools)
+        elif tools or has_tool_turns(turns):
+            text = self.template.render(hermes_turns(turns, tools, self.template.default_system))
+        else:
+            text = self.template.render(turns)
         ids = tokenize_prompt(text, self.tokenizer)
         num_text = sum(1 for t in ids if t >= 0)
         return PromptInput(
@@ -211,4 +221,4 @@ class Processor:
             duration = video.duration if video.duration is not None else 0.0
             return f"{PLACEHOLDER_BY_MODALITY['video']}\n{time_instruction(duration, video.timestamps)}\n"
 
-        return [ChatTurn(t.role, _VIDEO_LINE.sub(add, t.text)) for t in turns]
+        return [replace(t, text=_VIDEO_LINE.sub(add, t.text)) for t in turns]
