@@ -3,7 +3,7 @@
 Knows torch and transformers; knows nothing of HTTP. `server/` imports only the names below.
 """
 
-from model_runtime.arch.layout import LayoutError, audio_token_count, image_token_count
+from model_runtime.arch.layout import ImageTokenParts, LayoutError, audio_token_count, image_token_count
 from model_runtime.arch.meta import MediaMismatchError
 from model_runtime.checkpoint.convert import convert_bin
 from model_runtime.checkpoint.delta import apply_delta, make_delta
@@ -60,6 +60,7 @@ __all__ = [
     "EngineStats",
     "EngineWorker",
     "FaultInjection",
+    "ImageTokenParts",
     "InvalidMediaError",
     "InvalidPromptError",
     "LayoutError",

@@ -39,7 +39,7 @@ from model_runtime import (
 )
 from model_runtime import Request as EngineRequest
 from model_runtime.arch.cpu_linear import pack_linears
-from server import chat, structured
+from server import chat, playground, structured
 from server.auth import APIKeyAuth
 from server.completion import Generation, collect, stream
 from server.config import ServerConfig
@@ -208,7 +208,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
 
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, on_error=count_error)
     app.add_middleware(APIKeyAuth, api_keys=config.api_keys, is_metrics_public=config.metrics_public,
-                       on_error=count_error)
+                       on_error=count_error, public_paths=playground.public_paths(config))
     app.add_middleware(RequestIds, on_error=count_error)
 
     @app.exception_handler(APIError)
@@ -285,6 +285,8 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
         if model_id != config.served_model_name:
             raise ModelNotFound(f"model {model_id!r} is not served here", param="model")
         return model_card(rt)
+
+    playground.mount(app, config)
 
     # -- chat -------------------------------------------------------------------------------
     @app.post("/v1/chat/completions")

@@ -1,7 +1,7 @@
 """API-key authentication as ASGI middleware: one decision per request, on the normalised path.
 
 `--api-key` (repeatable) protects every route, known or not, except /health and /ready (and
-/metrics with `--metrics-public`). The path is normalised before that decision (percent-decoding
+/metrics with `--metrics-public`, and the playground page's own files, which ask for the key). The path is normalised before that decision (percent-decoding
 until stable, backslashes, repeated slashes, dot segments), so no spelling of a protected path
 passes as a public one. Keys are compared in constant time, all of them every time.
 """
@@ -33,10 +33,10 @@ def normalise_path(path: str) -> str:
 
 class APIKeyAuth:
     def __init__(self, app, api_keys: tuple[str, ...], is_metrics_public: bool,
-                 on_error: Callable[[APIError], None]) -> None:
+                 on_error: Callable[[APIError], None], public_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self._keys = tuple(k.encode() for k in api_keys)
-        self._public = PUBLIC_PATHS | ({"/metrics"} if is_metrics_public else set())
+        self._public = PUBLIC_PATHS | public_paths | ({"/metrics"} if is_metrics_public else set())
         self._on_error = on_error
 
     def is_public(self, path: str) -> bool:

@@ -79,6 +79,7 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     _flag(http, "--port", "port to bind", "8000", type=int)
     _repeat(http, "--api-key", "bearer token clients must send (every route but /health, /ready)")
     _switch(http, "--metrics-public", "serve /metrics without an API key")
+    _switch(http, "--no-playground", "do not serve the web playground page at /")
     _flag(http, "--max-queued-requests", "requests admitted and not yet running; beyond it 429", "256", type=int)
     _flag(http, "--shutdown-timeout", "seconds in-flight requests may take to finish after SIGTERM", "25",
           type=float)
@@ -181,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         enable_prefix_caching=not args.no_prefix_caching, encoder_cache_bytes=int(float(args.encoder_cache_mb) * MiB),
         log_level=args.log_level,
         api_keys=tuple(args.api_key or env_list("--api-key")),
-        metrics_public=args.metrics_public,
+        metrics_public=args.metrics_public, playground=not args.no_playground,
         max_queued_requests=args.max_queued_requests, shutdown_timeout=args.shutdown_timeout,
         max_body_bytes=int(args.max_request_body_mb * MiB), max_n=args.max_n,
         media_workers=args.media_workers, media_worker_memory_mb=args.media_worker_memory_mb,

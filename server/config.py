@@ -202,6 +202,7 @@ class ServerConfig:
     log_level: str = "info"
     api_keys: tuple[str, ...] = ()  # empty: no auth
     metrics_public: bool = False  # /metrics without a key
+    playground: bool = True  # the web page at / (server/playground/)
     max_queued_requests: int = 256  # admitted and not yet running; beyond it 429
     shutdown_timeout: float = 25.0  # SIGTERM: seconds in-flight requests may take to finish
     max_body_bytes: int = 32 * MiB

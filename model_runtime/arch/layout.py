@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from model_runtime.config import VIDEO_POOL_STRIDE, LlavaConfig
 from model_runtime.constants import AUDIO_CHUNK_FRAMES, AUDIO_CHUNK_SAMPLES, AUDIO_HOP_LENGTH
@@ -131,6 +132,65 @@ def image_token_count(cfg: LlavaConfig, size: tuple[int, int], single_crop: bool
         h, w = unpadded_map_shape(cfg, size)
         return base + h * (w + 1)
     return base + nh * p * nw * p
+
+
+@dataclass(frozen=True)
+class ImageTokenParts:
+    """Where an image's feature rows come from (the server's `media` report draws it). The parts sum
+    to `image_token_count`; with the anyres_max cap a crop's count is the rows and columns of the
+    capped map taken from its share of the uncapped one."""
+
+    base_tokens: int  # the whole image as one crop (0 for `nobase` merges)
+    grid: tuple[int, int] | None  # (nw, nh) anyres crops across and down; None: processed as one crop
+    resolution: tuple[int, int] | None  # (W, H) the pinpoint the image was resized and padded into
+    crop_tokens: tuple[tuple[int, ...], ...]  # [nh][nw] rows each grid crop contributes
+    newline_tokens: int  # image_newline rows (one per row of the stitched map, or one after a single crop)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.base_tokens + sum(map(sum, self.crop_tokens)) + self.newline_tokens
+
+
+def image_token_parts(cfg: LlavaConfig, size: tuple[int, int], single_crop: bool = False) -> ImageTokenParts:
+    """`image_token_count` split by part: the base crop, each grid crop, the newline rows."""
+    per_crop = tokens_per_crop(cfg)
+    merge = cfg.mm_patch_merge_type
+    if single_crop or not cfg.is_anyres:
+        newline = 0 if merge == "flat" or not cfg.has_image_newline else 1
+        return ImageTokenParts(per_crop, None, None, (), newline)
+    nw, nh = anyres_grid(cfg, size)
+    resolution = (nw * cfg.vision.image_size, nh * cfg.vision.image_size)
+    p = cfg.vision.num_patches_per_side
+    if merge == "flat":
+        return ImageTokenParts(per_crop, (nw, nh), resolution, ((per_crop,) * nw,) * nh, 0)
+    base = 0 if "nobase" in merge else per_crop
+    newline = 0
+    if "maxpool2x2" in merge:
+        rows, cols = _shares([p] * nh, nh * p // 2), _shares([p] * nw, nw * p // 2)
+    elif "unpad" in merge:
+        top, bottom, left, right = unpad_bounds(size, nh * p, nw * p, cfg.unpad_rounding)
+        h, w = unpadded_map_shape(cfg, size)
+        rows = _shares([_overlap(r * p, (r + 1) * p, top, bottom) for r in range(nh)], h)
+        cols = _shares([_overlap(c * p, (c + 1) * p, left, right) for c in range(nw)], w)
+        newline = h
+    else:
+        rows, cols = [p] * nh, [p] * nw
+    crops = tuple(tuple(r * c for c in cols) for r in rows)
+    return ImageTokenParts(base, (nw, nh), resolution, crops, newline)
+
+
+def _overlap(start: int, stop: int, lo: int, hi: int) -> int:
+    return max(0, min(stop, hi) - max(start, lo))
+
+
+def _shares(lengths: list[int], total: int) -> list[int]:
+    """Split `total` in proportion to `lengths` at rounded cumulative boundaries (sums exactly)."""
+    whole = sum(lengths)
+    bounds, running = [0], 0
+    for length in lengths:
+        running += length
+        bounds.append(round(running * total / whole) if whole else 0)
+    return [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def pooled_side(num_patches_per_side: int, stride: int, mode: str) -> int:

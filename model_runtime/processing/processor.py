@@ -111,6 +111,10 @@ class Processor:
             num_tokens=layout.image_token_count(self.cfg, image.size, single_crop=single_crop),
         )
 
+    def image_token_parts(self, size: tuple[int, int], single_crop: bool) -> layout.ImageTokenParts:
+        """Where an image of `size` (W, H) gets its tokens: base crop, grid crops, newline rows."""
+        return layout.image_token_parts(self.cfg, size, single_crop=single_crop)
+
     def plan_video_frames(
         self, num_frames_total: int, native_fps: float, num_frames: int | None = None, fps: float | None = None,
         max_frames: int | None = None,

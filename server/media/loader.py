@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from model_runtime import InvalidMediaError, LayoutError, MediaInput, Processor
+from model_runtime import ImageTokenParts, InvalidMediaError, LayoutError, MediaInput, Processor
 from server.chat import MediaRef
 from server.config import MediaLimits
 from server.errors import APIError, media_error
@@ -115,7 +115,8 @@ class MediaLoader:
             source["frames"] = decoded.num_frames
         processing = {"mode": "single_crop" if single_crop else "anyres", "crops": int(item.data.shape[0]),
                       "size": list(decoded.image.size), "exif_transposed": decoded.is_transposed,
-                      "alpha_flattened": decoded.has_alpha}
+                      "alpha_flattened": decoded.has_alpha,
+                      **_layout(self.processor.image_token_parts(decoded.image.size, single_crop))}
         return LoadedItem([item], _report("image", ref, source, processing, item.num_tokens))
 
     async def _video(self, ref: MediaRef, data: bytes, source: dict) -> LoadedItem:
@@ -163,6 +164,13 @@ class MediaLoader:
 def _report(modality: str, ref: MediaRef, source: dict, processing: dict, num_tokens: int) -> dict[str, Any]:
     return {"index": 0, "modality": modality, "param": ref.param, "source": source, "processing": processing,
             "tokens": num_tokens, "encoder_cache_hit": None}
+
+
+def _layout(parts: ImageTokenParts) -> dict[str, Any]:
+    return {"grid": list(parts.grid) if parts.grid else None,
+            "resolution": list(parts.resolution) if parts.resolution else None,
+            "token_parts": {"base": parts.base_tokens, "crops": [list(row) for row in parts.crop_tokens],
+                            "newlines": parts.newline_tokens}}
 
 
 def _decode_base64(payload: str, max_bytes: int) -> bytes:

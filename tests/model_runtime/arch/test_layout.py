@@ -12,6 +12,7 @@ from model_runtime.arch.layout import (
     anyres_grid,
     anyres_max_shape,
     image_token_count,
+    image_token_parts,
     pooled_side,
     select_best_resolution,
     tokens_per_crop,
@@ -191,3 +192,40 @@ def test_anyres_max_cap_that_would_empty_a_side_is_an_error():
     assert anyres_max_shape(6, 6, 1, 9) == (3, 3)
     with pytest.raises(LayoutError, match="losing a side"):
         anyres_max_shape(1, 60, 1, 9)  # t = sqrt(60 / 9) > 1: int(1 // t) == 0
+
+
+# -- the parts of an image's tokens (the media report's drawing) ---------------------------------
+SIZES = [(640, 480), (480, 640), (1024, 899), (100, 100), (2304, 2304), (3000, 200), (200, 3000), (1, 1), (777, 333)]
+
+
+@pytest.mark.parametrize("cfg", [
+    ov_config(), v16_config(), v16_config(mm_patch_merge_type="spatial"), v16_config(mm_patch_merge_type="flat"),
+    v16_config(mm_patch_merge_type="spatial_nobase"), v16_config(mm_patch_merge_type="spatial_maxpool2x2"),
+    v16_config(mm_patch_merge_type="spatial_unpad_nobase"), v16_config(image_aspect_ratio="pad"),
+    ov_config(image_aspect_ratio="anyres_max_1"),
+], ids=["ov", "v16", "spatial", "flat", "nobase", "maxpool", "unpad_nobase", "pad", "ov_max1"])
+@pytest.mark.parametrize("single_crop", [False, True])
+def test_image_token_parts_sum_to_the_count(cfg, single_crop):
+    for size in SIZES:
+        parts = image_token_parts(cfg, size, single_crop)
+        assert parts.num_tokens == image_token_count(cfg, size, single_crop), size
+        if parts.grid is not None:
+            nw, nh = parts.grid
+            assert len(parts.crop_tokens) == nh and all(len(row) == nw for row in parts.crop_tokens)
+            assert parts.resolution == (nw * cfg.vision.image_size, nh * cfg.vision.image_size)
+            assert all(n >= 0 for row in parts.crop_tokens for n in row)
+
+
+def test_image_token_parts_worked_values():
+    # OneVision, 640x480 in a 2x2 grid of 27x27 patches: unpad keeps rows 7..47 of 54 (no cap at 9 crops),
+    # 20 of each crop row's 27, plus one newline per kept row: 729 + 4 * 540 + 40 = 2929
+    parts = image_token_parts(ov_config(), (640, 480))
+    assert (parts.base_tokens, parts.grid, parts.resolution) == (729, (2, 2), (768, 768))
+    assert parts.crop_tokens == ((20 * 27, 20 * 27), (20 * 27, 20 * 27)) and parts.newline_tokens == 40
+    one = image_token_parts(ov_config(), (100, 100), single_crop=True)  # one crop and its newline
+    assert (one.base_tokens, one.grid, one.crop_tokens, one.newline_tokens) == (729, None, (), 1)
+    capped = image_token_parts(ov_config(), (2304, 2304))  # 162x162 patches capped to 81x81: 13 or 14 each way
+    assert capped.grid == (6, 6) and {n for row in capped.crop_tokens for n in row} == {13 * 13, 13 * 14, 14 * 14}
+    assert capped.newline_tokens == 81
+    flat = image_token_parts(v16_config(mm_patch_merge_type="flat"), (640, 480))
+    assert flat.crop_tokens == ((576, 576), (576, 576)) and flat.newline_tokens == 0
