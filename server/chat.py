@@ -126,6 +126,11 @@ def _media_ref(part: ContentPart, param: str) -> MediaRef:
 
 
 def _check_text(processor: Processor, text: str, param: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no tokenizer takes it
+            raise InvalidRequest("the text is not valid Unicode (it holds a lone surrogate)", param=param) from e
     try:
         processor.check_user_text(text)
     except InvalidPromptError as e:

@@ -17,6 +17,8 @@ class FaultInjection:
     poison_phases: frozenset[str] = frozenset({"prefill", "decode"})  # where the poison acts
     oom_over_rows: int | None = None  # a forward over more rows than this raises torch.OutOfMemoryError
     fatal_at_step: int | None = None  # the forward of this engine step (from 1) raises a fatal device error
+    stall_at_step: int | None = None  # the forward of this engine step (from 1) sleeps `stall_seconds` (a hung device)
+    stall_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

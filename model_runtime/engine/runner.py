@@ -176,6 +176,8 @@ class ModelRunner:
         faults: FaultInjection = self._faults
         if faults.fatal_at_step is not None and self.step_index == faults.fatal_at_step:
             raise FatalDeviceError("CUDA error: injected fatal device error")
+        if faults.stall_at_step is not None and self.step_index == faults.stall_at_step:
+            time.sleep(faults.stall_seconds)
         if faults.oom_over_rows is not None and len(self._rows) > faults.oom_over_rows:
             raise torch.OutOfMemoryError(f"injected out of memory for {len(self._rows)} rows")
         for row in self._rows:

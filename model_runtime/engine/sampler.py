@@ -137,7 +137,8 @@ def _apply_filters(x: torch.Tensor, params: Sequence[SamplingParams]) -> torch.T
     vocab = x.shape[1]
     ordered, order = x.sort(dim=-1, descending=True)
     rank = torch.arange(vocab, device=device)[None]
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device)
+    # a top_k past the vocabulary keeps every token (and must not overflow an int64 tensor)
+    top_k = torch.tensor([min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params], device=device)
     ordered = ordered.masked_fill(rank >= top_k[:, None], float("-inf"))
     probs = torch.softmax(ordered, dim=-1)
     top_p = torch.tensor([p.top_p for p in params], device=device)

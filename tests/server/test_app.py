@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -83,6 +84,23 @@ def test_malformed_base64(client):
 def test_placeholders_and_special_tokens_in_text_are_refused(client, text):
     r = chat(client, [{"role": "user", "content": text}])
     assert_error(r, 400, "invalid_request", "messages[0].content")
+
+
+@pytest.mark.parametrize("content", ["\ud800", [{"type": "text", "text": "a\udfffb"}]])
+def test_a_lone_surrogate_in_text_is_a_400(client, content):
+    # once a 500 from the tokenizer (found by bench/stress); JSON escapes keep the body valid JSON
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": content}]}, ensure_ascii=True)
+    r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert_error(r, 400, "invalid_request")
+    assert r.json()["error"]["param"].startswith("messages[0].content")
+
+
+def test_a_huge_top_k_is_served_and_the_engine_lives_on(client):
+    # once crashed the engine thread (int64 overflow in the sampler) and every later request was a 503
+    r = chat(client, [{"role": "user", "content": "hi"}], max_tokens=2, top_k=2**64)
+    assert r.status_code == 200, r.text
+    assert client.get("/ready").status_code == 200
+    assert chat(client, [{"role": "user", "content": "hi"}], max_tokens=2).status_code == 200
 
 
 def test_context_length_exceeded_gives_both_numbers(client):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from model_runtime import EngineDeadError, FaultInjection
@@ -60,3 +62,16 @@ def test_a_fatal_device_error_marks_the_engine_dead(new_engine, make_request):
     assert engine.step() == []
     with pytest.raises(EngineDeadError):
         engine.add_request(make_request("after"))
+
+
+def test_a_stalled_step_sleeps_once_and_changes_no_output(new_engine, make_request):
+    expected = {rid: r.ids for rid, r in run(new_engine(), [make_request("a", max_tokens=4)]).items()}
+    engine = new_engine(fault_injection=FaultInjection(stall_at_step=2, stall_seconds=0.4))
+    engine.add_request(make_request("a", max_tokens=4))
+    durations = []
+    while engine.has_unfinished():
+        start = time.monotonic()
+        engine.step()
+        durations.append(time.monotonic() - start)
+    assert durations[1] >= 0.4 and max(durations[:1] + durations[2:]) < 0.4
+    assert {rid: r.ids for rid, r in run(engine, [make_request("b", max_tokens=4)]).items()} == {"b": expected["a"]}

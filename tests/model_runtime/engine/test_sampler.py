@@ -33,6 +33,12 @@ def test_greedy_and_degenerate_filters_pick_the_argmax():
     assert set(draws(50, temperature=1.5, top_p=0.01)) == {0}
 
 
+def test_a_top_k_past_the_vocabulary_keeps_every_token():
+    # 2**64 once overflowed the int64 tensor of top_k and crashed the engine thread (found by bench/stress)
+    assert set(draws(300, temperature=2.0, top_k=2**64)) == set(range(LOGITS.shape[1]))
+    assert set(draws(300, temperature=2.0, top_k=10**30)) == set(range(LOGITS.shape[1]))
+
+
 def test_filters_keep_exactly_their_sets():
     assert set(draws(300, temperature=2.0, top_k=3)) == {0, 1, 2}
     probs = torch.softmax(LOGITS[0], dim=-1)
