@@ -286,12 +286,12 @@ async def mixed(server: Server, args) -> dict:
         texts = [Stream() for _ in range(8)]
         tasks = [asyncio.create_task(chat(c, server, [user(f"Tell a long story about {TOPICS[i]}.")], 4000, s, stop))
                  for i, s in enumerate(texts)]
+        samples: list[tuple[float, int, dict]] = []
+        sampler = asyncio.create_task(sample_memory(server, samples))  # /metrics read in both windows alike
         while min(len(s.arrivals) for s in texts) < args.warm_tokens:
             if all(t.done() for t in tasks):
                 raise RuntimeError(f"text streams ended early: {[s.error for s in texts]}")
             await asyncio.sleep(0.05)
-        samples: list[tuple[float, int, dict]] = []
-        sampler = asyncio.create_task(sample_memory(server, samples))
         arrived = time.monotonic()
         image = await chat(c, server, [user("Describe this photo in detail.", image_url(1920, 1080, seed=102))],
                            args.image_tokens)
