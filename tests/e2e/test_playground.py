@@ -1,8 +1,9 @@
 """The web playground in a real headless Chromium (Debian's, driven by Playwright) against a real
 server process on the tiny demo with an audio tower, behind an API key.
 
-One browser and one server for the module; each test opens a fresh browser context (its own
-local storage), so the key flow starts from nothing. `make chromium` installs the browser.
+One browser for the module and the session's keyed server; each test opens a fresh browser
+context (its own local storage), so the key flow starts from nothing. `make chromium` installs
+the browser.
 """
 
 from __future__ import annotations
@@ -17,21 +18,20 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.e2e.conftest import ServerProcess, start_server, stop_server
+from tests.e2e.conftest import API_KEYS, ServerProcess
 from tests.media import image_bytes, video_bytes
 
-pytestmark = pytest.mark.xdist_group("playground")
+pytestmark = pytest.mark.xdist_group("strict")
 
-KEY = "browser-key"
+KEY = API_KEYS[0]
 CHROMIUM = "/usr/bin/chromium"
 DONE = "[data-testid=assistant-message][data-state=done]"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_av_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
-    s = start_server(tiny_av_checkpoint, tmp_path_factory.mktemp("playground"), "--api-key", KEY)
-    yield s
-    stop_server(s)
+def server(strict_server) -> ServerProcess:
+    """The session's server behind API keys (tiny demo with an audio tower), shared with test_auth."""
+    return strict_server
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("playground-files")
     made = {
         "image.png": image_bytes(640, 480),
-        "clip.mp4": video_bytes(num_frames=12, fps=6),
+        "clip.mp4": video_bytes(num_frames=12, fps=6, codec="h264"),  # a codec Chromium plays
         "broken.png": b"these bytes are not an image",
     }
     for name, data in made.items():
@@ -212,6 +212,9 @@ def test_image_and_video_reports_are_drawn(open_page, server, files):
     expect(page.locator("[data-testid=media-report]").first).to_contain_text(f"{image['tokens']} tokens")
     frames = page.locator("[data-testid=video-frame] .cell-label")
     assert frames.all_text_contents() == [f"{t:.2f} s" for t in video["processing"]["timestamps"]]
+    expect(page.locator("[data-testid=video-frame] canvas.painted")).to_have_count(
+        frames.count()
+    )  # pixels drawn
 
     page.set_input_files("#file-input", [files["image.png"]])  # the same picture again: the encoder cache
     ask(page, "Again.", max_tokens=4)

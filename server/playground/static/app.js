@@ -61,6 +61,7 @@ async function connect() {
 
 function askForKey(message) {
   byId("key-panel").hidden = false;
+  byId("key-prompt").textContent = "This server needs an API key.";
   byId("key-error").textContent = message;
   byId("model-name").textContent = "needs an API key";
   byId("key-input").focus();
@@ -79,6 +80,7 @@ byId("key-forget").addEventListener("click", () => {
 byId("key-button").addEventListener("click", () => {
   const panel = byId("key-panel");
   panel.hidden = !panel.hidden;
+  byId("key-prompt").textContent = api.key ? "A key is set; replace it:" : "API key (only for a server started with --api-key):";
 });
 
 // -- attachments -----------------------------------------------------------------------------

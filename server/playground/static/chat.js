@@ -151,7 +151,7 @@ export function errorCard(error) {
   const card = el("div", { class: "error-card", role: "alert", "data-testid": "error" });
   card.append(el("div", { class: "error-message", text: error.message }));
   if (error instanceof ApiError) {
-    const facts = [`HTTP ${error.status}`];
+    const facts = [error.status ? `HTTP ${error.status}` : "during the answer"];
     if (error.code) facts.push(`code ${error.code}`);
     if (error.param) facts.push(`param ${error.param}`);
     card.append(el("div", { class: "error-facts muted small", text: facts.join(" · ") }));
