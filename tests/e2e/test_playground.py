@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -173,6 +174,9 @@ def test_a_streamed_multi_turn_chat(open_page, server):
     expect(page.locator(DONE)).to_have_count(2)
     expect(page.locator("[data-testid=answer]").nth(1)).to_have_text(second)
     assert len(bodies) == 3 and bodies[2]["messages"] == bodies[1]["messages"]
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").first.click()
+    assert page.evaluate("navigator.clipboard.readText()") == answer
     page.click("#clear-button")
     expect(page.locator(".message")).to_have_count(0)
     assert page.problems == [], page.problems
@@ -245,13 +249,23 @@ def test_stop_aborts_the_generation_on_the_server(open_page, server):
     assert metric(server, "llava_requests_total", 'finish_reason="abort"') == aborted + 1
     assert metric(server, "llava_requests_running") == 0
     assert metric(server, "llava_generation_tokens_total") - generated < 3000
+    expect(page.locator("#live-throughput")).to_have_text(re.compile(r"^(?!0\.0$)\d+\.\d$"))  # tokens/s > 0
     assert page.problems == [], page.problems
 
 
 def test_a_bad_file_shows_the_openai_error_and_the_chat_goes_on(open_page, server, files):
     page = open_page()
     connected(page)
-    page.set_input_files("#file-input", [files["broken.png"]])
+    broken = base64.b64encode(Path(files["broken.png"]).read_bytes()).decode()
+    page.evaluate(
+        """(b64) => {  // paste a file into the message box
+      const dt = new DataTransfer();
+      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], "broken.png", {type: "image/png"}));
+      document.getElementById("prompt").dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
+    }""",
+        broken,
+    )
+    expect(page.locator("#attachments .thumb")).to_have_count(1)
     ask(page, "What is this?")
     error = page.locator("[data-testid=error]")
     expect(error).to_contain_text("the image could not be decoded")
