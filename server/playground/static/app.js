@@ -42,6 +42,9 @@ async function connect() {
     const note = byId("model-note");
     note.textContent = card.description || "";
     note.hidden = !/random/i.test(card.description || "");
+    const hasAudio = card.modalities.includes("audio");
+    byId("mic-button").disabled = !hasAudio;
+    byId("mic-button").title = hasAudio ? "Record a question from the microphone" : "this model has no audio tower";
     byId("key-panel").hidden = true;
     setStatus("");
     live.start();
