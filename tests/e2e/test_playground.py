@@ -250,6 +250,15 @@ def test_stop_aborts_the_generation_on_the_server(open_page, server):
     assert metric(server, "llava_requests_running") == 0
     assert metric(server, "llava_generation_tokens_total") - generated < 3000
     expect(page.locator("#live-throughput")).to_have_text(re.compile(r"^(?!0\.0$)\d+\.\d$"))  # tokens/s > 0
+
+    bodies = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and bodies.append(r.post_data_json))
+    ask(page, "Talk again.")
+    expect(page.locator("[data-testid=answer]").last).not_to_have_text("")
+    page.click("#clear-button")  # while it streams: the answer is dropped, not kept in the new chat
+    ask(page, "Fresh start.", max_tokens=4)
+    expect(page.locator(DONE)).to_have_count(1)
+    assert [m["role"] for m in bodies[-1]["messages"]] == ["user"]
     assert page.problems == [], page.problems
 
 
