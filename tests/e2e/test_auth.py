@@ -12,11 +12,12 @@ from tests.e2e.conftest import API_KEYS
 pytestmark = pytest.mark.xdist_group("strict")
 
 PROTECTED = [("GET", "/v1/models"), ("GET", "/v1/models/tiny"), ("POST", "/v1/chat/completions"),
-             ("GET", "/metrics"), ("GET", "/version"), ("GET", "/no/such/route"), ("GET", "/")]
+             ("GET", "/metrics"), ("GET", "/version"), ("GET", "/no/such/route"), ("GET", "/playground/no-such.js")]
 ODD_SPELLINGS = ["//v1/models", "/v1//models", "/%76%31/models", "/v1/models/", "/./v1/models", "/v1/./models",
                  "/health/../v1/models", "/health/%2e%2e/v1/models", "/health%2F..%2Fv1%2Fmodels",
                  "/ready/..%2f..%2fv1/models", "/health/..\\v1/models", "/%2e/v1/models", "/v1/models%2F",
-                 "/HEALTH/../v1/models", "/health/%252e%252e/v1/models", "/metrics", "/metrics/", "//metrics"]
+                 "/HEALTH/../v1/models", "/health/%252e%252e/v1/models", "/metrics", "/metrics/", "//metrics",
+                 "/playground/app.js/../../v1/models", "/playground/%2e%2e/v1/models", "/playground/..%2f..%2fmetrics"]
 
 
 def raw_request(base_url: str, method: str, path: str, key: str | None = None, body: bytes = b"") -> tuple[int, str]:
@@ -46,9 +47,9 @@ def test_every_route_needs_a_key(strict_server):
             assert raw_request(strict_server.base_url, method, path, key)[0] != 401, (path, key)
 
 
-def test_probes_are_public(strict_server):
-    for path in ("/health", "/ready"):
-        assert raw_request(strict_server.base_url, "GET", path)[0] == 200
+def test_probes_and_the_playground_page_are_public(strict_server):
+    for path in ("/health", "/ready", "/", "/playground/app.js"):
+        assert raw_request(strict_server.base_url, "GET", path)[0] == 200, path
 
 
 @pytest.mark.parametrize("path", ODD_SPELLINGS)

@@ -1,8 +1,9 @@
 """The web playground in a real headless Chromium (Debian's, driven by Playwright) against a real
 server process on the tiny demo with an audio tower, behind an API key.
 
-One browser and one server for the module; each test opens a fresh browser context (its own
-local storage), so the key flow starts from nothing. `make chromium` installs the browser.
+One browser for the module and the session's keyed server; each test opens a fresh browser
+context (its own local storage), so the key flow starts from nothing. `make chromium` installs
+the browser.
 """
 
 from __future__ import annotations
@@ -12,26 +13,26 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.e2e.conftest import ServerProcess, start_server, stop_server
+from tests.e2e.conftest import API_KEYS, ServerProcess
 from tests.media import image_bytes, video_bytes
 
-pytestmark = pytest.mark.xdist_group("playground")
+pytestmark = pytest.mark.xdist_group("strict")
 
-KEY = "browser-key"
+KEY = API_KEYS[0]
 CHROMIUM = "/usr/bin/chromium"
 DONE = "[data-testid=assistant-message][data-state=done]"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_av_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
-    s = start_server(tiny_av_checkpoint, tmp_path_factory.mktemp("playground"), "--api-key", KEY)
-    yield s
-    stop_server(s)
+def server(strict_server) -> ServerProcess:
+    """The session's server behind API keys (tiny demo with an audio tower), shared with test_auth."""
+    return strict_server
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("playground-files")
     made = {
         "image.png": image_bytes(640, 480),
-        "clip.mp4": video_bytes(num_frames=12, fps=6),
+        "clip.mp4": video_bytes(num_frames=12, fps=6, codec="h264"),  # a codec Chromium plays
         "broken.png": b"these bytes are not an image",
     }
     for name, data in made.items():
@@ -173,6 +174,9 @@ def test_a_streamed_multi_turn_chat(open_page, server):
     expect(page.locator(DONE)).to_have_count(2)
     expect(page.locator("[data-testid=answer]").nth(1)).to_have_text(second)
     assert len(bodies) == 3 and bodies[2]["messages"] == bodies[1]["messages"]
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").first.click()
+    assert page.evaluate("navigator.clipboard.readText()") == answer
     page.click("#clear-button")
     expect(page.locator(".message")).to_have_count(0)
     assert page.problems == [], page.problems
@@ -212,6 +216,9 @@ def test_image_and_video_reports_are_drawn(open_page, server, files):
     expect(page.locator("[data-testid=media-report]").first).to_contain_text(f"{image['tokens']} tokens")
     frames = page.locator("[data-testid=video-frame] .cell-label")
     assert frames.all_text_contents() == [f"{t:.2f} s" for t in video["processing"]["timestamps"]]
+    expect(page.locator("[data-testid=video-frame] canvas.painted")).to_have_count(
+        frames.count()
+    )  # pixels drawn
 
     page.set_input_files("#file-input", [files["image.png"]])  # the same picture again: the encoder cache
     ask(page, "Again.", max_tokens=4)
@@ -242,13 +249,32 @@ def test_stop_aborts_the_generation_on_the_server(open_page, server):
     assert metric(server, "llava_requests_total", 'finish_reason="abort"') == aborted + 1
     assert metric(server, "llava_requests_running") == 0
     assert metric(server, "llava_generation_tokens_total") - generated < 3000
+    expect(page.locator("#live-throughput")).to_have_text(re.compile(r"^(?!0\.0$)\d+\.\d$"))  # tokens/s > 0
+
+    bodies = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and bodies.append(r.post_data_json))
+    ask(page, "Talk again.")
+    expect(page.locator("[data-testid=answer]").last).not_to_have_text("")
+    page.click("#clear-button")  # while it streams: the answer is dropped, not kept in the new chat
+    ask(page, "Fresh start.", max_tokens=4)
+    expect(page.locator(DONE)).to_have_count(1)
+    assert [m["role"] for m in bodies[-1]["messages"]] == ["user"]
     assert page.problems == [], page.problems
 
 
 def test_a_bad_file_shows_the_openai_error_and_the_chat_goes_on(open_page, server, files):
     page = open_page()
     connected(page)
-    page.set_input_files("#file-input", [files["broken.png"]])
+    broken = base64.b64encode(Path(files["broken.png"]).read_bytes()).decode()
+    page.evaluate(
+        """(b64) => {  // paste a file into the message box
+      const dt = new DataTransfer();
+      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], "broken.png", {type: "image/png"}));
+      document.getElementById("prompt").dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
+    }""",
+        broken,
+    )
+    expect(page.locator("#attachments .thumb")).to_have_count(1)
     ask(page, "What is this?")
     error = page.locator("[data-testid=error]")
     expect(error).to_contain_text("the image could not be decoded")

@@ -56,7 +56,7 @@ export class Api {
     });
     if (!response.ok) throw new ApiError(response.status, await readJson(response));
     for await (const event of sseEvents(response.body)) {
-      if (event.error) throw new ApiError(200, event);
+      if (event.error) throw new ApiError(0, event); // status 0: the failure came mid-stream
       yield event;
     }
   }

@@ -42,6 +42,9 @@ async function connect() {
     const note = byId("model-note");
     note.textContent = card.description || "";
     note.hidden = !/random/i.test(card.description || "");
+    const hasAudio = card.modalities.includes("audio");
+    byId("mic-button").disabled = !hasAudio;
+    byId("mic-button").title = hasAudio ? "Record a question from the microphone" : "this model has no audio tower";
     byId("key-panel").hidden = true;
     setStatus("");
     live.start();
@@ -61,6 +64,7 @@ async function connect() {
 
 function askForKey(message) {
   byId("key-panel").hidden = false;
+  byId("key-prompt").textContent = "This server needs an API key.";
   byId("key-error").textContent = message;
   byId("model-name").textContent = "needs an API key";
   byId("key-input").focus();
@@ -79,6 +83,7 @@ byId("key-forget").addEventListener("click", () => {
 byId("key-button").addEventListener("click", () => {
   const panel = byId("key-panel");
   panel.hidden = !panel.hidden;
+  byId("key-prompt").textContent = api.key ? "A key is set; replace it:" : "API key (only for a server started with --api-key):";
 });
 
 // -- attachments -----------------------------------------------------------------------------

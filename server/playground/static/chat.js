@@ -10,9 +10,10 @@ export class Conversation {
   constructor(api, list, settings) {
     this.api = api;
     this.list = list; // the #messages element
-    this.settings = settings; // () => {system, params}
+    this.settings = settings; // () => {model, system, params}
     this.turns = []; // {role: "user", text, media: [attachment]} | {role: "assistant", text, node}
     this.controller = null;
+    this.epoch = 0; // bumped by clear(): an answer still finishing then leaves the new chat alone
     this.onBusy = () => {};
   }
 
@@ -22,6 +23,7 @@ export class Conversation {
 
   clear() {
     this.stop();
+    this.epoch += 1;
     this.turns = [];
     for (const node of [...this.list.querySelectorAll(".message")]) node.remove();
   }
@@ -71,6 +73,7 @@ export class Conversation {
     view.copy.addEventListener("click", () => copyText(turn.text, view.copy));
     view.regenerate.addEventListener("click", () => this.regenerate());
     const { params, model } = this.settings();
+    const epoch = this.epoch;
     const body = { model, messages: this.messages(), ...params };
     this.controller = new AbortController();
     this.onBusy(true);
@@ -105,16 +108,19 @@ export class Conversation {
       }
     } finally {
       this.controller = null;
-      if (failed) {
-        // the refused message leaves the conversation (its bubble stays, marked), so the next one can go
-        const user = this.turns.pop();
-        user.node.classList.add("refused");
-        view.tools.remove();
-      } else {
-        this.turns.push(turn);
-      }
+      if (epoch === this.epoch) this.settle(turn, failed, view); // unless the chat was cleared meanwhile
       this.onBusy(false);
     }
+  }
+
+  settle(turn, failed, view) {
+    if (!failed) {
+      this.turns.push(turn);
+      return;
+    }
+    // the refused message leaves the conversation (its bubble stays, marked), so the next one can go
+    this.turns.pop().node.classList.add("refused");
+    view.tools.remove();
   }
 }
 
@@ -151,7 +157,7 @@ export function errorCard(error) {
   const card = el("div", { class: "error-card", role: "alert", "data-testid": "error" });
   card.append(el("div", { class: "error-message", text: error.message }));
   if (error instanceof ApiError) {
-    const facts = [`HTTP ${error.status}`];
+    const facts = [error.status ? `HTTP ${error.status}` : "during the answer"];
     if (error.code) facts.push(`code ${error.code}`);
     if (error.param) facts.push(`param ${error.param}`);
     card.append(el("div", { class: "error-facts muted small", text: facts.join(" · ") }));

@@ -52,7 +52,7 @@ export async function attach(file, kind = kindOf(file)) {
 export function thumbnail(item, onRemove) {
   const box = el("figure", { class: `thumb thumb-${item.kind}`, title: item.name, "data-kind": item.kind });
   if (item.kind === "image") box.append(el("img", { src: item.objectUrl, alt: item.name }));
-  else if (item.kind === "video") box.append(el("video", { src: item.objectUrl, muted: "", preload: "metadata" }));
+  else if (item.kind === "video") box.append(el("video", { src: `${item.objectUrl}#t=0.1`, muted: "", preload: "metadata" }));
   else box.append(el("span", { class: "thumb-audio", text: "♪" }));
   box.append(el("figcaption", { text: item.name }));
   if (onRemove) {
