@@ -25,7 +25,7 @@ import torch
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark")
 CACHE_SIZE = 256  # compiled grammars kept (least recently used dropped)
-MAX_GRAMMAR_BYTES = 1 << 20  # a spec's source text, at most
+MAX_GRAMMAR_CHARS = 1 << 20  # characters of a spec's source, at most
 # JSON as json.dumps writes it: no free whitespace (a model cannot pad forever), ", " and ": "
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -45,8 +45,8 @@ class GrammarSpec:
     def __post_init__(self) -> None:
         if self.kind not in GRAMMAR_KINDS:
             raise GrammarError(f"grammar kind {self.kind!r}: expected one of {', '.join(GRAMMAR_KINDS)}")
-        if len(self.source) > MAX_GRAMMAR_BYTES:
-            raise GrammarError(f"the grammar is {len(self.source)} characters; at most {MAX_GRAMMAR_BYTES}")
+        if len(self.source) > MAX_GRAMMAR_CHARS:
+            raise GrammarError(f"the grammar is {len(self.source)} characters; at most {MAX_GRAMMAR_CHARS}")
 
 
 @dataclass(frozen=True)
