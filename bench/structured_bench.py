@@ -59,7 +59,7 @@ def decode_steps(engine: Engine, requests: list[Request]) -> list[float]:
 def grammar_work(tokenizer, grammar, batch: int, vocab: int, repeats: int = 15) -> tuple[float, float, float]:
     """Median seconds of the sampler with free rows, with grammar rows, and of accepting a token per row."""
     ids = tokenizer.encode(json.dumps(instance()), add_special_tokens=False)
-    positions = [(i * 7) % (len(ids) - 10) for i in range(batch)]  # each row somewhere else in the instance
+    positions = [5 + (i * 7) % (len(ids) - 15) for i in range(batch)]  # each row elsewhere in the instance
     matchers = [grammar.matcher() for _ in range(batch)]
     for m, n in zip(matchers, positions, strict=True):
         for t in ids[:n]:
