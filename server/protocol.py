@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
@@ -252,12 +252,20 @@ class ChatCompletion(BaseModel):
     media: list[dict[str, Any]] = Field(default_factory=list)  # extension: one report per media item
 
 
-class FunctionCallDelta(BaseModel):
+class _WithoutNulls(BaseModel):
+    """Leaves unset fields out, as OpenAI's stream does (clients merge deltas key by key)."""
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionCallDelta(_WithoutNulls):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(BaseModel):
+class ToolCallDelta(_WithoutNulls):
     index: int  # the call's place in the choice's tool_calls
     id: str | None = None  # on the call's first delta, with type and name
     type: Literal["function"] | None = None

@@ -85,7 +85,7 @@ def _schema_spec(schema: Any, param: str) -> GrammarSpec:
             raise InvalidRequest(f"{param}: the schema is not valid JSON", param=param) from e
     if not isinstance(schema, dict | bool):
         raise InvalidRequest(f"{param}: a JSON schema is an object", param=param)
-    return _spec("json_schema", json.dumps(schema, sort_keys=True), param)
+    return _spec("json_schema", json.dumps(schema), param)  # key order kept: properties come in it
 
 
 def _spec(kind: str, source: str, param: str) -> GrammarSpec:

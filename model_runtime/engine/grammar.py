@@ -4,8 +4,8 @@
 `compile(spec)` checks a `GrammarSpec` (a JSON schema, any JSON object, a regex, a choice of
 strings or a Lark grammar) and caches the result per spec, so a schema is compiled once; it is
 thread-safe and meant to run off the engine thread (the server compiles at admission). Each
-sequence gets its own `GrammarMatcher`; `allowed_tokens` computes the next tokens of several rows
-at once (in parallel, without the GIL) as a bool mask. A finished grammar allows only EOS.
+sequence gets its own `GrammarMatcher`; `refused_tokens` computes the tokens several rows may not
+take next, at once (in parallel, without the GIL), as a bool mask. A finished grammar allows only EOS.
 Knows nothing of HTTP or of the engine's rows.
 """
 
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import llguidance
 import llguidance.hf
+import numpy as np
 import torch
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark")
 CACHE_SIZE = 256  # compiled grammars kept (least recently used dropped)
-MAX_GRAMMAR_BYTES = 1 << 20  # a spec's source text, at most
-_BITS = torch.arange(32, dtype=torch.int32)
+MAX_GRAMMAR_CHARS = 1 << 20  # characters of a spec's source, at most
 # JSON as json.dumps writes it: no free whitespace (a model cannot pad forever), ", " and ": "
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -45,8 +45,8 @@ class GrammarSpec:
     def __post_init__(self) -> None:
         if self.kind not in GRAMMAR_KINDS:
             raise GrammarError(f"grammar kind {self.kind!r}: expected one of {', '.join(GRAMMAR_KINDS)}")
-        if len(self.source) > MAX_GRAMMAR_BYTES:
-            raise GrammarError(f"the grammar is {len(self.source)} characters; at most {MAX_GRAMMAR_BYTES}")
+        if len(self.source) > MAX_GRAMMAR_CHARS:
+            raise GrammarError(f"the grammar is {len(self.source)} characters; at most {MAX_GRAMMAR_CHARS}")
 
 
 @dataclass(frozen=True)
@@ -115,20 +115,28 @@ class GrammarCompiler:
         return grammar
 
 
-def allowed_tokens(matchers: Sequence[GrammarMatcher], vocab_size: int) -> torch.Tensor:
-    """Which tokens may come next in each matcher's grammar: [R, vocab_size] bool, on the CPU.
-    `vocab_size` is the logits' width (at least the compiler's); ids past its own vocabulary are
-    never allowed."""
-    width = (max(vocab_size, *(m.vocab_size for m in matchers)) + 31) // 32
-    masks = torch.zeros((len(matchers), width), dtype=torch.int32)  # packed bits, token t at word t // 32
+def refused_tokens(matchers: Sequence[GrammarMatcher], vocab_size: int) -> torch.Tensor:
+    """Which tokens each matcher's grammar does NOT allow next: [R, vocab_size] bool, on the CPU.
+    `vocab_size` is the logits' width; ids past the compiler's vocabulary are always refused."""
+    own = matchers[0].vocab_size
+    assert all(m.vocab_size == own for m in matchers), "matchers of one compiler"
+    width = (own + 31) // 32
+    masks = torch.zeros(
+        (len(matchers), width), dtype=torch.int32
+    )  # packed bits: token t is bit t % 32 of word t // 32
     if len(matchers) == 1:
         matchers[0].matcher.unsafe_compute_mask_ptr(masks.data_ptr(), width * 4)
     else:
         _executor().unsafe_compute_mask_ptr(
             [(m.matcher, i) for i, m in enumerate(matchers)], masks.data_ptr(), width * 4, len(matchers)
         )
-    bits = (masks[:, :, None] >> _BITS) & 1  # [R, W, 32]
-    return bits.reshape(len(matchers), -1)[:, :vocab_size].bool()
+    # little-endian words: byte k of a row holds tokens 8k..8k+7, its bit j token 8k+j
+    refused = np.unpackbits(
+        np.invert(masks.numpy()).view(np.uint8), axis=1, bitorder="little"
+    )  # [R, W * 32] 0/1
+    if refused.shape[1] < vocab_size:
+        refused = np.pad(refused, ((0, 0), (0, vocab_size - refused.shape[1])), constant_values=1)
+    return torch.from_numpy(refused).view(torch.bool)[:, :vocab_size]
 
 
 @functools.cache

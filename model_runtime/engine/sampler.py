@@ -14,9 +14,10 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from model_runtime.engine.grammar import GrammarMatcher, allowed_tokens
+from model_runtime.engine.grammar import GrammarMatcher, refused_tokens
 from model_runtime.engine.request import SamplingParams
 
 
@@ -51,14 +52,16 @@ def choice_generator(seed: int | None, index: int, device: torch.device, fallbac
 
 
 def sample(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
-    # logits: [B, V] float32
+    # logits: [B, V] float32; rows under a grammar may be masked in place
     params = [r.params for r in rows]
     device = logits.device
     num_rows, vocab = logits.shape
     scores = _apply_logit_bias(logits, params) if any(p.logit_bias for p in params) else logits
     scores = _apply_penalties(scores, rows) if any(p.has_penalties for p in params) else scores
     if any(r.matcher is not None for r in rows):
-        scores = _apply_grammars(logits.clone() if scores is logits else scores, rows)
+        # NOTE: without logprobs (read from the raw logits) the grammar masks the logits in place
+        is_raw_needed = scores is logits and any(p.logprobs for p in params)
+        scores = _apply_grammars(logits.clone() if is_raw_needed else scores, rows)
     tokens = torch.empty(num_rows, dtype=torch.long, device=device)
     greedy = [i for i, p in enumerate(params) if p.is_greedy]
     sampled = [i for i, p in enumerate(params) if not p.is_greedy]
@@ -94,11 +97,20 @@ def _apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) ->
 
 
 def _apply_grammars(x: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-    """Tokens a row's grammar does not allow become -inf (in place on `x`, a copy of the logits)."""
+    """Tokens a row's grammar does not allow become -inf, in place on `x`."""
     index = [i for i, r in enumerate(rows) if r.matcher is not None]
-    allowed = allowed_tokens([rows[i].matcher for i in index], x.shape[1]).to(x.device)  # [R, V] bool
+    refused = refused_tokens([rows[i].matcher for i in index], x.shape[1])  # [R, V] bool, on the CPU
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+        # NOTE: numpy's one-thread putmask beats torch's thread pool on this small op
+        values = x.numpy()
+        for r, i in enumerate(index):
+            np.putmask(values[i], refused[r].numpy(), -np.inf)
+        return x
+    refused = refused.to(x.device)
+    if len(index) == len(rows):
+        return x.masked_fill_(refused, float("-inf"))
     picked = torch.tensor(index, device=x.device)
-    x[picked] = x[picked].masked_fill(~allowed, float("-inf"))
+    x[picked] = x[picked].masked_fill_(refused, float("-inf"))
     return x
 
 

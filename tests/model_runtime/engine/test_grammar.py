@@ -11,8 +11,9 @@ import re
 
 import jsonschema
 import pytest
+import torch
 
-from model_runtime.engine.grammar import GrammarCompiler, GrammarError, GrammarSpec
+from model_runtime.engine.grammar import GrammarCompiler, GrammarError, GrammarSpec, refused_tokens
 from tests.model_runtime.engine.conftest import run
 
 SCHEMA = {
@@ -150,3 +151,16 @@ def test_compiler_caches_per_spec_and_refuses_what_it_cannot_enforce(grammars):
         grammars.compile(GrammarSpec("regex", "(unclosed"))
     with pytest.raises(GrammarError, match="kind"):
         GrammarSpec("yaml", "")
+
+
+def test_refused_tokens_are_the_matchers_bitmask_and_nothing_past_the_vocabulary(grammars, tiny_model):
+    grammar = schema_grammar(grammars)
+    matchers = [grammar.matcher(), grammar.matcher()]
+    assert matchers[1].accept(tiny_model.tokenizer.encode("{", add_special_tokens=False)[0])
+    wide = grammars.vocab_size + 40
+    refused = refused_tokens(matchers, wide)
+    assert refused.shape == (2, wide) and bool(refused[:, grammars.vocab_size :].all())
+    for row, matcher in enumerate(matchers):
+        bits = matcher.matcher.compute_bitmask()  # llguidance's own packed mask, one bit per token
+        allowed = [t for t in range(grammars.vocab_size) if bits[t // 8] >> (t % 8) & 1]
+        assert allowed and torch.nonzero(~refused[row]).flatten().tolist() == allowed
