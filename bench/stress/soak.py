@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.stress.fuzz import Tally
-from bench.stress.media import FORMATS, body, seed_file
+from bench.stress.media import FORMATS, body, pool_size, seed_file
 from bench.stress.mutators import chat_mutant, media_mutant
 from bench.stress.server import MODEL_NAME, Server, as_dict, start_server, stop_server
 
@@ -152,9 +152,11 @@ def check(
 ) -> dict:
     tally = Tally()
     samples: list = []
+    media_workers = len(server.decoder_pids())
     asyncio.run(traffic(server, warmup_s, rate, seed + 1, Tally(), [], sample_s))  # caches, pools, allocator
     counts = asyncio.run(traffic(server, seconds, rate, seed, tally, samples, sample_s))
     gauges = server.idle_gauges()
+    pool_size(server, media_workers)  # a decoder killed for a cancelled request is being replaced
     samples.append(server.sample())
     window = max(1, len(samples) // 10)
     figures = {

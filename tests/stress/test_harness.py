@@ -67,7 +67,7 @@ def test_integrity(server):
 
 @shared
 def test_soak(server):
-    result = soak.check(server, seconds=4.0, rate=3.0, seed=1, warmup_s=1.0, sample_s=1.0)
+    result = soak.check(server, seconds=4.0, rate=3.0, seed=1, warmup_s=2.0, sample_s=1.0)
     assert_passed(result)
     assert result["cases"] > 0 and len(result["samples"]) >= 3
 
