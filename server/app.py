@@ -55,7 +55,7 @@ from server.media.fetch import MediaFetcher
 from server.media.loader import MediaLoader
 from server.media.pool import DecodePool
 from server.metrics import Metrics
-from server.middleware import BodyLimit, RequestIds
+from server.middleware import BodyLimit, EarlyRefusal, RequestIds
 from server.protocol import ChatCompletionRequest, ModelCard, ModelList
 from server.tools import plan_tools
 
@@ -206,7 +206,16 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
         count_error(error)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
+    def check_queue() -> None:
+        if lifecycle.phase is Phase.READY:  # other phases answer from the route, with their own reasons
+            try:
+                lifecycle.check_queue()
+            except APIError:
+                metrics.rejected.labels(reason="queue_full").inc()
+                raise
+
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, on_error=count_error)
+    app.add_middleware(EarlyRefusal, path="/v1/chat/completions", check=check_queue, on_error=count_error)
     app.add_middleware(APIKeyAuth, api_keys=config.api_keys, is_metrics_public=config.metrics_public,
                        on_error=count_error, public_paths=playground.public_paths(config))
     app.add_middleware(RequestIds, on_error=count_error)

@@ -95,12 +95,16 @@ class Lifecycle:
 
     def admit(self) -> Ticket:
         self.check_serving()
-        if self.num_waiting >= self.max_waiting:
-            raise ServerOverloaded(f"the server has {self.num_waiting} requests waiting; retry shortly")
+        self.check_queue()
         ticket = Ticket(self)
         self.num_waiting += 1
         self.tickets.add(ticket)
         return ticket
+
+    def check_queue(self) -> None:
+        """Raise the 429 when the admission queue is full (also called before a request body is read)."""
+        if self.num_waiting >= self.max_waiting:
+            raise ServerOverloaded(f"the server has {self.num_waiting} requests waiting; retry shortly")
 
     # -- probes -----------------------------------------------------------------------------
     def health(self) -> WorkerHealth | None:

@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or demo_model(args.size, args.out / "model")
     command = "python -m bench.stress " + " ".join(argv if argv is not None else sys.argv[1:])
     summary_path = args.out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     failed = []
     for name in args.parts.split(","):
         started = time.monotonic()
@@ -90,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         result["machine"] = f"{platform.machine()}, {platform.python_version()}, model {Path(model).name}"
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}  # parts may run apart
         summary[name] = {k: v for k, v in result.items() if k not in ("examples", "formats", "samples")}
         summary_path.write_text(json.dumps(summary, indent=1))
         status = "passed" if result["passed"] else f"FAILED: {result.get('violations')}"

@@ -1,7 +1,7 @@
 """Admission and shutdown on a real process: 429 before any media work, then SIGTERM drains.
 
-One server (one batch row... two, one queue place): a full queue answers 429 with Retry-After and the
-origin of the refused request's image sees no hit; after SIGTERM /ready and new requests are 503 at
+One server (one batch row... two, one queue place): a full queue answers 429 with Retry-After, before
+reading the body, and the origin of the refused request's image sees no hit; after SIGTERM /ready and new requests are 503 at
 once, a short in-flight request completes, a long one ends with finish_reason "abort" and [DONE],
 and the process exits 0 within the shutdown timeout.
 """
@@ -54,6 +54,11 @@ def test_queue_bound_then_sigterm_drain(tiny_checkpoint, tmp_path, origin):
         assert e.value.code == "server_overloaded" and e.value.response.headers["retry-after"]
         assert origin.hits["/never.png"] == 0
         assert server.metric('llava_requests_rejected_total{reason="queue_full"}') == 1
+        # refused before the body is read: a body that is not even JSON gets the 429, not a 400
+        refused = httpx.post(server.base_url + "/v1/chat/completions", content=b"{not json" * 100_000,
+                             headers={"content-type": "application/json"}, timeout=10)
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert refused.json()["error"]["code"] == "server_overloaded"
 
         long_b.close()
         queued.close()
