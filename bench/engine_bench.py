@@ -35,8 +35,8 @@ from model_runtime import (
     Request,
     SamplingParams,
     load_pretrained_model,
-    make_demo,
 )
+from model_runtime.checkpoint_tools import make_demo
 from model_runtime.inputs import EncodedItem
 
 TOPICS = ("a lighthouse", "the sea", "a mountain village", "a robot", "an old library", "a desert city",

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from model_runtime.checkpoint.demo import build_tokenizer, save_tokenizer
+from model_runtime.checkpoint_tools.demo import build_tokenizer, save_tokenizer
 from model_runtime.engine.detokenizer import TokenTexts
 
 CACHE = Path(tempfile.gettempdir()) / "llava-serve-grammar-bench"

@@ -85,9 +85,9 @@ OFFLINE_ENV = {
 
 # -- export ---------------------------------------------------------------------------------
 def export_llava_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """`llava-serve export-hf` (model_runtime/checkpoint/hf_export.py), from llava-serve's venv."""
+    """`llava-serve export-hf` (model_runtime/checkpoint_tools/hf_export.py), from llava-serve's venv."""
     sys.path.insert(0, str(ROOT))
-    from model_runtime.checkpoint.hf_export import export_hf
+    from model_runtime.checkpoint_tools.hf_export import export_hf
 
     return export_hf(src_dir, out_dir)
 

@@ -1,17 +1,15 @@
-"""llava-serve's model runtime: LLaVA models on transformers, preprocessing, checkpoints, engine.
+"""llava-serve's model runtime: LLaVA models on transformers, preprocessing, checkpoint loading, engine.
 
-Knows torch and transformers; knows nothing of HTTP. `server/` imports only the names below.
+Knows torch and transformers; knows nothing of HTTP. The server imports only the names below to
+serve. The offline checkpoint tools (convert, deltas, demos, upgrades, merge-lora, export-hf)
+are a package of their own, `model_runtime.checkpoint_tools`, which imports this side and is
+never imported by it (tests/test_import_graph.py).
 """
 
 from model_runtime.arch.layout import ImageTokenParts, LayoutError, audio_token_count, image_token_count
 from model_runtime.arch.meta import MediaMismatchError
-from model_runtime.checkpoint.convert import convert_bin
-from model_runtime.checkpoint.delta import apply_delta, make_delta
-from model_runtime.checkpoint.demo import DEMO_SPECS, make_demo
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
-from model_runtime.checkpoint.lora import merge_lora
 from model_runtime.checkpoint.quantize import QUANTIZATIONS
-from model_runtime.checkpoint.upgrade import upgrade_checkpoint
 from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
 from model_runtime.constants import AUDIO_SAMPLE_RATE
 from model_runtime.engine.engine import Engine, EngineDeadError
@@ -43,7 +41,6 @@ __all__ = [
     "CALL_OPEN",
     "CALL_SEPARATOR",
     "CompiledGrammar",
-    "DEMO_SPECS",
     "FINISH_REASONS",
     "FramePlan",
     "GrammarCompiler",
@@ -82,15 +79,9 @@ __all__ = [
     "TokenLogprobs",
     "ToolCall",
     "WorkerHealth",
-    "apply_delta",
-    "convert_bin",
     "format_call",
     "audio_token_count",
     "image_token_count",
     "load_pretrained_model",
-    "make_delta",
-    "make_demo",
-    "merge_lora",
-    "upgrade_checkpoint",
     "plan_video_frames",
 ]

@@ -91,7 +91,7 @@ def run_checkpoint_command(args: argparse.Namespace) -> int:
 
 
 def _convert_bin(args: argparse.Namespace) -> int:
-    from model_runtime import convert_bin
+    from model_runtime.checkpoint_tools import convert_bin
 
     report = convert_bin(args.src, args.dst)
     for old, new in report.converted.items():
@@ -102,7 +102,7 @@ def _convert_bin(args: argparse.Namespace) -> int:
 
 
 def _apply_delta(args: argparse.Namespace) -> int:
-    from model_runtime import apply_delta
+    from model_runtime.checkpoint_tools import apply_delta
 
     report = apply_delta(args.base, args.delta, args.out)
     print(f"wrote {report.num_tensors} tensors ({report.num_copied} without a base counterpart) to {report.out}")
@@ -110,7 +110,7 @@ def _apply_delta(args: argparse.Namespace) -> int:
 
 
 def _make_delta(args: argparse.Namespace) -> int:
-    from model_runtime import make_delta
+    from model_runtime.checkpoint_tools import make_delta
 
     report = make_delta(args.base, args.target, args.out)
     print(f"wrote the delta of {report.num_tensors} tensors to {report.out} "
@@ -119,7 +119,7 @@ def _make_delta(args: argparse.Namespace) -> int:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from model_runtime import upgrade_checkpoint
+    from model_runtime.checkpoint_tools import upgrade_checkpoint
 
     changes = upgrade_checkpoint(args.src, args.dst)
     for line in changes:
@@ -130,7 +130,7 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
-    from model_runtime import merge_lora
+    from model_runtime.checkpoint_tools import merge_lora
 
     out = merge_lora(args.base, args.adapter, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size)
     print(f"wrote the merged checkpoint to {out}")
@@ -138,7 +138,7 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 
 def _export_hf(args: argparse.Namespace) -> int:
-    from model_runtime.checkpoint.hf_export import export_hf
+    from model_runtime.checkpoint_tools import export_hf
 
     report = export_hf(args.src, args.out)
     print(f"wrote {report['num_tensors']} tensors in the llava-hf layout ({report['architecture']}, "

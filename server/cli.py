@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "run"):
         return run_checkpoint_command(args)
     if args.command == "make-demo":
-        from model_runtime import make_demo
+        from model_runtime.checkpoint_tools import make_demo
 
         path = make_demo(args.size, args.out, seed=args.seed, audio=args.audio)
         print(f"wrote {args.size} demo checkpoint (RANDOM weights) to {path}")

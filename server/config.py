@@ -12,12 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_runtime import EngineConfig
+from model_runtime import QUANTIZATIONS, EngineConfig  # QUANTIZATIONS: load_pretrained_model's
 
 ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
 MODALITIES = ("image", "video", "audio")
-QUANTIZATIONS = ("none", "bitsandbytes-8bit", "bitsandbytes-4bit")  # model_runtime's load_pretrained_model
 HF_BEHAVIOURS = ("original", "transformers")  # load_pretrained_model's hf_behaviour (llava-hf checkpoints)
 
 

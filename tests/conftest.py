@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_runtime import load_pretrained_model, make_demo
+from model_runtime import load_pretrained_model
+from model_runtime.checkpoint_tools import make_demo
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ _SERIES = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", re.M)
 
 def demo_model(size: str, folder: Path) -> str:
     """The demo checkpoint of `size` with its audio tower, built once under `folder`."""
-    from model_runtime import make_demo
+    from model_runtime.checkpoint_tools import make_demo
 
     path = folder / f"{size}-av"
     if not (path / "config.json").exists():

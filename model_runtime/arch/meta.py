@@ -138,19 +138,6 @@ class LlavaMetaForCausalLM:
         """`item`'s encoding as units to run one after another (arch/encoding.py)."""
         return EncodingJob(self, item, max_crops)
 
-    def encode_image_items(
-        self, crops: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], single_crop: Sequence[bool]
-    ) -> list[torch.Tensor]:
-        """Images (each [k_i, 3, S, S] crops, source (W, H)) -> per-image rows [n_i, D], one tower call."""
-        if not crops:
-            return []
-        features = self.encode_images(torch.cat(list(crops), dim=0))
-        per_item = torch.split(features, [c.shape[0] for c in crops], dim=0)
-        return [
-            self.merge_image_features(f, size, single)
-            for f, size, single in zip(per_item, sizes, single_crop, strict=True)
-        ]
-
     def merge_image_features(self, features: torch.Tensor, size: tuple[int, int], single_crop: bool) -> torch.Tensor:
         """ORIG spatial merge of one image's crops: features [k, T, D] -> rows [n, D]."""
         cfg = self.llava_config

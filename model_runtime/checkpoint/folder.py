@@ -24,6 +24,9 @@ NON_LORA_WEIGHTS = "non_lora_trainables.safetensors"
 # (towers, projectors, image_newline, faster_token, resampler).
 LM_PREFIXES = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.",
                "language_model.", "model.language_model.")  # the last two: llava-hf (4.x hub, transformers 5)
+# A weight delta (`llava-serve make-delta`) carries this key in config.json and in each shard's
+# metadata; the loader refuses it with the apply-delta command that rebuilds the model.
+DELTA_KEY = "llava_serve_delta"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 
 

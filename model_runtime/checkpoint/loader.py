@@ -24,8 +24,7 @@ from transformers.utils import logging as transformers_logging
 from model_runtime.arch.attention import ATTN_IMPLEMENTATION
 from model_runtime.arch.audio import OPENAI_WHISPER_KEY_MAPPING
 from model_runtime.arch.language import LANGUAGE_MODELS
-from model_runtime.checkpoint.delta import DELTA_KEY
-from model_runtime.checkpoint.folder import CheckpointFiles, inspect_checkpoint, resolve_checkpoint
+from model_runtime.checkpoint.folder import DELTA_KEY, CheckpointFiles, inspect_checkpoint, resolve_checkpoint
 from model_runtime.checkpoint.hf_layout import (
     HF_BEHAVIOURS,
     HF_KEY_MAPPING,

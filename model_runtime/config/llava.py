@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class LlavaConfig:
     hidden_size: int  # D
     vision: VisionTowerConfig
     mm_vision_tower: str
-    mm_hidden_size: int = 0  # Cv: width of the selected tower features (x4/x5 for CLIP slice); 0 -> derived
+    mm_hidden_size: int = 0  # Cv: width of the selected tower features (x4/x5 for CLIP slice); 0 -> from_dict derives it
     # 2.1 vision tower
     mm_vision_select_layer: int = -2  # CLIP only: index into hidden_states (0 = embeddings)
     mm_vision_select_feature: str = "patch"  # CLIP only
@@ -154,13 +154,9 @@ class LlavaConfig:
             )
 
     def _check_feature_width(self) -> None:
-        """mm_hidden_size must be the width of the selected tower features (derived when absent)."""
-        width = self.vision.hidden_size
-        if self.vision.kind == "clip":
-            width *= len(self.clip_feature_layers)
-        if not self.mm_hidden_size:
-            object.__setattr__(self, "mm_hidden_size", width)
-        if self.mm_hidden_size != width:
+        """mm_hidden_size, when given, must be the width of the selected tower features."""
+        width = self.vision_feature_width
+        if self.mm_hidden_size and self.mm_hidden_size != width:
             raise ConfigError(
                 f"mm_hidden_size={self.mm_hidden_size} differs from the width of the selected vision features "
                 f"({width}: tower hidden size {self.vision.hidden_size}, mm_vision_select_feature="
@@ -205,6 +201,14 @@ class LlavaConfig:
         return (
             self.add_faster_video and self.mm_newline_position == "grid" and self.mm_patch_merge_type.startswith("spatial")
         )
+
+    @property
+    def vision_feature_width(self) -> int:
+        """Width of the selected tower features: the tower's, times the concatenated CLIP layers."""
+        width = self.vision.hidden_size
+        if self.vision.kind == "clip":
+            width *= len(self.clip_feature_layers)
+        return width
 
     @property
     def clip_feature_layers(self) -> tuple[int, ...]:
@@ -256,6 +260,8 @@ class LlavaConfig:
                 "(ORIG would fail on the first video)"
             )
         cfg = cls(**kwargs)
+        if not cfg.mm_hidden_size:
+            cfg = replace(cfg, mm_hidden_size=cfg.vision_feature_width)
         if cfg.mm_use_im_start_end:
             log_once("mm_use_im_start_end is set: prompts are NOT wrapped in <im_start>/<im_end> (no released "
                      "checkpoint of the supported families sets it)")

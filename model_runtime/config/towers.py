@@ -61,14 +61,12 @@ class VisionTowerConfig:
     num_attention_heads: int
     image_size: int  # S: side of one crop in pixels
     patch_size: int  # p
+    hidden_act: str  # vision_tower_config gives the kind's default (gelu_pytorch_tanh / quick_gelu) when unset
     layer_norm_eps: float = 1e-6
-    hidden_act: str = ""  # "" -> the kind's default (gelu_pytorch_tanh / quick_gelu)
 
     def __post_init__(self) -> None:
         if self.kind not in DEFAULT_ACT:
             raise ConfigError(f"mm_vision_tower_config.kind={self.kind!r}: expected one of {sorted(DEFAULT_ACT)}")
-        if not self.hidden_act:
-            object.__setattr__(self, "hidden_act", DEFAULT_ACT[self.kind])
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
                      "patch_size"):
             if int(getattr(self, name)) < 1:
@@ -133,7 +131,8 @@ def vision_tower_config(tower: str, raw: dict[str, Any]) -> VisionTowerConfig:
     else:
         kind, base = pretrained_tower_dims(tower)
     try:
-        return VisionTowerConfig(kind=kind, **{**base, **explicit})
+        dims = {**base, **explicit}
+        return VisionTowerConfig(kind=kind, **{**dims, "hidden_act": dims.get("hidden_act") or DEFAULT_ACT.get(kind, "")})
     except TypeError as e:
         raise ConfigError(f"vision tower {tower!r}: incomplete or unknown dimensions in mm_vision_tower_config ({e})") from e
 

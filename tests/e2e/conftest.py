@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from model_runtime import make_demo
+from model_runtime.checkpoint_tools import make_demo
 from tests.origin import Origin
 
 API_KEYS = ("key-one", "key-two")

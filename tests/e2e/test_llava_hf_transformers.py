@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime.checkpoint.hf_export import export_hf
+from model_runtime.checkpoint_tools.hf_export import export_hf
 from model_runtime.engine.detokenizer import TokenTexts
 from tests.conftest import png_data_url, random_image
 from tests.e2e.conftest import start_server, stop_server

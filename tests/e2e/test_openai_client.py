@@ -24,8 +24,7 @@ def consumed_sequence_length(tiny_model, text: str, images) -> int:
     media = [p.process_image(im, single_crop=len(images) > 1) for im in images]
     prompt = p.build_prompt([ChatTurn("user", text)], media)
     with torch.inference_mode():
-        feats = model.encode_image_items([m.data for m in media], [m.image_size for m in media],
-                                         [m.single_crop for m in media])
+        feats = [encoded.features for encoded in model.encode_media(media)]
         embeds, _, _ = model.prepare_inputs_for_multimodal(
             [prompt.token_ids], [[EncodedItem("image", f) for f in feats]]
         )

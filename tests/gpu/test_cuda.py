@@ -9,16 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_runtime import (
-    ChatTurn,
-    Engine,
-    EngineConfig,
-    Request,
-    SamplingParams,
-    load_pretrained_model,
-    make_demo,
-)
+from model_runtime import ChatTurn, Engine, EngineConfig, Request, SamplingParams, load_pretrained_model
 from model_runtime.checkpoint.quantize import weight_bytes
+from model_runtime.checkpoint_tools import make_demo
 from tests.conftest import random_image
 
 pytestmark = pytest.mark.gpu

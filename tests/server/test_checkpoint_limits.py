@@ -7,7 +7,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from model_runtime import load_pretrained_model, make_demo
+from model_runtime import load_pretrained_model
+from model_runtime.checkpoint_tools import make_demo
 from server.app import create_app
 from server.config import ServerConfig
 from tests.media import data_url, video_bytes

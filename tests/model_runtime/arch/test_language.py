@@ -9,13 +9,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model_runtime import load_pretrained_model, make_demo
+from model_runtime import load_pretrained_model
 from model_runtime.arch.language import (
     LANGUAGE_MODELS,
     LlavaLlamaForCausalLM,
     LlavaMistralForCausalLM,
     LlavaQwenForCausalLM,
 )
+from model_runtime.checkpoint_tools import make_demo
 from model_runtime.constants import IMAGE_TOKEN_INDEX
 from model_runtime.inputs import MediaInput
 from tests.conftest import random_image

@@ -23,7 +23,7 @@ def test_feature_rows_equal_layout_count(tiny_model, size, single_crop):
     image = random_image(*size)
     item = tiny_model.processor.process_image(image, single_crop=single_crop)
     with torch.inference_mode():
-        rows = tiny_model.model.encode_image_items([item.data], [item.image_size], [single_crop])[0]
+        rows = tiny_model.model.encode_media([item])[0].features
     assert rows.shape == (item.num_tokens, tiny_model.model.config.hidden_size)
     assert item.num_tokens == image_token_count(tiny_model.config, size, single_crop=single_crop)
 
@@ -52,7 +52,7 @@ def test_spliced_sequence_length_is_the_charged_prompt_length(tiny_model):
     media = [p.process_image(random_image(90, 40), single_crop=False)]
     prompt = p.build_prompt([ChatTurn("user", "<image>\nDescribe.")], media)
     with torch.inference_mode():
-        feats = model.encode_image_items([media[0].data], [media[0].image_size], [False])
+        feats = [encoded.features for encoded in model.encode_media(media)]
         embeds, mask, _ = model.prepare_inputs_for_multimodal([prompt.token_ids], [[EncodedItem("image", feats[0])]])
     assert embeds.shape[1] == prompt.num_tokens == int(mask.sum())
 
@@ -74,7 +74,7 @@ def test_left_padded_batch_logits_equal_solo(tiny_model):
     with_image = p.build_prompt([ChatTurn("user", "<image>\nWhat is shown here?")], media)
     text_only = p.build_prompt([ChatTurn("user", "hi")], [])
     with torch.inference_mode():
-        feats = model.encode_image_items([media[0].data], [media[0].image_size], [False])
+        feats = [encoded.features for encoded in model.encode_media(media)]
         items = [[EncodedItem("image", feats[0])], []]
         rows = [with_image.token_ids, text_only.token_ids]
 

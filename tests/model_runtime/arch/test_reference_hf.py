@@ -27,8 +27,9 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from model_runtime import load_pretrained_model, make_demo
+from model_runtime import load_pretrained_model
 from model_runtime.arch import layout
+from model_runtime.checkpoint_tools import make_demo
 from model_runtime.constants import IMAGE_TOKEN_INDEX
 from model_runtime.inputs import MediaInput
 from tests.conftest import random_image

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_runtime import ChatTurn, load_pretrained_model, make_demo
+from model_runtime import ChatTurn, load_pretrained_model
 from model_runtime.checkpoint.folder import is_language_model_key, weight_files
-from model_runtime.checkpoint.safetensors_io import SafetensorsFile, save_state_dict
+from model_runtime.checkpoint.safetensors_io import SafetensorsFile
+from model_runtime.checkpoint_tools import make_demo
+from model_runtime.checkpoint_tools.safetensors_write import save_state_dict
 from model_runtime.constants import IMAGE_TOKEN_INDEX
 from tests.conftest import random_image
 

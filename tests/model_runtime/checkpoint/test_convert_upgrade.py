@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_runtime import ConfigError, load_pretrained_model, make_demo
+from model_runtime import ConfigError, load_pretrained_model
+from model_runtime.checkpoint_tools import make_demo
 from server.cli import main as cli
 from tests.model_runtime.checkpoint.conftest import logits_of, read_all
 

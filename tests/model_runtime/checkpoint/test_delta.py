@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_runtime import ConfigError, load_pretrained_model, make_demo
-from model_runtime.checkpoint.delta import _add, _subtract
+from model_runtime import ConfigError, load_pretrained_model
 from model_runtime.checkpoint.folder import is_language_model_key
+from model_runtime.checkpoint_tools import make_demo
+from model_runtime.checkpoint_tools.delta import _add, _subtract
 from server.cli import main as cli
 from tests.model_runtime.checkpoint.conftest import language_model_only, logits_of, read_all, write_checkpoint
 
@@ -130,7 +131,7 @@ def test_refusals_write_nothing(bf16_pair, tiny_checkpoint, tmp_path, capsys):
 
 PEAK_SCRIPT = """
 import json, re, sys
-from model_runtime import apply_delta
+from model_runtime.checkpoint_tools import apply_delta
 
 def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from model_runtime import DEMO_SPECS, LlavaConfig, make_demo
-from model_runtime.checkpoint.demo import SPECIAL_TOKENS, build_tokenizer
+from model_runtime import LlavaConfig
+from model_runtime.checkpoint_tools import DEMO_SPECS, make_demo
+from model_runtime.checkpoint_tools.demo import SPECIAL_TOKENS, build_tokenizer
 
 
 def test_tiny_is_deterministic_and_in_orig_layout(tiny_checkpoint, tmp_path):
@@ -70,7 +71,7 @@ def test_make_demo_cli(tmp_path):
 
 
 def test_small_demo_has_an_audio_tower_tiny_only_on_request(tiny_checkpoint, tiny_audio_checkpoint):
-    from model_runtime.checkpoint.demo import demo_config
+    from model_runtime.checkpoint_tools.demo import demo_config
 
     tokenizer = build_tokenizer(DEMO_SPECS["tiny"].bpe_vocab, seed=0)
     small = LlavaConfig.from_dict(demo_config(DEMO_SPECS["small"], tokenizer.get_vocab_size(), tokenizer))

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_runtime import ChatTurn, ConfigError, load_pretrained_model, make_demo
+from model_runtime import ChatTurn, ConfigError, load_pretrained_model
 from model_runtime.arch import layout
-from model_runtime.checkpoint.hf_export import export_hf
 from model_runtime.checkpoint.hf_layout import orig_config
+from model_runtime.checkpoint_tools import make_demo
+from model_runtime.checkpoint_tools.hf_export import export_hf
 from model_runtime.constants import IMAGE_TOKEN_INDEX
 from model_runtime.processing.chat_template import ChatTemplateError, content_parts
 from model_runtime.processing.image import CLIP_MEAN, CLIP_STD

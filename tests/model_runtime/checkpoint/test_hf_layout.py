@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_runtime import ChatTurn, ConfigError, load_pretrained_model, make_demo
-from model_runtime.checkpoint.hf_export import export_hf
+from model_runtime import ChatTurn, ConfigError, load_pretrained_model
 from model_runtime.checkpoint.hf_layout import orig_config
+from model_runtime.checkpoint_tools import make_demo
+from model_runtime.checkpoint_tools.hf_export import export_hf
 from server.cli import main
 from tests.conftest import random_image
 from tests.model_runtime.checkpoint.conftest import load_both, logit_gap

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from model_runtime import ConfigError, LlavaConfig, load_pretrained_model, make_demo
-from model_runtime.checkpoint.hf_export import export_hf
+from model_runtime import ConfigError, LlavaConfig, load_pretrained_model
 from model_runtime.checkpoint.hf_layout import llava_aspect_ratio, orig_config
+from model_runtime.checkpoint_tools import make_demo
+from model_runtime.checkpoint_tools.hf_export import export_hf
 from tests.conftest import random_image
 from tests.model_runtime.checkpoint.conftest import load_both, logit_gap, logits_of
 

@@ -10,9 +10,10 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from model_runtime import ConfigError, load_pretrained_model, make_demo
+from model_runtime import ConfigError, load_pretrained_model
 from model_runtime.checkpoint.loader import context_length
 from model_runtime.checkpoint.tokens import IM_END_TOKEN, IM_PATCH_TOKEN, IM_START_TOKEN
+from model_runtime.checkpoint_tools import make_demo
 from tests.model_runtime.checkpoint.conftest import logits_of, read_all, write_checkpoint
 
 

@@ -11,7 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
-from model_runtime import ConfigError, load_pretrained_model, make_demo
+from model_runtime import ConfigError, load_pretrained_model
+from model_runtime.checkpoint_tools import make_demo
 from server.cli import main as cli
 from tests.model_runtime.checkpoint.conftest import logits_of
 

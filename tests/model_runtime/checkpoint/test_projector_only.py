@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_runtime import ConfigError, load_pretrained_model, make_demo
+from model_runtime import ConfigError, load_pretrained_model
 from model_runtime.checkpoint.folder import is_language_model_key
-from model_runtime.checkpoint.safetensors_io import save_tensors
 from model_runtime.checkpoint.tower_source import TOWER_PREFIX
+from model_runtime.checkpoint_tools import make_demo
+from model_runtime.checkpoint_tools.safetensors_write import save_tensors
 from tests.model_runtime.checkpoint.conftest import language_model_only, logits_of, read_all
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from model_runtime import ChatTurn, Engine, Request, SamplingParams
-from model_runtime.inputs import EncodedItem
 from tests.conftest import random_image, random_waveform
 from tests.model_runtime.engine.conftest import collect, images, run
 
@@ -58,9 +57,7 @@ def test_solo_generation_equals_recomputing_without_a_cache(tiny_model, new_engi
                     make_request("txt", "Tell me a story.", max_tokens=5)):
         got = run(new_engine(), [request])[request.request_id].ids
         with torch.inference_mode():
-            items = [EncodedItem(i.modality, f) for i, f in zip(request.media, model.encode_image_items(
-                [m.data for m in request.media], [m.image_size for m in request.media], [False] * len(request.media)),
-                strict=True)]
+            items = model.encode_media(request.media)
             embeds, _, _ = model.prepare_inputs_for_multimodal([request.prompt.token_ids], [items])
             expected = []
             for _ in range(5):

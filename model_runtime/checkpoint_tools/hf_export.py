@@ -104,7 +104,7 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
-    from model_runtime.checkpoint.demo import CHAT_TEMPLATE
+    from model_runtime.checkpoint_tools.demo import CHAT_TEMPLATE
 
     src, out = Path(src_dir), Path(out_dir)
     raw = read_config_dict(src)

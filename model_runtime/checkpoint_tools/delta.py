@@ -23,15 +23,16 @@ import torch
 from tqdm import tqdm
 
 from model_runtime.checkpoint.folder import (
+    DELTA_KEY,
     PICKLE_SUFFIXES,
     is_language_model_key,
     resolve_checkpoint,
     weight_files,
 )
-from model_runtime.checkpoint.safetensors_io import INDEX_NAME, SafetensorsFile, TensorInfo, write_shards
+from model_runtime.checkpoint.safetensors_io import INDEX_NAME, SafetensorsFile, TensorInfo
+from model_runtime.checkpoint_tools.safetensors_write import write_shards
 from model_runtime.config import ConfigError, read_config_dict
 
-DELTA_KEY = "llava_serve_delta"  # in config.json and in each shard's metadata
 TARGET_DTYPES_KEY = "target_dtypes"  # shard metadata: JSON {tensor name: torch dtype name}
 RESIZABLE = ("model.embed_tokens.weight", "lm_head.weight")  # may carry rows for added tokens
 SIXTEEN_BIT = (torch.bfloat16, torch.float16)

@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from model_runtime.checkpoint.folder import PICKLE_SUFFIXES, pickled_files
-from model_runtime.checkpoint.safetensors_io import INDEX_NAME, save_tensors
+from model_runtime.checkpoint.safetensors_io import INDEX_NAME
+from model_runtime.checkpoint_tools.safetensors_write import save_tensors
 from model_runtime.config import ConfigError
 
 SHARD_PATTERN = re.compile(r"^pytorch_model-(\d+)-of-(\d+)\.bin$")

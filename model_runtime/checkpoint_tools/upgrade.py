@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model_runtime.checkpoint.convert import convert_bin
 from model_runtime.checkpoint.folder import PICKLE_SUFFIXES, pickled_files
+from model_runtime.checkpoint_tools.convert import convert_bin
 from model_runtime.config import ConfigError, read_config_dict
 
 LLAVA_ARCHITECTURE = {
