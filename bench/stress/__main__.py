@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--integrity-rounds", type=int, default=10)
     p.add_argument("--soak-minutes", type=float, default=30.0)
     p.add_argument("--soak-rate", type=float, default=2.0, help="soak requests started per second")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight for fuzz-free parts")
+    p.add_argument("--concurrency", type=int, default=4, help="mutated media requests in flight")
     args = p.parse_args(argv)
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:

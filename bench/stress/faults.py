@@ -144,9 +144,9 @@ def is_idle(server: Server, media_workers: int | None = None) -> bool:
     return idle and (media_workers is None or len(server.decoder_pids()) == media_workers)
 
 
-def decoder_kill(server: Server, media_workers: int = 2) -> dict:
+def decoder_kill(server: Server, media_workers: int = 2, video_s: float = 20.0) -> dict:
     """`media_workers`: the server's --media-workers."""
-    video = slow_video()
+    video = slow_video(video_s)
     others: list[int] = []
     stop = threading.Event()
 
@@ -212,11 +212,11 @@ def decoder_kill(server: Server, media_workers: int = 2) -> dict:
     return result
 
 
-def disconnects(server: Server) -> dict:
+def disconnects(server: Server, video_s: float = 20.0) -> dict:
     """`server` runs with DISCONNECT_FLAGS."""
     origin = Origin()
     slow_url = origin.add("/slow.png", image_bytes(), delay=10.0)
-    video = slow_video()
+    video = slow_video(video_s)
     stages: dict[str, dict] = {}
 
     def leave(

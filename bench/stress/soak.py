@@ -7,9 +7,10 @@ client at a random moment, and a share of bad inputs (chat-body mutants and medi
 descriptors, threads and descendant processes are sampled. Drift compares the median of the first
 tenth of the samples (after warm-up) with the median of the last tenth, and the middle tenth with
 the last (the second half). Violations: any 5xx or unanswered request, more threads, processes
-or descriptors at the end than in the first tenth, or resident memory that still grows in the
-second half by more than `MAX_RSS_SECOND_HALF_DRIFT`: a leak grows for as long as the traffic
-lasts, while allocator arenas and bounded caches level off (the whole-run drift is reported).
+or descriptors (beyond `FD_SLACK`) at the end than in the first tenth, or resident memory that
+still grows in the second half by more than `MAX_RSS_SECOND_HALF_DRIFT`: a leak grows for as long
+as the traffic lasts, while allocator arenas and bounded caches level off (the whole-run drift
+is reported).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SAMPLE_S = 10.0
 CANCEL_SHARE = 0.1
 BAD_SHARE = 0.15
 MAX_RSS_SECOND_HALF_DRIFT = 0.05
+FD_SLACK = 2  # a client socket the server has not closed yet at the last sample; a leak grows past it
 KINDS = [("text", 0.3), ("stream", 0.2), ("IMAGE", 0.15), ("VIDEO", 0.1), ("AUDIO", 0.1), ("bad", BAD_SHARE)]
 MEDIA = {
     "IMAGE": ["PNG", "JPEG", "WEBP", "GIF", "BMP"],
@@ -166,8 +168,8 @@ def check(
     rss = figures["rss_bytes"]
     rss_drift = (rss["last"] - rss["first"]) / rss["first"]
     second_half = (rss["last"] - rss["middle"]) / rss["middle"]
-    for field in ("num_fds", "num_threads", "num_processes"):
-        if figures[field]["last"] > figures[field]["first_max"]:
+    for field, slack in (("num_fds", FD_SLACK), ("num_threads", 0), ("num_processes", 0)):
+        if figures[field]["last"] > figures[field]["first_max"] + slack:
             tally.violate(f"{field} grew", **figures[field])
     if second_half > MAX_RSS_SECOND_HALF_DRIFT:
         tally.violate("rss grew in the second half", drift=round(second_half, 3))

@@ -74,13 +74,13 @@ def test_soak(server):
 
 @shared
 def test_decoder_kill(server):
-    assert_passed(faults.decoder_kill(server))
+    assert_passed(faults.decoder_kill(server, video_s=4.0))
 
 
 def test_disconnects(tiny_audio_checkpoint, tmp_path):
     s = start_server(tiny_audio_checkpoint, tmp_path, *faults.DISCONNECT_FLAGS)
     try:
-        result = faults.disconnects(s)
+        result = faults.disconnects(s, video_s=4.0)
     finally:
         stop_server(s)
     assert_passed(result)
