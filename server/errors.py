@@ -162,6 +162,16 @@ MEDIA_ERRORS: dict[str, type[APIError]] = {
 }
 
 
+def error_codes() -> list[str]:
+    """Every code an API error class states (the bounded label set of the error counter)."""
+    codes, todo = set(), [APIError]
+    while todo:
+        cls = todo.pop()
+        codes.add(cls.code)
+        todo.extend(cls.__subclasses__())
+    return sorted(codes)
+
+
 def media_error(code: str, message: str, param: str | None) -> APIError:
     """The API error for a media failure reported by code (e.g. from a decoder process)."""
     return MEDIA_ERRORS.get(code, InvalidRequest)(message, param=param)

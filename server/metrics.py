@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from model_runtime import STEP_TOKEN_BOUNDS, EngineStats
+from server.errors import error_codes
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
@@ -121,3 +122,5 @@ class Metrics:
             self.requests.labels(finish_reason=reason)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        for code in error_codes():
+            self.errors.labels(code=code)

@@ -38,12 +38,13 @@ def tool(name: str) -> str:
 
 
 def test_every_series_is_exported_and_promtool_passes(local_server):
-    with local_server.client() as client:
-        client.chat.completions.create(model="tiny", max_tokens=3, stream=True, messages=[
+    with local_server.client() as client:  # a whole streamed image chat: every per-request series observed
+        chunks = list(client.chat.completions.create(model="tiny", max_tokens=3, stream=True, messages=[
             {"role": "user", "content": [{"type": "image_url", "image_url": {
                 "url": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4"
                        "z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"}}, {"type": "text", "text": "hi"}]}],
-        ).close()
+        ))
+    assert chunks[-1].choices[0].finish_reason == "length"
     text = httpx.get(local_server.base_url + "/metrics").text
     for series in SERIES:
         assert re.search(rf"^{series}[{{ ]", text, re.M), series
