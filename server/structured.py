@@ -36,7 +36,6 @@ UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
     "verbosity": (),
     "web_search_options": (),
 }
-GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice")
 
 
 def check_unsupported(body: ChatCompletionRequest) -> None:

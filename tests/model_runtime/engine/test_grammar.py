@@ -78,11 +78,17 @@ def test_random_weights_answer_schema_valid_json(new_engine, make_request, gramm
 def test_grammar_rows_batched_with_free_rows_equal_their_solo_runs(new_engine, make_request, grammars):
     def requests():
         return [
-            constrained(make_request, grammars, "g0"),
+            constrained(make_request, grammars, "g0", max_tokens=40),
             make_request("free0", "Tell me a story.", max_tokens=9),
-            constrained(make_request, grammars, "g1", grammar=grammars.compile(GrammarSpec("json_object"))),
+            constrained(
+                make_request,
+                grammars,
+                "g1",
+                grammar=grammars.compile(GrammarSpec("json_object")),
+                max_tokens=40,
+            ),
             make_request("free1", "Describe it.", max_tokens=7, temperature=1.0, seed=5),
-            constrained(make_request, grammars, "g2", temperature=1.0, seed=9),
+            constrained(make_request, grammars, "g2", temperature=1.0, seed=9, max_tokens=40),
         ]
 
     engine = new_engine()
