@@ -51,3 +51,12 @@ def random_waveform(seconds: float, seed: int = 0) -> np.ndarray:
     n = max(1, round(seconds * 16000))
     t = np.arange(n) / 16000
     return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32)
+
+
+def wait_until_ready(client, seconds: float = 30.0) -> None:
+    """Poll a TestClient's /ready until the engine is up (or `seconds` pass)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.02)

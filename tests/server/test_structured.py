@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import jsonschema
 import pytest
@@ -14,7 +13,7 @@ from model_runtime.engine.detokenizer import TokenTexts
 from server.app import create_app
 from server.config import ServerConfig
 from server.structured import UNSUPPORTED_FIELDS
-from tests.conftest import png_data_url, random_image
+from tests.conftest import png_data_url, random_image, wait_until_ready
 from tests.server.test_app import assert_error
 
 SCHEMA = {
@@ -47,9 +46,7 @@ SCHEMA = {
 def client(tiny_model):
     app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=tiny_model)
     with TestClient(app) as c:
-        deadline = time.monotonic() + 30
-        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until_ready(c)
         yield c
 
 

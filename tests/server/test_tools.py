@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import jsonschema
 import pytest
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.config import ServerConfig
 from server.tools import CallParser
+from tests.conftest import wait_until_ready
 from tests.server.test_app import assert_error
 
 WEATHER = {
@@ -52,9 +52,7 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 def client(tiny_model):
     app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=tiny_model)
     with TestClient(app) as c:
-        deadline = time.monotonic() + 30
-        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until_ready(c)
         yield c
 
 
