@@ -40,6 +40,7 @@ class DecodeGroup:
     block_table: torch.Tensor  # [n, nb] long: each row's blocks, padded with the zero block
     lengths: tuple[int, ...]  # each row's context length, after this step's token
     mask: torch.Tensor | None  # [n, 1, 1, nb * block_size] bool; None: every row fills its table
+    first_block: int | None = None  # one row whose table is blocks first_block, first_block + 1, ...
 
 
 @dataclass
@@ -51,6 +52,7 @@ class PromptChunk:
     context_len: int  # positions of the sequence after this step (the chunk is the last num_queries)
     block_ids: torch.Tensor  # [nb] long
     mask: torch.Tensor | None  # [num_queries, context_len] bool; None when the chunk is the whole context
+    first_block: int | None = None  # the table is blocks first_block, first_block + 1, ...
 
 
 @dataclass
@@ -75,8 +77,9 @@ class PagedAttentionInputs:
 
             moved = PagedAttentionInputs(
                 self.key_cache, self.value_cache, to(self.slots),
-                [DecodeGroup(to(g.query_index), to(g.block_table), g.lengths, to(g.mask)) for g in self.decode_groups],
-                [PromptChunk(c.query_start, c.num_queries, c.context_len, to(c.block_ids), to(c.mask))
+                [DecodeGroup(to(g.query_index), to(g.block_table), g.lengths, to(g.mask), g.first_block)
+                 for g in self.decode_groups],
+                [PromptChunk(c.query_start, c.num_queries, c.context_len, to(c.block_ids), to(c.mask), c.first_block)
                  for c in self.prompt_chunks],
             )
             self._moved[device] = moved
@@ -101,13 +104,18 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         # blocks [n * nb] -> [KV, n * nb * block_size, Dh]
         return cache.index_select(1, blocks).view(kv_heads, -1, head_dim)
 
+    def context(cache: torch.Tensor, blocks: torch.Tensor, first: int | None, length: int) -> torch.Tensor:
+        # one sequence's keys or values [KV, length, Dh]: a view of the pool when its blocks are one run
+        if first is None:
+            return gather(cache, blocks)[:, :length]
+        return cache[:, first : first + blocks.shape[-1]].view(kv_heads, -1, head_dim)[:, :length]
+
     for g in paged.decode_groups:
         n = g.query_index.shape[0]
         q = query[0].index_select(1, g.query_index).transpose(0, 1).reshape(n, kv_heads, groups, head_dim)
         if n == 1:
-            length = g.lengths[0]
-            k = gather(key_cache, g.block_table[0])[None, :, :length]
-            v = gather(value_cache, g.block_table[0])[None, :, :length]
+            k = context(key_cache, g.block_table[0], g.first_block, g.lengths[0])[None]
+            v = context(value_cache, g.block_table[0], g.first_block, g.lengths[0])[None]
         else:
             k = gather(key_cache, g.block_table.reshape(-1)).view(kv_heads, n, -1, head_dim).transpose(0, 1)
             v = gather(value_cache, g.block_table.reshape(-1)).view(kv_heads, n, -1, head_dim).transpose(0, 1)
@@ -115,8 +123,8 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         out.index_copy_(0, g.query_index, o.reshape(n, num_heads, head_dim))
     for c in paged.prompt_chunks:
         q = query[0, :, c.query_start : c.query_start + c.num_queries]  # [H, n, Dh]
-        k = gather(key_cache, c.block_ids)[:, : c.context_len]  # [KV, L, Dh]
-        v = gather(value_cache, c.block_ids)[:, : c.context_len]
+        k = context(key_cache, c.block_ids, c.first_block, c.context_len)  # [KV, L, Dh]
+        v = context(value_cache, c.block_ids, c.first_block, c.context_len)
         # several queries: SDPA's own GQA is the fastest here (a chunk of 50 after 6,000 positions: 13.5 ms a
         # layer against 44 ms with the KV heads repeated; bench/attention_bench.py --paged)
         o = F.scaled_dot_product_attention(q[None], k[None].to(q.dtype), v[None].to(q.dtype), attn_mask=c.mask,

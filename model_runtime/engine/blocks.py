@@ -5,14 +5,19 @@ tensors). `BlockPool` hands out block ids, counts references (several sequences 
 of a common prefix) and keeps full blocks findable by content after their last holder lets go:
 a block's `BlockHash` is a digest of its parent block's hash and of what fills its positions
 (token ids, and for media rows the item's content key and row numbers), so equal hashes mean
-equal KV. Free blocks form one queue: blocks without a hash are handed out first, then cached
-blocks, least recently released first (that is the eviction order of the prefix cache).
-Block 0 is never handed out: it stays zero and pads block tables. Knows no tensors.
+equal KV. Blocks without a hash are handed out before cached blocks, and cached blocks least
+recently released first (that is the eviction order of the prefix cache). Among blocks without a
+hash the pool keeps a sequence's blocks adjacent where it can: a holder's next block is the one
+after its last if that is free, prompt chunks take the lowest free ids and single blocks (decode
+rows) the highest, so a long prompt computed chunk by chunk while other rows decode still lies in
+one run of ids, which attention reads in place instead of gathering (kv.py). Block 0 is never
+handed out: it stays zero and pads block tables. Knows no tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -128,6 +133,41 @@ def extend_hashes(hashes: list[BlockHash], layout: PromptLayout, output_ids: Seq
         hashes.append(hash_block(hashes[-1] if hashes else None, content))
 
 
+class _IdSet:
+    """Block ids without a hash that are free: membership, and the lowest or highest id, in log time."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        self._ids = set(ids)
+        self._low = sorted(self._ids)  # heaps with stale entries, dropped when they reach the top
+        self._high = [-i for i in reversed(self._low)]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, block: int) -> bool:
+        return block in self._ids
+
+    def add(self, block: int) -> None:
+        self._ids.add(block)
+        if max(len(self._low), len(self._high)) > 2 * len(self._ids) + 64:  # mostly stale: rebuild, so the heaps stay bounded
+            self._low = sorted(self._ids)
+            self._high = [-i for i in reversed(self._low)]
+            return
+        heapq.heappush(self._low, block)
+        heapq.heappush(self._high, -block)
+
+    def remove(self, block: int) -> None:
+        self._ids.remove(block)
+
+    def pop(self, lowest: bool) -> int:
+        heap, sign = (self._low, 1) if lowest else (self._high, -1)
+        while True:
+            block = sign * heapq.heappop(heap)
+            if block in self._ids:
+                self._ids.remove(block)
+                return block
+
+
 class BlockPool:
     def __init__(self, num_blocks: int, enable_prefix_caching: bool = True) -> None:
         if num_blocks < 2:
@@ -137,10 +177,9 @@ class BlockPool:
         self._refs = [0] * num_blocks
         self._hash_of: dict[int, BlockHash] = {}
         self._block_of: dict[BlockHash, int] = {}
-        # free blocks in hand-out order: unhashed first (front), cached ones by release time (back)
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
+        self._unhashed = _IdSet(range(1, num_blocks))  # free, no hash: handed out first
+        self._cached: OrderedDict[int, None] = OrderedDict()  # free with a hash, by release time (LRU first)
         self._touched = [False] * num_blocks  # ever handed out (kv.py zeroes a block on first use)
-        self._num_cached = 0  # free blocks with a hash
         self.num_queried_tokens = 0
         self.num_hit_tokens = 0
         self.num_evictions = 0
@@ -153,16 +192,16 @@ class BlockPool:
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free, including cached blocks that would be evicted)."""
-        return len(self._free)
+        return len(self._unhashed) + len(self._cached)
 
     @property
     def num_used(self) -> int:
-        return self.num_usable - len(self._free)
+        return self.num_usable - self.num_free
 
     @property
     def num_cached(self) -> int:
         """Free blocks still findable by hash (the prefix cache's idle content)."""
-        return self._num_cached
+        return len(self._cached)
 
     @property
     def usage(self) -> float:
@@ -172,21 +211,30 @@ class BlockPool:
         return self._refs[block]
 
     # -- allocation -------------------------------------------------------------------------
-    def allocate(self, count: int) -> tuple[list[int], list[int]]:
-        """`count` blocks for one holder; returns (blocks, those never handed out before)."""
-        if count > len(self._free):
-            raise NoFreeBlocksError(f"{count} blocks asked, {len(self._free)} free")
-        blocks, fresh = [], []
-        for _ in range(count):
-            block, _ = self._free.popitem(last=False)
-            if block in self._hash_of:
-                self._num_cached -= 1
-                self._evict(block)
+    def allocate(self, count: int, after: int | None = None, chunk: bool = True) -> tuple[list[int], list[int]]:
+        """`count` blocks for one holder; returns (blocks, those never handed out before).
+        `after`: the holder's last block (its next ones are preferred); `chunk`: several positions
+        at once (a prompt chunk: lowest free ids first) rather than one decode row (highest first)."""
+        if count > self.num_free:
+            raise NoFreeBlocksError(f"{count} blocks asked, {self.num_free} free")
+        blocks: list[int] = []
+        nxt = -1 if after is None else after + 1
+        while len(blocks) < count and nxt in self._unhashed:
+            self._unhashed.remove(nxt)
+            blocks.append(nxt)
+            nxt += 1
+        while len(blocks) < count and self._unhashed:
+            blocks.append(self._unhashed.pop(lowest=chunk))
+        while len(blocks) < count:
+            block, _ = self._cached.popitem(last=False)
+            self._evict(block)
+            blocks.append(block)
+        fresh = []
+        for block in blocks:
             self._refs[block] = 1
             if not self._touched[block]:
                 self._touched[block] = True
                 fresh.append(block)
-            blocks.append(block)
         return blocks, fresh
 
     def share(self, blocks: Sequence[int]) -> None:
@@ -204,11 +252,10 @@ class BlockPool:
             if self._refs[block] < 0:
                 raise RuntimeError(f"block {block} released more often than held")
             if self._refs[block] == 0:
-                self._free[block] = None
                 if block in self._hash_of:
-                    self._num_cached += 1
+                    self._cached[block] = None
                 else:
-                    self._free.move_to_end(block, last=False)
+                    self._unhashed.add(block)
 
     # -- prefix cache -----------------------------------------------------------------------
     def lookup(self, hashes: Sequence[BlockHash], max_blocks: int) -> list[int]:
@@ -224,8 +271,7 @@ class BlockPool:
             found.append(block)
         for block in found:
             if self._refs[block] == 0:
-                del self._free[block]
-                self._num_cached -= 1
+                del self._cached[block]
             self._refs[block] += 1
         return found
 
@@ -248,9 +294,9 @@ class BlockPool:
 
     def reset_prefix_cache(self) -> int:
         """Forget every cached block nobody holds; returns how many were forgotten."""
-        idle = [b for b in self._free if b in self._hash_of]
+        idle = list(self._cached)
+        self._cached.clear()
         for block in idle:
             self._evict(block)
-            self._free.move_to_end(block, last=False)
-        self._num_cached = 0
+            self._unhashed.add(block)
         return len(idle)

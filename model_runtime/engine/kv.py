@@ -6,7 +6,8 @@ at start-up from a memory budget (`kv_cache_bytes`); on the CPU their pages beco
 blocks are first used, and a block is zeroed when first handed out, so a padded read never
 meets uninitialised memory. Block 0 is the zero block that pads block tables.
 `paged_inputs(...)` turns the rows of one step (which positions of which sequence, in which
-blocks) into `PagedAttentionInputs` for arch/attention.py. Knows tensors, not requests.
+blocks) into `PagedAttentionInputs` for arch/attention.py, noting the tables that are one run of
+consecutive ids (read in place, without a gather). Knows tensors, not requests.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def paged_inputs(cache: KVCache, rows: Sequence[StepRow], device: torch.device) 
         if row.start:  # query i sees positions up to start + i
             mask = torch.arange(length)[None, :] <= (row.start + torch.arange(row.num_queries))[:, None]
         chunks.append(PromptChunk(row.query_start, row.num_queries, length, torch.tensor(table, device=device),
-                                  _to(mask, device)))
+                                  _to(mask, device), first_block=_run_start(table)))
     return PagedAttentionInputs(
         cache.key_cache, cache.value_cache, torch.tensor(slots, dtype=torch.long, device=device),
         [_decode_group(g, bs, device) for g in _group_by_length(decode, bs)], chunks,
@@ -171,7 +172,16 @@ def _decode_group(rows: list[StepRow], block_size: int, device: torch.device) ->
     if len(rows) > 1 and any(length != width * block_size for length in lengths):
         mask = (torch.arange(width * block_size)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
     index = torch.tensor([r.query_start for r in rows], dtype=torch.long, device=device)
-    return DecodeGroup(index, torch.tensor(table, dtype=torch.long, device=device), lengths, _to(mask, device))
+    return DecodeGroup(index, torch.tensor(table, dtype=torch.long, device=device), lengths, _to(mask, device),
+                       first_block=_run_start(table[0]) if len(rows) == 1 else None)
+
+
+def _run_start(table: list[int]) -> int | None:
+    """The first block of a table of consecutive block ids (attention then reads the pool in place)."""
+    first = table[0]
+    if table[-1] - first != len(table) - 1 or any(b != first + i for i, b in enumerate(table)):
+        return None
+    return first
 
 
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

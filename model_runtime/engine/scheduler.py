@@ -248,7 +248,8 @@ class Scheduler:
             self._preempt(victim, out)
             if victim is seq:
                 return False
-        blocks, fresh = self.pool.allocate(need)
+        blocks, fresh = self.pool.allocate(need, after=seq.block_ids[-1] if seq.block_ids else None,
+                                           chunk=num_positions - seq.num_computed > 1)
         seq.block_ids += blocks
         out.fresh_blocks += fresh
         return True

@@ -64,6 +64,21 @@ def test_unhashed_blocks_go_first_and_cached_ones_are_evicted_least_recently_rel
     assert pool.lookup([b"b0"], 1) == []
 
 
+def test_a_sequence_grown_chunk_by_chunk_keeps_consecutive_blocks_while_decode_rows_take_theirs():
+    pool = BlockPool(64)
+    prompt, _ = pool.allocate(4, chunk=True)
+    rows = [pool.allocate(1, chunk=False)[0] for _ in range(3)]  # decode rows cross block boundaries
+    more, _ = pool.allocate(5, after=prompt[-1], chunk=True)
+    rows += [pool.allocate(1, after=r[-1], chunk=False)[0] for r in rows]
+    last, _ = pool.allocate(3, after=more[-1], chunk=True)
+    table = prompt + more + last
+    assert table == list(range(table[0], table[0] + 12))
+    assert not set(table) & {b for r in rows for b in r}
+    pool.release(table)
+    again, _ = pool.allocate(12, chunk=True)  # released blocks come back as a run too
+    assert again == list(range(again[0], again[0] + 12))
+
+
 def test_register_keeps_the_first_block_with_a_content_and_respects_the_switch():
     pool = BlockPool(4)
     (x, y), _ = pool.allocate(2)

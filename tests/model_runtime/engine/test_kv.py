@@ -93,3 +93,42 @@ def test_kv_cache_size_from_bytes_or_share_and_block_copies():
     assert torch.equal(cache.key_cache[1][:, 5], cache.key_cache[1][:, 2])
     cache.zero([5])
     assert torch.count_nonzero(cache.key_cache[1][:, 5]) == 0
+
+
+def test_a_table_of_consecutive_blocks_is_read_in_place_and_equals_the_gathered_read():
+    torch.manual_seed(1)
+    lengths = {"long": 44, "other": 9}
+    seqs = {name: {"q": torch.randn(HEADS, n, HEAD_DIM), "k": torch.randn(KV_HEADS, n, HEAD_DIM),
+                   "v": torch.randn(KV_HEADS, n, HEAD_DIM)} for name, n in lengths.items()}
+    cache = KVCache(tiny_lm(), num_blocks=32, block_size=BLOCK)
+    pool = BlockPool(32)
+    tables = {"long": [], "other": []}
+
+    def grow(name, positions, chunk):
+        need = -(-positions // BLOCK) - len(tables[name])
+        blocks, fresh = pool.allocate(need, after=tables[name][-1] if tables[name] else None, chunk=chunk)
+        tables[name] += blocks
+        cache.zero(fresh)
+
+    # the long sequence's prompt in chunks while the other row decodes and takes blocks between them
+    grow("other", 8, chunk=True)
+    run_step(cache, [("other", 0, 8)], seqs, tables)
+    for start, n in [(0, 12), (12, 20), (32, 11)]:
+        grow("long", start + n, chunk=True)
+        grow("other", 9, chunk=False)
+        run_step(cache, [("long", start, n)], seqs, tables)
+    assert tables["long"] == list(range(tables["long"][0], tables["long"][0] + 11))  # one run of ids
+    rows = [StepRow(0, 1, 43, tables["long"]), StepRow(1, 2, 32, tables["long"])]
+    inputs = paged_inputs(cache, rows, torch.device("cpu"))
+    assert inputs.decode_groups[0].first_block == tables["long"][0]
+    assert inputs.prompt_chunks[0].first_block == tables["long"][0]
+    got = run_step(cache, [("long", 43, 1)], seqs, tables)["long"]
+    s = seqs["long"]
+    torch.testing.assert_close(got, dense(s["q"][:, 43:44], s["k"], s["v"], [43]), atol=1e-5, rtol=1e-5)
+    # the same keys gathered from a scattered copy of the blocks give the same numbers exactly
+    scattered = list(reversed(range(20, 31)))
+    for t in (*cache.key_cache, *cache.value_cache):
+        t[:, scattered] = t[:, tables["long"]]
+    assert paged_inputs(cache, [StepRow(0, 1, 43, scattered)], torch.device("cpu")).decode_groups[0].first_block is None
+    again = run_step(cache, [("long", 43, 1)], seqs, {"long": scattered})["long"]
+    assert torch.equal(got, again)
