@@ -295,7 +295,9 @@ async def mixed(server: Server, args) -> dict:
         arrived = time.monotonic()
         image = await chat(c, server, [user("Describe this photo in detail.", image_url(1920, 1080, seed=102))],
                            args.image_tokens)
-        tail = min(len(s.arrivals) for s in texts) + 3
+        # as many tokens again after the image's last: the same streams' gap at nearly the same context
+        # lengths without the image row (the streams' contexts grew by hundreds during the prefill)
+        tail = min(len(s.arrivals) for s in texts) + args.image_tokens + 1
         while min(len(s.arrivals) for s in texts) < tail and not all(t.done() for t in tasks):
             await asyncio.sleep(0.05)
         stop.set()
@@ -306,6 +308,7 @@ async def mixed(server: Server, args) -> dict:
     before = [g for s in texts for g in s.gaps(end=arrived) if g]
     during = [g for s in texts for g in s.gaps(start=arrived, end=image.done)]
     while_decoding = [g for s in texts for g in s.gaps(start=first, end=image.done)]
+    after = [g for s in texts for g in s.gaps(start=image.done)]
     result = {
         "image_prompt_tokens": image.prompt_tokens,
         "image_ttft_s": image.ttft, "image_ttft_alone_s": alone.ttft,
@@ -313,9 +316,12 @@ async def mixed(server: Server, args) -> dict:
         "text_gap_before_median_s": statistics.median(before) if before else float("nan"),
         "text_gap_max_during_s": max(during) if during else float("nan"),
         "text_gap_while_image_decodes_median_s": statistics.median(while_decoding) if while_decoding else float("nan"),
+        "text_gap_after_image_median_s": statistics.median(after) if after else float("nan"),
         "errors": errors,
     }
     result["gap_ratio"] = result["text_gap_while_image_decodes_median_s"] / result["text_gap_before_median_s"]
+    result["gap_ratio_same_context"] = (result["text_gap_while_image_decodes_median_s"]
+                                        / result["text_gap_after_image_median_s"])
     result.update(memory_report(server, samples))
     return result
 
@@ -552,12 +558,15 @@ def report(results: dict, out: Path | None, plot_name: str = "serve_bench.png") 
     if rows:
         print("\nmixed: 8 text streams + one 1920x1080 image chat")
         print("| server | image prompt tokens | longest text gap s | median gap before s | median gap while image "
-              "decodes s | ratio | image TTFT s | alone s | ratio | KV held / tokens | RSS growth MB |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "decodes s | ratio | median gap after it s | ratio at equal context | image TTFT s | alone s | ratio | "
+              "KV held / tokens | RSS growth MB |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, r in rows:
             print(f"| {name} | {r['image_prompt_tokens']} | {r['text_gap_max_during_s']:.2f} | "
                   f"{r['text_gap_before_median_s']:.3f} | {r['text_gap_while_image_decodes_median_s']:.3f} | "
-                  f"{r['gap_ratio']:.2f} | {r['image_ttft_s']:.1f} | {r['image_ttft_alone_s']:.1f} | "
+                  f"{r['gap_ratio']:.2f} | {r.get('text_gap_after_image_median_s', float('nan')):.3f} | "
+                  f"{r.get('gap_ratio_same_context', float('nan')):.2f} | "
+                  f"{r['image_ttft_s']:.1f} | {r['image_ttft_alone_s']:.1f} | "
                   f"{r['ttft_ratio']:.2f} | {r.get('kv_held_over_tokens_max', float('nan')):.3f} | "
                   f"{r.get('rss_growth_bytes', 0) / 2**20:.0f} |")
     rows = [(name, e["multiturn"]) for name, e in servers.items() if "multiturn" in e]
