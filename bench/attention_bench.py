@@ -60,7 +60,8 @@ def paged_layouts(args) -> None:
              "8 x 1,512": [1512] * 8}
     print(f"one layer of a decode step, paged ({block}-token blocks), {args.heads}/{args.kv_heads} heads, "
           f"{args.dtype}, {torch.get_num_threads()} threads; ms")
-    print(f"  {'contexts':22s} {'ours (gather+SDPA)':>20s} {'transformers paged':>20s} {'contiguous padded':>18s}")
+    print(f"  {'contexts':22s} {'ours, scattered':>16s} {'ours, runs':>11s} {'transformers paged':>19s} "
+          f"{'contiguous padded':>18s}")
     for name, lengths in mixes.items():
         _time_paged_mix(args, name, lengths, block, dtype, groups)
 
@@ -77,7 +78,7 @@ def _time_paged_mix(args, name: str, lengths: list[int], block: int, dtype: torc
         config=SimpleNamespace(num_hidden_layers=1, num_attention_heads=args.heads,
                                num_key_value_heads=args.kv_heads, hidden_size=args.heads * args.head_dim,
                                head_dim=args.head_dim),
-        model=SimpleNamespace(layers=[SimpleNamespace(self_attn=SimpleNamespace(k_proj=torch.nn.Linear(1, 1)))],
+        model=SimpleNamespace(layers=[SimpleNamespace(input_layernorm=torch.nn.LayerNorm(1))],
                               embed_tokens=torch.nn.Embedding(1, 1, dtype=dtype)))
     cache = KVCache(lm, num_blocks, block)
     cache.key_cache[0].normal_()
@@ -91,12 +92,17 @@ def _time_paged_mix(args, name: str, lengths: list[int], block: int, dtype: torc
         used += k
     pool.allocate(used)
     rows = [StepRow(i, 1, n - 1, t) for i, (n, t) in enumerate(zip(lengths, tables, strict=True))]
+    runs, first = [], 1  # the same contexts, each table one run of consecutive ids (read in place)
+    for i, n in enumerate(lengths):
+        k = -(-n // block)
+        runs.append(StepRow(i, 1, n - 1, list(range(first, first + k))))
+        first += k
     q = torch.randn(1, args.heads, len(lengths), args.head_dim, dtype=dtype)
     k_new = torch.randn(1, args.kv_heads, len(lengths), args.head_dim, dtype=dtype)
     module = SimpleNamespace(layer_idx=0)
 
-    def ours():
-        paged_attention(module, q, k_new, k_new, paged_inputs(cache, rows, torch.device("cpu")),
+    def ours(step_rows=rows):
+        paged_attention(module, q, k_new, k_new, paged_inputs(cache, step_rows, torch.device("cpu")),
                         args.head_dim**-0.5)
 
     flat_slots = torch.cat([(torch.tensor(t)[:, None] * block + torch.arange(block)).reshape(-1)[:n]
@@ -119,8 +125,8 @@ def _time_paged_mix(args, name: str, lengths: list[int], block: int, dtype: torc
     def contiguous():
         F.scaled_dot_product_attention(folded, padded_k, padded_k, attn_mask=pad_mask)
 
-    print(f"  {name:22s} {best_ms(ours):20.2f} {best_ms(transformers_paged, repeats=5):20.2f} "
-          f"{best_ms(contiguous):18.2f}")
+    print(f"  {name:22s} {best_ms(ours):16.2f} {best_ms(lambda: ours(runs)):11.2f} "
+          f"{best_ms(transformers_paged, repeats=5):19.2f} {best_ms(contiguous):18.2f}")
 
 
 def engine_steps(args) -> None:

@@ -28,6 +28,7 @@ GiB = 2**30
 CPU_AUTO_BYTES = 4 * GiB  # "auto" on the CPU: at most this, and at most half of the available memory
 CUDA_AUTO_FRACTION = 0.8  # "auto" on a GPU: this share of its free memory once the model is loaded
 DECODE_GROUP_SLACK = 1.25  # a decode group's padded reads stay within this x its real keys (+ a block per row)
+IN_PLACE_MIN_POSITIONS = 1024  # a decode row this long whose blocks are one run is read alone, in place
 
 
 def kv_dims(text_config) -> tuple[int, int, int]:
@@ -141,8 +142,19 @@ def paged_inputs(cache: KVCache, rows: Sequence[StepRow], device: torch.device) 
                                   _to(mask, device), first_block=_run_start(table)))
     return PagedAttentionInputs(
         cache.key_cache, cache.value_cache, torch.tensor(slots, dtype=torch.long, device=device),
-        [_decode_group(g, bs, device) for g in _group_by_length(decode, bs)], chunks,
+        [_decode_group(g, bs, device) for g in _decode_groups(decode, bs)], chunks,
     )
+
+
+def _decode_groups(rows: list[StepRow], block_size: int) -> list[list[StepRow]]:
+    """Long rows whose blocks are one run alone (a view of the pool costs one SDPA call and no copy
+    of their keys), the others grouped by length."""
+    alone = [r for r in rows if r.start + 1 >= IN_PLACE_MIN_POSITIONS
+             and _run_start(r.block_ids[: r.start // block_size + 1]) is not None]
+    if not alone:
+        return _group_by_length(rows, block_size)
+    ids = {id(r) for r in alone}
+    return [[r] for r in alone] + _group_by_length([r for r in rows if id(r) not in ids], block_size)
 
 
 def _group_by_length(rows: list[StepRow], block_size: int) -> list[list[StepRow]]:

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 from model_runtime.arch.attention import paged_attention
 from model_runtime.engine.blocks import BlockPool
-from model_runtime.engine.kv import KVCache, StepRow, bytes_per_block, kv_cache_bytes, paged_inputs
+from model_runtime.engine.kv import (
+    IN_PLACE_MIN_POSITIONS,
+    KVCache,
+    StepRow,
+    bytes_per_block,
+    kv_cache_bytes,
+    paged_inputs,
+)
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
 
@@ -132,3 +139,33 @@ def test_a_table_of_consecutive_blocks_is_read_in_place_and_equals_the_gathered_
     assert paged_inputs(cache, [StepRow(0, 1, 43, scattered)], torch.device("cpu")).decode_groups[0].first_block is None
     again = run_step(cache, [("long", 43, 1)], seqs, {"long": scattered})["long"]
     assert torch.equal(got, again)
+
+
+def test_a_long_decode_row_in_one_run_is_read_alone_and_in_place_beside_grouped_rows():
+    torch.manual_seed(2)
+    lengths = {"long": IN_PLACE_MIN_POSITIONS + 5, "long2": IN_PLACE_MIN_POSITIONS + 9, "a": 30, "b": 33}
+    seqs = {name: {"q": torch.randn(HEADS, n, HEAD_DIM), "k": torch.randn(KV_HEADS, n, HEAD_DIM),
+                   "v": torch.randn(KV_HEADS, n, HEAD_DIM)} for name, n in lengths.items()}
+    cache = KVCache(tiny_lm(), num_blocks=1100, block_size=BLOCK)
+    pool = BlockPool(1100)
+    tables = {}
+    for name in ["a", "long", "b"]:
+        tables[name], fresh = pool.allocate(-(-lengths[name] // BLOCK))
+        cache.zero(fresh)
+    scattered = []  # long2: as long, but its blocks interleaved with another holder's
+    for _ in range(-(-lengths["long2"] // BLOCK)):
+        scattered += pool.allocate(1)[0]
+        pool.allocate(1)
+    tables["long2"] = scattered
+    cache.zero(scattered)
+    run_step(cache, [(name, 0, n - 1) for name, n in lengths.items()], seqs, tables)
+    step = [(name, n - 1, 1) for name, n in lengths.items()]
+    rows = [StepRow(i, 1, start, tables[name]) for i, (name, start, _) in enumerate(step)]
+    groups = paged_inputs(cache, rows, torch.device("cpu")).decode_groups
+    alone = [g for g in groups if g.first_block is not None]
+    assert [g.first_block for g in alone] == [tables["long"][0]] and len(groups) >= 2
+    got = run_step(cache, step, seqs, tables)
+    for name, start, n in step:
+        s = seqs[name]
+        expected = dense(s["q"][:, start : start + n], s["k"], s["v"], list(range(start, start + n)))
+        torch.testing.assert_close(got[name], expected, atol=1e-5, rtol=1e-5, msg=name)
