@@ -23,7 +23,7 @@ from server.config import ServerConfig
 from server.errors import APIError, InvalidRequest
 from server.lifespan import lifespan, model_loader
 from server.middleware import BodyLimit, EarlyRefusal, RequestIds
-from server.routes import ROUTERS
+from server.routes import add_routes
 from server.routes.chat import PATH as CHAT_PATH
 from server.state import ServerState
 
@@ -48,8 +48,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    for router in ROUTERS:
-        app.include_router(router)
+    add_routes(app)
     playground.mount(app, config)
     return app
 

@@ -5,8 +5,15 @@ probes.py: /health, /ready, /metrics, /version. models.py: /v1/models. chat.py:
 mounted by server/playground.
 """
 
-from fastapi import APIRouter
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from server.routes import chat, models, probes
 
-ROUTERS: tuple[APIRouter, ...] = (probes.router, models.router, chat.router)
+
+def add_routes(app: FastAPI) -> None:
+    """Every route onto the app itself, so `app.routes` lists each path (include_router would nest them)."""
+    for router in (probes.router, models.router, chat.router):
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            app.add_api_route(route.path, route.endpoint, methods=route.methods, name=route.name)
