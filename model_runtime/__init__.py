@@ -10,7 +10,7 @@ from model_runtime.arch.layout import ImageTokenParts, LayoutError, audio_token_
 from model_runtime.arch.meta import MediaMismatchError
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
 from model_runtime.checkpoint.quantize import QUANTIZATIONS
-from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, FaultInjection, LlavaConfig
+from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, LlavaConfig
 from model_runtime.constants import AUDIO_SAMPLE_RATE
 from model_runtime.engine.engine import Engine, EngineDeadError
 from model_runtime.engine.grammar import CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec
@@ -28,6 +28,7 @@ from model_runtime.engine.request import (
 )
 from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats
 from model_runtime.engine.worker import EngineDrainingError, EngineWorker, WorkerHealth
+from model_runtime.errors import RequestInputError
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn, ToolCall
 from model_runtime.processing.processor import InvalidMediaError, InvalidPromptError, Processor, PromptInput
@@ -56,7 +57,6 @@ __all__ = [
     "EngineDrainingError",
     "EngineStats",
     "EngineWorker",
-    "FaultInjection",
     "ImageTokenParts",
     "InvalidMediaError",
     "InvalidPromptError",
@@ -71,6 +71,7 @@ __all__ = [
     "QUANTIZATIONS",
     "STEP_TOKEN_BOUNDS",
     "Request",
+    "RequestInputError",
     "RequestMetrics",
     "RequestOutput",
     "RequestStatus",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from model_runtime import ChatTurn, InvalidPromptError, Processor, ToolCall
 from server.config import MODALITIES, MediaLimits
-from server.errors import InvalidRequest, TooManyMediaItems, UnsupportedMedia
+from server.errors import InvalidRequest, TooManyMediaItems, UnsupportedMedia, from_runtime
 from server.protocol import ChatMessage, ContentPart
 
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
@@ -134,4 +134,4 @@ def _check_text(processor: Processor, text: str, param: str) -> None:
     try:
         processor.check_user_text(text)
     except InvalidPromptError as e:
-        raise InvalidRequest(str(e), param=param) from e
+        raise from_runtime(e, param) from e

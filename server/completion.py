@@ -20,7 +20,7 @@ from typing import Any
 
 from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker, RequestOutput, TokenLogprobs
 from model_runtime import Request as EngineRequest
-from server.errors import APIError, InternalError, NotReady, ShuttingDown
+from server.errors import APIError, InternalError, NotReady, from_runtime
 from server.lifecycle import Ticket
 from server.metrics import Metrics
 from server.protocol import (
@@ -91,10 +91,8 @@ class Generation:
             async for out in worker.generate(self.request):
                 self._absorb(out)
                 yield out
-        except EngineDrainingError as e:
-            raise ShuttingDown() from e
-        except EngineDeadError as e:
-            raise NotReady("the engine worker has stopped") from e
+        except (EngineDrainingError, EngineDeadError) as e:
+            raise from_runtime(e) from e
         finally:
             self.record()
 
@@ -246,9 +244,9 @@ async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> 
                             media=gen.media() if is_last else None)
     except APIError as e:
         error = e
-    except Exception:
+    except Exception as e:
         log.exception("request %s failed while streaming", gen.request.request_id)
-        error = InternalError("internal error; see the server log for this request id")
+        error = from_runtime(e)
     if error is not None:
         gen.metrics.errors.labels(code=error.code).inc()
         yield f"data: {json.dumps(error.body())}\n\n"

@@ -239,12 +239,12 @@ class ServerConfig:
         if any(not key for key in self.api_keys):
             raise ValueError("api_keys: an API key must not be empty")
 
-    def engine_config(self, max_model_len: int | None = None, fault_injection=None) -> EngineConfig:
+    def engine_config(self, max_model_len: int | None = None) -> EngineConfig:
         return EngineConfig(
             max_num_seqs=self.max_num_seqs, max_model_len=max_model_len or self.max_model_len,
             kv_cache_memory=self.kv_cache_memory, block_size=self.block_size,
             max_num_batched_tokens=self.max_num_batched_tokens, step_seconds=self.step_seconds,
-            enable_prefix_caching=self.enable_prefix_caching, encoder_cache_bytes=self.encoder_cache_bytes, fault_injection=fault_injection,
+            enable_prefix_caching=self.enable_prefix_caching, encoder_cache_bytes=self.encoder_cache_bytes,
         )
 
     @staticmethod

@@ -1,13 +1,17 @@
-"""Typed API errors and their one rendering, in the OpenAI shape (spec serving.md section 3).
+"""Typed API errors, their one rendering in the OpenAI shape (spec serving.md section 3), and the
+one translation of the model runtime's exceptions into them (`from_runtime`).
 
 `{"error": {"message", "type", "param", "code"}}` with a string `code` and `param` pointing at the
 exact field. Messages are ours; library text is logged under the request id, never returned.
-A caller's mistake is never a 5xx (the official client retries those).
+A caller's mistake is never a 5xx (the official client retries those); any other exception is a
+500 that says nothing of it.
 """
 
 from __future__ import annotations
 
 import json
+
+from model_runtime import EngineDeadError, EngineDrainingError, RequestInputError
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -19,6 +23,8 @@ ERROR_TYPES = {
     503: "server_error",
 }
 RETRY_AFTER_S = 5
+INTERNAL_MESSAGE = "internal error; see the server log for this request id"
+_MAX_INPUT_MESSAGE_CHARS = 300
 
 
 class APIError(Exception):
@@ -175,3 +181,25 @@ def error_codes() -> list[str]:
 def media_error(code: str, message: str, param: str | None) -> APIError:
     """The API error for a media failure reported by code (e.g. from a decoder process)."""
     return MEDIA_ERRORS.get(code, InvalidRequest)(message, param=param)
+
+
+def from_runtime(error: Exception, param: str | None = None, prefix: str = "", code: str | None = None) -> APIError:
+    """The API error for an exception raised below the routes (the model runtime's, mostly).
+
+    A `RequestInputError` is the caller's: a 400 whose message is `prefix` + the first line of its
+    own, at `param` (a SamplingParamsError names its field itself; `code` picks a media error's
+    class). A draining or stopped engine is a 503. Anything else, a plain ValueError included, is
+    ours: a 500 whose text says nothing of it (the caller logs it under the request id).
+    """
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, EngineDrainingError):
+        return ShuttingDown()
+    if isinstance(error, EngineDeadError):
+        return NotReady("the engine worker has stopped")
+    if isinstance(error, RequestInputError):
+        lines = str(error).strip().splitlines()
+        message = prefix + (lines[0][:_MAX_INPUT_MESSAGE_CHARS] if lines else "not supported")
+        param = getattr(error, "param", None) or param
+        return media_error(code, message, param) if code is not None else InvalidRequest(message, param=param)
+    return InternalError(INTERNAL_MESSAGE)

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from server.errors import APIError, InternalError, RequestTooLarge
+from server.errors import APIError, RequestTooLarge, from_runtime
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,11 @@ class RequestIds:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as e:
             log.exception("request %s failed", rid)
             if is_started:
                 raise
-            error = InternalError("internal error; see the server log for this request id")
+            error = from_runtime(e)
             self._on_error(error)
             await send_error(send_with_id, error)
 

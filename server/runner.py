@@ -63,12 +63,13 @@ class DrainingServer(uvicorn.Server):
 
 def run_server(config: ServerConfig) -> int:
     app = create_app(config)
+    state = app.state.server
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                timeout_graceful_shutdown=_CLOSE_CONNECTIONS_S, lifespan="on")
-    server = DrainingServer(uv_config, app.state.lifecycle)
-    app.state.request_exit = server.request_exit
+    server = DrainingServer(uv_config, state.lifecycle)
+    state.request_exit = server.request_exit
     server.run()
-    lifecycle = app.state.lifecycle
+    lifecycle = state.lifecycle
     if lifecycle.phase is Phase.FAILED:
         print(f"llava-serve serve: error: {lifecycle.failure}", file=sys.stderr, flush=True)
         return lifecycle.exit_status

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from model_runtime import CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec, LoadedModel
-from server.errors import InvalidRequest
+from server.errors import InvalidRequest, from_runtime
 from server.protocol import ChatCompletionRequest
 from server.tools import ToolPlan
 
@@ -91,7 +91,7 @@ def _spec(kind: str, source: str, param: str) -> GrammarSpec:
     try:
         return GrammarSpec(kind, source)
     except GrammarError as e:
-        raise InvalidRequest(f"{param}: {e}", param=param) from e
+        raise from_runtime(e, param, f"{param}: ") from e
 
 
 def grammar_compiler(model: LoadedModel, vocab_size: int) -> GrammarCompiler | None:
@@ -133,7 +133,7 @@ async def compile_grammar(grammars: GrammarCompiler, spec: GrammarSpec, param: s
     try:
         return await asyncio.get_running_loop().run_in_executor(None, grammars.compile, spec)
     except GrammarError as e:
-        raise InvalidRequest(f"{param}: this schema cannot be enforced: {_first_line(e)}", param=param) from e
+        raise from_runtime(e, param, f"{param}: this schema cannot be enforced: ") from e
 
 
 def logit_bias(body: ChatCompletionRequest, vocab_size: int) -> dict[int, float]:
@@ -148,6 +148,3 @@ def logit_bias(body: ChatCompletionRequest, vocab_size: int) -> dict[int, float]
         out[int(key)] = value
     return out
 
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or ["not supported"])[0][:300]

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from model_runtime.config import VIDEO_POOL_STRIDE, LlavaConfig
 from model_runtime.constants import AUDIO_CHUNK_FRAMES, AUDIO_CHUNK_SAMPLES, AUDIO_HOP_LENGTH
+from model_runtime.errors import RequestInputError
 
 
-class LayoutError(ValueError):
+class LayoutError(RequestInputError):
     """An image the configured layout cannot place (ORIG silently used a 2x2 grid instead)."""
 
 

@@ -4,10 +4,7 @@ Frozen dataclasses built once and passed down; nothing here reads the environmen
 `server/config.py` does).
 """
 
-from model_runtime.config.engine import (
-    EngineConfig,
-    FaultInjection,
-)
+from model_runtime.config.engine import EngineConfig
 from model_runtime.config.errors import (
     ConfigError,
     log_once,
@@ -48,7 +45,6 @@ __all__ = [
     "ConfigError",
     "DEFAULT_ACT",
     "EngineConfig",
-    "FaultInjection",
     "KNOWN_CLIP_TOWERS",
     "LANGUAGE_BY_ARCHITECTURE",
     "LANGUAGE_BY_MODEL_TYPE",

@@ -6,22 +6,6 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class FaultInjection:
-    """TESTS ONLY: make the engine's LM forward fail on purpose (fault-isolation tests).
-
-    The fault is raised inside the model (before its last decoder layer), so earlier layers have
-    already written to the KV cache, as a real mid-forward failure would.
-    """
-
-    poison_request_ids: frozenset[str] = frozenset()  # a forward whose batch holds one of these raises
-    poison_phases: frozenset[str] = frozenset({"prefill", "decode"})  # where the poison acts
-    oom_over_rows: int | None = None  # a forward over more rows than this raises torch.OutOfMemoryError
-    fatal_at_step: int | None = None  # the forward of this engine step (from 1) raises a fatal device error
-    stall_at_step: int | None = None  # the forward of this engine step (from 1) sleeps `stall_seconds` (a hung device)
-    stall_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
 class EngineConfig:
     """Runtime knobs of the generation engine (not part of the checkpoint); docs/ENGINE.md."""
 
@@ -42,7 +26,6 @@ class EngineConfig:
     step_seconds: float = 1.5
     enable_prefix_caching: bool = True  # keep full KV blocks findable by content after their request
     encoder_cache_bytes: int = 512 * 2**20  # encoded media kept for reuse (LRU); 0 disables it
-    fault_injection: FaultInjection | None = None  # tests only
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

@@ -23,6 +23,8 @@ import llguidance.hf
 import numpy as np
 import torch
 
+from model_runtime.errors import RequestInputError
+
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark")
 CACHE_SIZE = 256  # compiled grammars kept (least recently used dropped)
 MAX_GRAMMAR_CHARS = 1 << 20  # characters of a spec's source, at most
@@ -30,7 +32,7 @@ MAX_GRAMMAR_CHARS = 1 << 20  # characters of a spec's source, at most
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
-class GrammarError(ValueError):
+class GrammarError(RequestInputError):
     """A grammar that cannot be enforced: malformed, or using features the engine does not support."""
 
 

@@ -20,6 +20,7 @@ import torch
 from model_runtime.engine.blocks import BlockHash, PromptLayout
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
 from model_runtime.engine.grammar import CompiledGrammar, GrammarMatcher
+from model_runtime.errors import RequestInputError
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.processor import PromptInput
 
@@ -48,7 +49,7 @@ FINISH_REASONS = {
 }
 
 
-class SamplingParamsError(ValueError):
+class SamplingParamsError(RequestInputError):
     """A sampling parameter out of range; `param` names the field (OpenAI's error `param`)."""
 
     def __init__(self, param: str, message: str) -> None:

@@ -13,14 +13,14 @@ counted as computed were written. `run_encoder(key, units)` advances one media i
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from model_runtime.arch.attention import ATTN_IMPLEMENTATION
 from model_runtime.arch.encoding import EncodingJob
-from model_runtime.config import EngineConfig, FaultInjection
+from model_runtime.config import EngineConfig
 from model_runtime.engine.encoder_cache import EncoderCache
 from model_runtime.engine.kv import KVCache, StepRow, paged_inputs
 from model_runtime.inputs import EncodedItem, MediaInput
@@ -30,17 +30,11 @@ _FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "
                   "NCCL error", "HIP error")
 
 
-class FatalDeviceError(RuntimeError):
-    """An unrecoverable accelerator error: the engine cannot continue."""
-
-
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError)
 
 
 def is_fatal(error: BaseException) -> bool:
-    if isinstance(error, FatalDeviceError):
-        return True
     accelerator_error = getattr(torch, "AcceleratorError", None)
     if accelerator_error is not None and isinstance(error, accelerator_error):
         return True
@@ -52,7 +46,7 @@ def is_fatal(error: BaseException) -> bool:
 class ForwardRow:
     """One sequence's positions [start, start + num_tokens) in a forward."""
 
-    row_id: str  # the request id (fault injection and logs)
+    row_id: str  # the request id (logs, and the forward hook)
     token_ids: Sequence[int]  # the sequence's ids: prompt (sentinels for media) + generated; decode: the last one
     items: Sequence[EncodedItem | MediaInput]  # its media, encoded where the span needs them
     start: int
@@ -60,6 +54,9 @@ class ForwardRow:
     block_ids: Sequence[int]
     wants_logits: bool
     is_decode: bool  # one generated token: embedded directly
+
+
+ForwardHook = Callable[[int, Sequence[ForwardRow]], None]
 
 
 class ModelRunner:
@@ -71,9 +68,10 @@ class ModelRunner:
         self.jobs: dict[str, EncodingJob] = {}  # media key -> encoding under way
         self.forward_seconds = 0.0  # LM forwards, cumulative
         self.encoder_seconds = 0.0  # media encoder work, cumulative
-        self.step_index = 0  # set by the engine; fault injection counts steps with it
-        self._faults = config.fault_injection
-        self._rows: Sequence[ForwardRow] = ()
+        self.step_index = 0  # the engine step (from 1) this forward belongs to; set by the engine
+        # called before the last decoder layer of every forward with (step_index, rows), so a fault
+        # it raises leaves the earlier layers' KV written, as a real mid-forward failure would (tests)
+        self.forward_hook: ForwardHook | None = None
 
     # -- encoders ---------------------------------------------------------------------------
     def start_job(self, key: str, item: MediaInput, max_crops: int) -> EncodingJob:
@@ -122,25 +120,22 @@ class ModelRunner:
         paged = paged_inputs(self.kv, step_rows, self.device)
         ends = torch.tensor([r.query_start + r.num_queries - 1 for r, row in zip(step_rows, rows, strict=True)
                              if row.wants_logits], dtype=torch.long, device=self.device)
-        self._rows = rows
-        # NOTE: the fault hook lives only for this call: the model may be shared with other engines
-        hook = lm.model.layers[-1].register_forward_pre_hook(self._inject_fault) if self._faults else None
         start = time.perf_counter()
         try:
             base = lm.model
             hidden = embeds[None]  # [1, T, D]
             position_ids = positions[None]
             position_embeddings = base.rotary_emb(hidden, position_ids)
-            for layer in base.layers[: lm.config.num_hidden_layers]:
+            layers = base.layers[: lm.config.num_hidden_layers]
+            for i, layer in enumerate(layers):
+                if self.forward_hook is not None and i == len(layers) - 1:
+                    self.forward_hook(self.step_index, rows)
                 hidden = layer(hidden, attention_mask=None, position_ids=position_ids,
                                position_embeddings=position_embeddings, paged=paged)
             hidden = base.norm(hidden[0].index_select(0, ends.to(hidden.device)))
             logits = lm.lm_head(hidden).float()  # [R, V]
         finally:
             self.forward_seconds += self._elapsed(start)
-            self._rows = ()
-            if hook is not None:
-                hook.remove()
         return logits
 
     def _inputs(self, rows: Sequence[ForwardRow]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,16 +166,3 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
-
-    def _inject_fault(self, module, args) -> None:
-        faults: FaultInjection = self._faults
-        if faults.fatal_at_step is not None and self.step_index == faults.fatal_at_step:
-            raise FatalDeviceError("CUDA error: injected fatal device error")
-        if faults.stall_at_step is not None and self.step_index == faults.stall_at_step:
-            time.sleep(faults.stall_seconds)
-        if faults.oom_over_rows is not None and len(self._rows) > faults.oom_over_rows:
-            raise torch.OutOfMemoryError(f"injected out of memory for {len(self._rows)} rows")
-        for row in self._rows:
-            phase = "decode" if row.is_decode else "prefill"
-            if phase in faults.poison_phases and row.row_id in faults.poison_request_ids:
-                raise RuntimeError("injected fault for a poisoned request")

@@ -20,6 +20,7 @@ from PIL import Image
 from model_runtime.arch import layout
 from model_runtime.config import LlavaConfig
 from model_runtime.constants import AUDIO_SAMPLE_RATE, PLACEHOLDER_BY_MODALITY, SENTINEL_BY_MODALITY
+from model_runtime.errors import RequestInputError
 from model_runtime.inputs import MediaInput
 from model_runtime.processing.audio import log_mel_chunks
 from model_runtime.processing.conversation import ChatTurn, ConversationTemplate
@@ -37,12 +38,12 @@ _PLACEHOLDERS = re.compile("|".join(re.escape(p) for p in _MODALITY_BY_PLACEHOLD
 _VIDEO_LINE = re.compile(re.escape(PLACEHOLDER_BY_MODALITY["video"]) + "\n?")
 
 
-class InvalidPromptError(ValueError):
+class InvalidPromptError(RequestInputError):
     """A prompt the builder must refuse: placeholders or special tokens typed as text, or
     placeholders that do not match the media items."""
 
 
-class InvalidMediaError(ValueError):
+class InvalidMediaError(RequestInputError):
     """Decoded media the processor cannot use (no frames, empty or non-finite audio, a modality the
     checkpoint has no tower for)."""
 

@@ -20,7 +20,7 @@ from PIL import Image
 from model_runtime import ImageTokenParts, InvalidMediaError, LayoutError, MediaInput, Processor
 from server.chat import MediaRef
 from server.config import MediaLimits
-from server.errors import APIError, media_error
+from server.errors import APIError, from_runtime, media_error
 from server.media import MediaError
 from server.media.audio import TARGET_RATE, decode_audio
 from server.media.fetch import MediaFetcher, too_large
@@ -81,7 +81,7 @@ class MediaLoader:
         except MediaError as e:
             raise _api_error(e, ref) from None
         except (InvalidMediaError, LayoutError) as e:
-            raise media_error(f"invalid_{ref.modality}", f"the {ref.modality} cannot be used: {e}", ref.param) from e
+            raise from_runtime(e, ref.param, f"the {ref.modality} cannot be used: ", f"invalid_{ref.modality}") from e
 
     async def _fetch(self, ref: MediaRef) -> tuple[bytes, dict[str, Any]]:
         started = time.perf_counter()

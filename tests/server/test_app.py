@@ -146,3 +146,15 @@ def test_version_and_model_card(client):
     card = client.get("/v1/models/tiny").json()
     assert card["modalities"] == ["text", "image", "video"]
     assert_error(client.get("/v1/models/other"), 404, "model_not_found")
+
+
+def test_an_internal_value_error_is_a_500_that_does_not_leak(client, tiny_model, monkeypatch):
+    # a plain ValueError from inside the runtime was once echoed as a 400 "the messages do not match their media"
+    def broken(*args, **kwargs):
+        raise ValueError("secret detail at /srv/model_runtime/processing/processor.py")
+
+    monkeypatch.setattr(tiny_model.processor, "build_prompt", broken)
+    r = chat(client, [{"role": "user", "content": "hi"}], max_tokens=2)
+    assert_error(r, 500, "internal_error", None)
+    assert "secret" not in r.text and r.json()["error"]["type"] == "server_error"
+    assert r.headers["x-should-retry"] == "false"

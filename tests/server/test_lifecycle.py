@@ -1,5 +1,5 @@
 """Readiness and failure paths of the real app, in-process: loading, a stalled or dead engine
-worker (fake clock, the edge), and an engine fault on one request (the engine's test-only option)."""
+worker (fake clock, the edge), and engine faults (tests/faults.py, installed once the engine runs)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from model_runtime import FaultInjection
 from server.app import create_app
 from server.config import ServerConfig
+from tests.faults import FaultInjection, inject
 from tests.media import assert_no_leak
 
 CONFIG = ServerConfig(model="tiny", served_model_name="tiny", media_workers=1, ready_stall_seconds=5)
@@ -24,6 +24,11 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
     while client.get("/ready").status_code != 200:
         assert time.monotonic() < deadline, "not ready in time"
         time.sleep(0.02)
+
+
+def inject_faults(app, faults: FaultInjection) -> None:
+    """Once ready and before any request: the engine has run no step yet, so steps count from 1."""
+    inject(app.state.server.runtime.worker.engine, faults)
 
 
 def sdk(client: TestClient) -> openai.OpenAI:
@@ -64,7 +69,7 @@ def test_stalled_and_dead_worker(tiny_model):
         assert client.get("/health").status_code == 200  # alive, just not ready
         now[0] = 0.0
         assert client.get("/ready").status_code == 200
-        app.state.lifecycle.worker.stop()
+        app.state.server.lifecycle.worker.stop()
         assert client.get("/health").status_code == 503
         assert client.get("/ready").json()["reason"] == "engine worker stopped"
         with pytest.raises(openai.InternalServerError) as e:
@@ -73,9 +78,10 @@ def test_stalled_and_dead_worker(tiny_model):
 
 
 def test_engine_fault_on_one_request_is_a_500_that_says_do_not_retry(tiny_model):
-    faults = FaultInjection(poison_request_ids=frozenset({"chatcmpl-poison"}))
-    with TestClient(create_app(CONFIG, loaded=tiny_model, fault_injection=faults)) as client:
+    app = create_app(CONFIG, loaded=tiny_model)
+    with TestClient(app) as client:
         wait_ready(client)
+        inject_faults(app, FaultInjection(poison_request_ids=frozenset({"chatcmpl-poison"})))
         client_sdk = sdk(client)
         with pytest.raises(openai.InternalServerError) as e:
             client_sdk.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
@@ -93,14 +99,15 @@ def test_engine_fault_on_one_request_is_a_500_that_says_do_not_retry(tiny_model)
 
 
 def test_a_dead_engine_asks_the_process_to_exit(tiny_model):
-    app = create_app(CONFIG, loaded=tiny_model, fault_injection=FaultInjection(fatal_at_step=1))
+    app = create_app(CONFIG, loaded=tiny_model)
     exits = threading.Event()
-    app.state.request_exit = exits.set
+    app.state.server.request_exit = exits.set
     with TestClient(app) as client:
         wait_ready(client)
+        inject_faults(app, FaultInjection(fatal_at_step=1))
         r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
                                                       "max_tokens": 2})
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
         assert exits.wait(5)
         assert client.get("/health").status_code == 503
-        assert app.state.lifecycle.phase.value == "failed"
+        assert app.state.server.lifecycle.phase.value == "failed"

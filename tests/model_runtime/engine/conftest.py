@@ -17,6 +17,7 @@ from model_runtime import (
     TokenLogprobs,
 )
 from tests.conftest import random_image
+from tests.faults import FaultInjection, inject
 
 
 @dataclass
@@ -60,9 +61,10 @@ def make_request(tiny_model):
 
 @pytest.fixture
 def new_engine(tiny_model):
-    def build(**config) -> Engine:
+    def build(faults: FaultInjection | None = None, **config) -> Engine:
         config.setdefault("kv_cache_memory", 16 * 2**20)
-        return Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids, EngineConfig(**config))
+        engine = Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids, EngineConfig(**config))
+        return inject(engine, faults) if faults is not None else engine
 
     return build
 

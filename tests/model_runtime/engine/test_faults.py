@@ -1,4 +1,4 @@
-"""Fault isolation with faults injected inside the real model (EngineConfig.fault_injection, tests only)."""
+"""Fault isolation with faults injected inside the real model (tests/faults.py, the runner's forward hook)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from model_runtime import EngineDeadError, FaultInjection
+from model_runtime import EngineDeadError
+from tests.faults import FaultInjection
 from tests.model_runtime.engine.conftest import images, run
 
 
@@ -25,7 +26,7 @@ def solo_ids(new_engine, requests) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_one_poisoned_request_fails_alone(new_engine, make_request, phase):
-    engine = new_engine(fault_injection=FaultInjection(poison_request_ids=frozenset({"r5"}),
+    engine = new_engine(faults=FaultInjection(poison_request_ids=frozenset({"r5"}),
                                                        poison_phases=frozenset({phase})))
     results = run(engine, eight_requests(make_request))
     reasons = {rid: r.final.finish_reason for rid, r in results.items()}
@@ -41,7 +42,7 @@ def test_one_poisoned_request_fails_alone(new_engine, make_request, phase):
 
 
 def test_out_of_memory_halves_the_batch(new_engine, make_request):
-    engine = new_engine(max_num_seqs=8, fault_injection=FaultInjection(oom_over_rows=2))
+    engine = new_engine(max_num_seqs=8, faults=FaultInjection(oom_over_rows=2))
     results = run(engine, eight_requests(make_request))
     expected = solo_ids(new_engine, eight_requests(make_request))
     assert {rid: r.ids for rid, r in results.items()} == expected
@@ -52,7 +53,7 @@ def test_out_of_memory_halves_the_batch(new_engine, make_request):
 
 
 def test_a_fatal_device_error_marks_the_engine_dead(new_engine, make_request):
-    engine = new_engine(fault_injection=FaultInjection(fatal_at_step=3))
+    engine = new_engine(faults=FaultInjection(fatal_at_step=3))
     results = run(engine, eight_requests(make_request)[:3] + [make_request("late", max_tokens=2)],
                   arrival_steps=[0, 0, 0, 1])
     assert {r.final.finish_reason for r in results.values()} == {"error"}
@@ -66,7 +67,7 @@ def test_a_fatal_device_error_marks_the_engine_dead(new_engine, make_request):
 
 def test_a_stalled_step_sleeps_once_and_changes_no_output(new_engine, make_request):
     expected = {rid: r.ids for rid, r in run(new_engine(), [make_request("a", max_tokens=4)]).items()}
-    engine = new_engine(fault_injection=FaultInjection(stall_at_step=2, stall_seconds=0.4))
+    engine = new_engine(faults=FaultInjection(stall_at_step=2, stall_seconds=0.4))
     engine.add_request(make_request("a", max_tokens=4))
     durations = []
     while engine.has_unfinished():

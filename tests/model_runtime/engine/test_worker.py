@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker, FaultInjection
+from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker
+from tests.faults import FaultInjection
 
 
 async def consume(worker: EngineWorker, request) -> list:
@@ -75,7 +76,7 @@ def test_drain_finishes_short_requests_and_aborts_the_rest(new_engine, make_requ
 
 
 def test_a_fatal_error_kills_the_worker_and_fails_its_streams(new_engine, make_request):
-    engine = new_engine(fault_injection=FaultInjection(fatal_at_step=2))
+    engine = new_engine(faults=FaultInjection(fatal_at_step=2))
 
     async def body(worker):
         outputs = await consume(worker, make_request("victim", max_tokens=50))

@@ -1,0 +1,19 @@
+"""The HTTP routes, one router per concern; each takes the `ServerState` as a `state: State` parameter.
+
+probes.py: /health, /ready, /metrics, /version. models.py: /v1/models. chat.py:
+/v1/chat/completions (the pipeline itself is server/pipeline.py). The playground's files are
+mounted by server/playground.
+"""
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from server.routes import chat, models, probes
+
+
+def add_routes(app: FastAPI) -> None:
+    """Every route onto the app itself, so `app.routes` lists each path (include_router would nest them)."""
+    for router in (probes.router, models.router, chat.router):
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            app.add_api_route(route.path, route.endpoint, methods=route.methods, name=route.name)
