@@ -138,7 +138,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
     async def start_runtime() -> None:
         try:
             model = await asyncio.to_thread(load_model)
-            context_len = min(config.max_model_len or model.context_len, model.context_len)
+            context_len = min(config.engine.max_model_len or model.context_len, model.context_len)
             engine = Engine(model.model, model.tokenizer, model.eos_token_ids,
                             config.engine_config(context_len, fault_injection))
             context_len = engine.max_model_len  # at most what the KV cache holds
@@ -362,8 +362,8 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
                 f"{requested if requested is not None else 'at least 1'}",
                 param="max_tokens" if requested is not None and prompt.num_tokens < context else "messages",
             )
-        if body.n > min(config.max_n, config.max_num_seqs):
-            raise InvalidRequest(f"n={body.n}: at most {min(config.max_n, config.max_num_seqs)} here", param="n")
+        if body.n > min(config.max_n, config.engine.max_num_seqs):
+            raise InvalidRequest(f"n={body.n}: at most {min(config.max_n, config.engine.max_num_seqs)} here", param="n")
         try:
             params = SamplingParams(
                 max_tokens=requested if requested is not None else context - prompt.num_tokens,
