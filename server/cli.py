@@ -31,18 +31,13 @@ def config_flags(cls: type = ServerConfig) -> Iterator[tuple[type, Field, Flag, 
             yield cls, f, flags[f.name], hints[f.name]
 
 
-def field_default(f: Field) -> Any:
-    return f.default_factory() if f.default_factory is not MISSING else f.default
-
-
 def default_text(owner: type, f: Field, spec: Flag) -> str | None:
     """The field's default as the flag writes it; None where there is none (`spec.auto` says what then)."""
     if spec.show is not None:
         return spec.show(owner)
-    default = field_default(f)
-    if default is None or default is MISSING or isinstance(default, bool | tuple):
+    if f.default is None or f.default is MISSING or isinstance(f.default, tuple):
         return None
-    number = default / spec.unit if spec.unit != 1 else default
+    number = f.default / spec.unit if spec.unit != 1 else f.default
     return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
 
@@ -74,7 +69,7 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
         else:
             text = default_text(owner, f, spec)
             shown = text if text is not None else spec.auto
-            required = field_default(f) is MISSING and spec.auto is None and env_default(spec.name) is None
+            required = f.default is MISSING and spec.auto is None and env_default(spec.name) is None
             group.add_argument(spec.name, dest=_dest(spec), default=env_default(spec.name, text),
                                type=_text_type(spec, kind), choices=spec.choices, required=required,
                                help=f"{spec.help} [env {env}]" + (f" (default: {shown})" if shown else ""))
