@@ -155,7 +155,7 @@ class MediaLimits:
     """What one request's media may be (spec section 4). Checked before allocation where possible."""
 
     max_images: int = field(default=8, metadata=flag(
-        "--limit-mm-per-prompt", "items per request, e.g. image=8,video=2,audio=4 (or JSON)", LIMITS,
+        "--limit-mm-per-prompt", "items per request as modality=count pairs, e.g. image=4,video=0 (or JSON)", LIMITS,
         parse=parse_media_items, covers=tuple(MEDIA_ITEM_FIELDS.values()), show=show_media_items))
     max_videos: int = 2  # --limit-mm-per-prompt
     max_audios: int = 4  # --limit-mm-per-prompt
