@@ -11,7 +11,7 @@ from model_runtime.arch.meta import MediaMismatchError
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
 from model_runtime.checkpoint.quantize import QUANTIZATIONS
 from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, LlavaConfig
-from model_runtime.constants import AUDIO_SAMPLE_RATE
+from model_runtime.constants import AUDIO_SAMPLE_RATE, PLACEHOLDER_BY_MODALITY
 from model_runtime.engine.engine import Engine, EngineDeadError
 from model_runtime.engine.grammar import CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec
 from model_runtime.engine.request import (
@@ -66,6 +66,7 @@ __all__ = [
     "Logprob",
     "MediaInput",
     "MediaMismatchError",
+    "PLACEHOLDER_BY_MODALITY",
     "Processor",
     "PromptInput",
     "QUANTIZATIONS",

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model_runtime import ChatTurn, InvalidPromptError, Processor, ToolCall
+from model_runtime import PLACEHOLDER_BY_MODALITY, ChatTurn, InvalidPromptError, Processor, ToolCall
 from server.config import MODALITIES, MediaLimits
 from server.errors import InvalidRequest, TooManyMediaItems, UnsupportedMedia, from_runtime
 from server.protocol import ChatMessage, ContentPart
 
-PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 PART_FIELDS = {"text": "text", "image_url": "image_url", "video_url": "video_url", "input_audio": "input_audio",
                "audio_url": "audio_url"}
 
@@ -68,9 +67,9 @@ def render(messages: list[ChatMessage], processor: Processor, limits: MediaLimit
             if role != "user":
                 raise InvalidRequest("media is accepted in user messages only", param=where)
             media.append(ref)
-            pieces.append(PLACEHOLDERS[ref.modality] + "\n")
+            pieces.append(PLACEHOLDER_BY_MODALITY[ref.modality] + "\n")
             if ref.use_audio:
-                pieces.append(PLACEHOLDERS["audio"] + "\n")
+                pieces.append(PLACEHOLDER_BY_MODALITY["audio"] + "\n")
         turns.append(ChatTurn(role, "".join(pieces), calls, message.tool_call_id))
     check_media(media, processor, limits)
     return RenderedChat(turns, media)

@@ -1,16 +1,21 @@
-"""ServerConfig: every server setting, from command-line flags with environment fallbacks.
+"""ServerConfig: every server setting, with the flag and environment variable that set it.
 
-This is the only module that reads environment variables. Each flag `--some-flag` can also be set
-with `LLAVA_SERVE_SOME_FLAG`; a flag on the command line wins. `MediaLimits` and `FetchPolicy` are
-the media pipeline's share of the config (spec serving.md section 4), passed down as they are.
+This is the only module that reads environment variables. Each setting is a field of a frozen
+dataclass whose metadata names its flag `--some-flag` (`Flag`), also set with `LLAVA_SERVE_SOME_FLAG`;
+a flag on the command line wins. server/cli.py builds the parser from these fields, so each default,
+help line and limit is stated once. model_runtime's `EngineConfig` is chained in as
+`ServerConfig.engine`, its flags listed in `ENGINE_FLAGS`. `MediaLimits` and `FetchPolicy` are the
+media pipeline's share of the config (spec serving.md section 4), passed down as they are.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from model_runtime import QUANTIZATIONS, EngineConfig  # QUANTIZATIONS: load_pretrained_model's
 
@@ -18,6 +23,8 @@ ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
 MODALITIES = ("image", "video", "audio")
 HF_BEHAVIOURS = ("original", "transformers")  # load_pretrained_model's hf_behaviour (llava-hf checkpoints)
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the checkpoint's
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def env_name(flag: str) -> str:
@@ -97,28 +104,86 @@ def parse_memory(value: str | None) -> int | float | None:
     return size
 
 
+MODEL, ENGINE, HTTP, FETCH, LIMITS = "model", "engine (docs/ENGINE.md)", "HTTP", "media fetching", "media limits"
+GROUPS = (MODEL, ENGINE, HTTP, FETCH, LIMITS)  # the --help sections, in order (docs/OPERATIONS.md follows them)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one config field is set from the command line; server/cli.py builds the parser from these.
+
+    The flag's default is the field's default (in the flag's unit); a bool field's flag is a switch
+    that flips it. The environment variable is `env_name(name)`.
+    """
+
+    name: str  # `--max-num-seqs`
+    help: str
+    group: str  # one of GROUPS
+    unit: int = 1  # the field counts bytes, the flag `unit`s (MiB); such a flag takes a float
+    parse: Callable[[Any], Any] | None = None  # the flag's text (list, if repeatable) -> the field's value
+    covers: tuple[str, ...] = ()  # `parse` returns these fields' values as a dict (--limit-mm-per-prompt)
+    show: Callable[[type], str] | None = None  # the default as the flag writes it, from the config class
+    choices: tuple[str, ...] | None = None
+    is_repeatable: bool = False  # given several times; a comma-separated list in the environment
+    auto: str | None = None  # what a default of None means, as --help and the docs say it
+
+
+def flag(name: str, help: str, group: str, **kwargs: Any) -> dict[str, Flag]:
+    """A field's metadata naming its flag."""
+    return {"flag": Flag(name, help, group, **kwargs)}
+
+
+def parse_domains(values: Iterable[str]) -> tuple[str, ...]:
+    """`--allowed-media-domains`: comma-separated host names, lower case and without a trailing dot."""
+    return tuple(d.strip().lower().rstrip(".") for item in values for d in item.split(",") if d.strip())
+
+
+MEDIA_ITEM_FIELDS = {modality: f"max_{modality}s" for modality in MODALITIES}  # MediaLimits' fields
+
+
+def parse_media_items(value: str) -> dict[str, int]:
+    return {MEDIA_ITEM_FIELDS[modality]: count for modality, count in parse_mm_limits(value).items()}
+
+
+def show_media_items(limits: Any) -> str:
+    """The item counts of a MediaLimits (the class: its defaults) as --limit-mm-per-prompt writes them."""
+    return ",".join(f"{modality}={getattr(limits, name)}" for modality, name in MEDIA_ITEM_FIELDS.items())
+
+
 @dataclass(frozen=True)
 class MediaLimits:
     """What one request's media may be (spec section 4). Checked before allocation where possible."""
 
-    max_images: int = 8
-    max_videos: int = 2
-    max_audios: int = 4
-    max_image_pixels: int = 16_777_216  # 16.7 Mpx, declared (header) and decoded
-    max_image_aspect: float = 200.0  # long side / short side
-    max_video_width: int = 3840  # the long side; the short side is capped by max_video_height
-    max_video_height: int = 2160
-    max_video_seconds: float = 600.0
-    max_video_frames: int | None = None  # sampled-frame ceiling; None: the checkpoint's frames_upbound, else 32
-    video_decode_seconds: float = 20.0  # wall time for one video's decode
-    max_audio_seconds: float = 600.0
-    max_audio_channels: int = 2
-    min_audio_sample_rate: int = 8_000
-    max_audio_sample_rate: int = 192_000
-    image_decode_seconds: float = 10.0  # wall time for one image's (or audio's) decode
+    max_images: int = field(default=8, metadata=flag(
+        "--limit-mm-per-prompt", "items per request as modality=count pairs, e.g. image=4,video=0 (or JSON)", LIMITS,
+        parse=parse_media_items, covers=tuple(MEDIA_ITEM_FIELDS.values()), show=show_media_items))
+    max_videos: int = 2  # --limit-mm-per-prompt
+    max_audios: int = 4  # --limit-mm-per-prompt
+    max_image_pixels: int = field(default=16_777_216, metadata=flag(
+        "--max-image-pixels", "largest image, width x height (declared and decoded)", LIMITS))
+    max_image_aspect: float = field(default=200.0, metadata=flag(
+        "--max-image-aspect", "largest long side / short side ratio of an image", LIMITS))
+    max_video_width: int = field(default=3840, metadata=flag(
+        "--max-video-width", "largest video frame, long side in pixels", LIMITS))
+    max_video_height: int = field(default=2160, metadata=flag(
+        "--max-video-height", "largest video frame, short side in pixels", LIMITS))
+    max_video_seconds: float = field(default=600.0, metadata=flag("--max-video-seconds", "longest video", LIMITS))
+    max_video_frames: int | None = field(default=None, metadata=flag(
+        "--max-video-frames", "ceiling of frames sampled per video", LIMITS,
+        auto="the checkpoint's frames_upbound, else 32"))
+    video_decode_seconds: float = field(default=20.0, metadata=flag(
+        "--video-decode-timeout", "wall-clock seconds to decode one video", LIMITS))
+    image_decode_seconds: float = field(default=10.0, metadata=flag(
+        "--image-decode-timeout", "wall-clock seconds to decode one image or audio file", LIMITS))
+    max_audio_seconds: float = field(default=600.0, metadata=flag("--max-audio-seconds", "longest audio", LIMITS))
+    max_audio_channels: int = field(default=2, metadata=flag("--max-audio-channels", "most audio channels", LIMITS))
+    min_audio_sample_rate: int = field(default=8_000, metadata=flag(
+        "--min-audio-sample-rate", "lowest audio sample rate in Hz", LIMITS))
+    max_audio_sample_rate: int = field(default=192_000, metadata=flag(
+        "--max-audio-sample-rate", "highest audio sample rate in Hz", LIMITS))
 
     def __post_init__(self) -> None:
-        for name in ("max_images", "max_videos", "max_audios"):
+        for name in MEDIA_ITEM_FIELDS.values():
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
         for name in ("max_image_pixels", "max_video_width", "max_video_height", "max_audio_channels"):
@@ -133,26 +198,40 @@ class MediaLimits:
             raise ValueError(f"max_video_frames={self.max_video_frames}: must be >= 1")
 
     def max_items(self, modality: str) -> int:
-        return {"image": self.max_images, "video": self.max_videos, "audio": self.max_audios}[modality]
+        return getattr(self, MEDIA_ITEM_FIELDS[modality])
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
     """Where media may come from and how long / how much a fetch may take (spec section 4)."""
 
-    allow_http: bool = False  # plain http:// (local use only)
-    allow_loopback: bool = False  # 127.0.0.0/8 and ::1 origins (local use only)
-    allowed_domains: tuple[str, ...] = ()  # empty: any public host; else these hosts and their subdomains
-    allowed_local_path: str | None = None  # file:// URLs resolve inside this folder; None: file:// refused
-    ca_file: str | None = None  # PEM bundle trusted for https media besides the public CAs
-    max_redirects: int = 3
-    connect_timeout: float = 3.0
-    image_timeout: float = 10.0
-    audio_timeout: float = 10.0
-    video_timeout: float = 30.0
-    max_image_bytes: int = 20 * MiB
-    max_audio_bytes: int = 25 * MiB
-    max_video_bytes: int = 100 * MiB
+    allowed_domains: tuple[str, ...] = field(default=(), metadata=flag(  # empty: any public host
+        "--allowed-media-domains", "only fetch media from these hosts and their subdomains", FETCH,
+        parse=parse_domains, is_repeatable=True))
+    allowed_local_path: str | None = field(default=None, metadata=flag(  # None: file:// refused
+        "--allowed-local-media-path", "serve file:// media URLs from inside this folder", FETCH, auto="refused"))
+    allow_http: bool = field(default=False, metadata=flag(
+        "--allow-http-media", "also fetch plain http:// media URLs (local use only)", FETCH))
+    allow_loopback: bool = field(default=False, metadata=flag(  # 127.0.0.0/8 and ::1 origins
+        "--allow-loopback-media", "also fetch media from loopback addresses (local use only)", FETCH))
+    ca_file: str | None = field(default=None, metadata=flag(  # trusted besides the public CAs
+        "--media-ca-file", "PEM bundle of extra CAs trusted for https media (e.g. an internal CA)", FETCH))
+    max_redirects: int = field(default=3, metadata=flag(
+        "--max-media-redirects", "redirects followed per fetch, each re-checked", FETCH))
+    connect_timeout: float = field(default=3.0, metadata=flag(
+        "--media-connect-timeout", "seconds to connect to a media origin", FETCH))
+    image_timeout: float = field(default=10.0, metadata=flag(
+        "--image-fetch-timeout", "seconds to fetch one image", FETCH))
+    audio_timeout: float = field(default=10.0, metadata=flag(
+        "--audio-fetch-timeout", "seconds to fetch one audio file", FETCH))
+    video_timeout: float = field(default=30.0, metadata=flag(
+        "--video-fetch-timeout", "seconds to fetch one video", FETCH))
+    max_image_bytes: int = field(default=20 * MiB, metadata=flag(
+        "--max-image-mb", "largest image file in MiB", FETCH, unit=MiB))
+    max_audio_bytes: int = field(default=25 * MiB, metadata=flag(
+        "--max-audio-mb", "largest audio file in MiB", FETCH, unit=MiB))
+    max_video_bytes: int = field(default=100 * MiB, metadata=flag(
+        "--max-video-mb", "largest video file in MiB", FETCH, unit=MiB))
 
     def __post_init__(self) -> None:
         if self.max_redirects < 0:
@@ -167,8 +246,8 @@ class FetchPolicy:
             raise ValueError(f"ca_file={self.ca_file!r}: not a file")
         if self.allowed_local_path is not None and not Path(self.allowed_local_path).is_dir():
             raise ValueError(f"allowed_local_path={self.allowed_local_path!r}: not a folder")
-        domains = tuple(d.strip().lower().rstrip(".") for d in self.allowed_domains if d.strip())
-        object.__setattr__(self, "allowed_domains", domains)
+        if self.allowed_domains != parse_domains(self.allowed_domains):
+            raise ValueError(f"allowed_domains={self.allowed_domains!r}: expected lower-case names (parse_domains)")
 
     def timeout(self, modality: str) -> float:
         return {"image": self.image_timeout, "audio": self.audio_timeout, "video": self.video_timeout}[modality]
@@ -177,45 +256,86 @@ class FetchPolicy:
         return {"image": self.max_image_bytes, "audio": self.max_audio_bytes, "video": self.max_video_bytes}[modality]
 
 
+# EngineConfig's flags: model_runtime knows no command line, so they are listed here, by field.
+ENGINE_FLAGS = {
+    "max_num_seqs": Flag("--max-num-seqs", "sequences decoding at once (each of a request's `n` choices is one)",
+                         ENGINE),
+    "max_model_len": Flag("--max-model-len", "context length (prompt + output tokens)", MODEL,
+                          auto="the checkpoint's"),
+    "seed": Flag("--seed", "seeds the choice of seeds for requests that give none", ENGINE),
+    "kv_cache_memory": Flag(
+        "--kv-cache-memory", "KV cache size: a size (`4GiB`, `512MiB`), a share of the memory available at "
+        "start-up (`0.5`), or auto (GPU: 0.8 of free memory; CPU: min(4 GiB, half the available memory))", ENGINE,
+        parse=parse_memory, auto="auto"),
+    "block_size": Flag("--block-size", "token positions per KV cache block (a power of two)", ENGINE),
+    "max_num_batched_tokens": Flag(
+        "--max-num-batched-tokens", "work per engine step in prompt tokens: decode rows always run, prompts and "
+        "media encoding are cut into chunks to fit; auto: 4096 on a GPU, on the CPU paced by time "
+        "(`--step-seconds`); steps in which nothing decodes take 4 times as much", ENGINE, auto="auto"),
+    "step_seconds": Flag(
+        "--step-seconds", "CPU without `--max-num-batched-tokens`: each step in which some stream decodes is "
+        "sized, from the engine's own step timings, to last about this long: the longest token gap while other "
+        "requests' prompts and media are computed", ENGINE),
+    "enable_prefix_caching": Flag("--no-prefix-caching", "do not reuse the KV of prompt prefixes seen before",
+                                  ENGINE),
+    "encoder_cache_bytes": Flag("--encoder-cache-mb", "encoded media kept for reuse, in MiB (0: none)", ENGINE,
+                                unit=MiB),
+}
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str
-    served_model_name: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    dtype: str = "auto"
-    device: str = "cpu"
-    device_map: str | None = None  # "auto" or one device; wins over `device`
-    quantization: str = "none"  # one of QUANTIZATIONS
-    model_base: str | None = None  # base under a LoRA / projector-only checkpoint
-    hf_behaviour: str = "original"  # llava-hf checkpoints, where transformers differs: ORIG's behaviour or transformers'
-    max_num_seqs: int = 32
-    max_model_len: int | None = None
-    kv_cache_memory: int | float | None = None  # bytes, a share of available memory, or None: auto (EngineConfig)
-    block_size: int = 16
-    max_num_batched_tokens: int | None = None  # None: the engine's default for the device
-    step_seconds: float = 1.5  # CPU, no max_num_batched_tokens: the paced step length (EngineConfig)
-    packed_linear: bool = True  # CPU float32: the LM's linears run on oneDNN-packed weights (arch/cpu_linear.py)
-    enable_prefix_caching: bool = True
-    encoder_cache_bytes: int = 512 * MiB
-    log_level: str = "info"
-    api_keys: tuple[str, ...] = ()  # empty: no auth
-    metrics_public: bool = False  # /metrics without a key
-    playground: bool = True  # the web page at / (server/playground/)
-    max_queued_requests: int = 256  # admitted and not yet running; beyond it 429
-    shutdown_timeout: float = 25.0  # SIGTERM: seconds in-flight requests may take to finish
-    max_body_bytes: int = 32 * MiB
-    max_n: int = 8  # choices per request
-    media_workers: int = 2  # decoder processes
-    media_worker_memory_mb: int = 4096  # address-space cap of one decoder process; 0: none
-    ready_stall_seconds: float = 60.0  # /ready fails when the worker's heartbeat is older than this
-    limits: MediaLimits = field(default_factory=MediaLimits)
+    model: str = field(metadata=flag("--model", "checkpoint folder or hub id", MODEL))
+    served_model_name: str = field(metadata=flag(
+        "--served-model-name", "name clients pass as `model`", MODEL, auto="the folder name"))
+    dtype: str = field(default="auto", metadata=flag(
+        "--dtype", "weights dtype: auto (the checkpoint's), float32, bfloat16, float16", MODEL, choices=DTYPES))
+    device: str = field(default="cpu", metadata=flag("--device", "torch device for the model", MODEL))
+    device_map: str | None = field(default=None, metadata=flag(
+        "--device-map", "spread the model over devices: auto, or one device (wins over --device)", MODEL))
+    quantization: str = field(default="none", metadata=flag(
+        "--quantization", "bitsandbytes quantization of the language model", MODEL, choices=QUANTIZATIONS))
+    model_base: str | None = field(default=None, metadata=flag(
+        "--model-base", "base model under a LoRA or projector-only --model (folder or hub id)", MODEL))
+    hf_behaviour: str = field(default="original", metadata=flag(
+        "--hf-behaviour", "llava-hf checkpoints only (refused for others): where transformers and the original "
+        "LLaVA code differ, serve the original's behaviour (`original`) or transformers' (`transformers`: the "
+        "checkpoint's chat template, transformers' unpad rounding and image layouts); docs/CHECKPOINTS.md "
+        "section 8", MODEL, choices=HF_BEHAVIOURS))
+    engine: EngineConfig = field(default_factory=EngineConfig)  # flags: ENGINE_FLAGS
+    packed_linear: bool = field(default=True, metadata=flag(  # arch/cpu_linear.py, applied at load
+        "--no-packed-linear", "CPU, float32: keep PyTorch's default matmul for the language model's linear "
+        "layers instead of weights packed once for oneDNN at start-up (2-3x faster decoding on the measured CPU, "
+        "and a row's logits that do not depend on its batch; docs/PERFORMANCE.md)", ENGINE))
+    host: str = field(default="127.0.0.1", metadata=flag("--host", "address to bind", HTTP))
+    port: int = field(default=8000, metadata=flag("--port", "port to bind", HTTP))
+    api_keys: tuple[str, ...] = field(default=(), metadata=flag(  # empty: no auth
+        "--api-key", "bearer token clients must send (every route but /health, /ready)", HTTP, parse=tuple,
+        is_repeatable=True))
+    metrics_public: bool = field(default=False, metadata=flag(
+        "--metrics-public", "serve /metrics without an API key", HTTP))
+    playground: bool = field(default=True, metadata=flag(  # server/playground/
+        "--no-playground", "do not serve the web playground page at `/`", HTTP))
+    max_queued_requests: int = field(default=256, metadata=flag(
+        "--max-queued-requests", "requests admitted and not yet running; beyond it 429", HTTP))
+    shutdown_timeout: float = field(default=25.0, metadata=flag(
+        "--shutdown-timeout", "seconds in-flight requests may take to finish after SIGTERM", HTTP))
+    max_body_bytes: int = field(default=32 * MiB, metadata=flag(
+        "--max-request-body-mb", "largest request body in MiB (413 beyond)", HTTP, unit=MiB))
+    max_n: int = field(default=8, metadata=flag("--max-n", "largest `n` (choices per request)", HTTP))
+    ready_stall_seconds: float = field(default=60.0, metadata=flag(  # the worker's heartbeat
+        "--ready-stall-timeout", "/ready fails when the engine loop has not turned for this many seconds", HTTP))
+    log_level: str = field(default="info", metadata=flag("--log-level", "log level", HTTP, choices=LOG_LEVELS))
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
+    limits: MediaLimits = field(default_factory=MediaLimits)
+    media_workers: int = field(default=2, metadata=flag(
+        "--media-workers", "decoder processes (isolated from the server)", LIMITS))
+    media_worker_memory_mb: int = field(default=4096, metadata=flag(
+        "--media-worker-memory-mb", "address-space cap of one decoder process in MiB (0: none)", LIMITS))
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port}: must be 0..65535")
-        self.engine_config()  # the engine's knobs are validated where they are defined
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
         if self.hf_behaviour not in HF_BEHAVIOURS:
@@ -240,14 +360,17 @@ class ServerConfig:
             raise ValueError("api_keys: an API key must not be empty")
 
     def engine_config(self, max_model_len: int | None = None) -> EngineConfig:
-        return EngineConfig(
-            max_num_seqs=self.max_num_seqs, max_model_len=max_model_len or self.max_model_len,
-            kv_cache_memory=self.kv_cache_memory, block_size=self.block_size,
-            max_num_batched_tokens=self.max_num_batched_tokens, step_seconds=self.step_seconds,
-            enable_prefix_caching=self.enable_prefix_caching, encoder_cache_bytes=self.encoder_cache_bytes,
-        )
+        """The engine's config for a model whose context is `max_model_len` (at most the flag's)."""
+        return replace(self.engine, max_model_len=max_model_len or self.engine.max_model_len)
 
     @staticmethod
     def default_served_name(model: str) -> str:
         path = Path(model)
         return path.name if path.exists() else model
+
+
+def field_flags(cls: type) -> dict[str, Flag]:
+    """The flags of a config dataclass's fields, by field name (those without one are set otherwise)."""
+    if cls is EngineConfig:
+        return ENGINE_FLAGS
+    return {f.name: f.metadata["flag"] for f in fields(cls) if "flag" in f.metadata}

@@ -78,7 +78,7 @@ async def start_runtime(state: ServerState, load: Loader) -> None:
     config = state.config
     try:
         model = await asyncio.to_thread(load)
-        context_len = min(config.max_model_len or model.context_len, model.context_len)
+        context_len = min(config.engine.max_model_len or model.context_len, model.context_len)
         engine = Engine(model.model, model.tokenizer, model.eos_token_ids, config.engine_config(context_len))
         context_len = engine.max_model_len  # at most what the KV cache holds
         grammars = await asyncio.to_thread(structured.grammar_compiler, model, engine.vocab_size)

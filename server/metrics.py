@@ -13,14 +13,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from model_runtime import STEP_TOKEN_BOUNDS, EngineStats
+from model_runtime import FINISH_REASONS, STEP_TOKEN_BOUNDS, EngineStats
 from server.errors import error_codes
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 TOKEN_COUNT_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 MODALITIES = ("text", "image", "video", "audio")
-FINISH_REASONS = ("stop", "length", "abort", "error")
 REJECT_REASONS = ("queue_full", "shutting_down", "not_ready")
 
 
@@ -118,7 +117,7 @@ class Metrics:
             self.prompt_tokens.labels(modality=modality)
             if modality != "text":
                 self.media_items.labels(modality=modality)
-        for reason in FINISH_REASONS:
+        for reason in FINISH_REASONS.values():
             self.requests.labels(finish_reason=reason)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)

@@ -147,7 +147,7 @@ async def prepare(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest
     except RequestInputError as e:
         raise from_runtime(e, "messages", "the messages do not match their media: ") from e
     check_context(prompt, rt.context_len, body.requested_max_tokens)
-    max_n = min(config.max_n, config.max_num_seqs)
+    max_n = min(config.max_n, config.engine.max_num_seqs)
     if body.n > max_n:
         raise InvalidRequest(f"n={body.n}: at most {max_n} here", param="n")
     params = sampling_params(body, rt.context_len - prompt.num_tokens, logit_bias)
