@@ -10,7 +10,6 @@ EgoGPT/Ola checkpoints store the openai-whisper names under the same prefix;
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -44,7 +43,8 @@ def whisper_encoder_config(cfg: LlavaConfig) -> WhisperConfig:
         max_source_positions=WHISPER_MAX_SOURCE_POSITIONS,
         activation_function="gelu",
         scale_embedding=False,
-        attn_implementation="sdpa",
+        # transformers takes attn_implementation through **kwargs; its @strict signature omits it
+        attn_implementation="sdpa",  # type: ignore[call-arg]
     )
 
 
@@ -60,7 +60,7 @@ class WhisperAudioTower(WhisperEncoder):
         return self(mel.to(self.dtype)).last_hidden_state
 
 
-def build_audio_tower(cfg: LlavaConfig) -> nn.Module:
+def build_audio_tower(cfg: LlavaConfig) -> WhisperAudioTower:
     if cfg.audio is None:
         raise ValueError("the checkpoint has no audio tower (no speech_encoder key)")
     return WhisperAudioTower(whisper_encoder_config(cfg))

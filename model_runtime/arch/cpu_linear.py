@@ -22,9 +22,11 @@ those weights under their checkpoint names.
 from __future__ import annotations
 
 import logging
+from typing import TypeGuard
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +52,21 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def can_pack(linear: nn.Module) -> bool:
+def can_pack(linear: nn.Module) -> TypeGuard[nn.Linear]:
     w = getattr(linear, "weight", None)
     return (type(linear) is nn.Linear and w is not None and w.device.type == "cpu" and w.dtype == torch.float32
             and torch.backends.mkldnn.is_available())
 
 
-def pack_linears(model: nn.Module) -> int:
+def pack_linears(model: PreTrainedModel) -> int:
     """Pack the decoder layers' and the output head's linears in place; the number packed."""
-    targets = [(name, module) for name, module in model.model.layers.named_modules() if can_pack(module)]
+    layers = model.get_submodule("model.layers")
+    targets = [(name, module) for name, module in layers.named_modules() if can_pack(module)]
     head = model.get_output_embeddings()
     count = 0
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
-        parent = model.model.layers.get_submodule(parent_name) if parent_name else model.model.layers
+        parent = layers.get_submodule(parent_name) if parent_name else layers
         try:
             setattr(parent, attr, PackedLinear(linear))
         except RuntimeError as error:  # the reorder refused this machine or shape: keep the plain layer

@@ -17,6 +17,8 @@ from transformers import (
     MistralConfig,
     MistralForCausalLM,
     MistralModel,
+    PreTrainedConfig,
+    PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2Model,
@@ -35,7 +37,12 @@ UNUSED_CHECKPOINT_KEYS = [
 ]
 
 
-def _init_causal_lm(lm: nn.Module, config, pretrained_cls: type, base_cls: type) -> None:
+def _init_causal_lm(
+    lm: PreTrainedModel,
+    config: PreTrainedConfig,
+    pretrained_cls: type[PreTrainedModel],
+    base_cls: type[PreTrainedModel],
+) -> None:
     # Skip XForCausalLM.__init__: it would build a second, plain base model.
     pretrained_cls.__init__(lm, config)
     lm.model = base_cls(config)
@@ -100,7 +107,7 @@ class LlavaMistralForCausalLM(MistralForCausalLM, LlavaMetaForCausalLM):
 
 
 # LlavaConfig.language -> (config class, model class)
-LANGUAGE_MODELS = {
+LANGUAGE_MODELS: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
     "qwen2": (LlavaQwenConfig, LlavaQwenForCausalLM),
     "llama": (LlavaLlamaConfig, LlavaLlamaForCausalLM),
     "mistral": (LlavaMistralConfig, LlavaMistralForCausalLM),

@@ -1,8 +1,10 @@
 """Feature assembly per item (ORIG llava_arch.py, spec 4.2-4.4): projected crop or frame features
 -> the rows one image or video occupies in the LM sequence.
 
-Pure tensor functions; the learned vectors (`image_newline`, `faster_token`) are passed in. The
-shapes they produce are exactly the counts of `layout.py` (the model checks every item).
+Pure tensor functions; the learned vectors (`image_newline`, `faster_token`) are passed in, None
+where the checkpoint has none: the model holds each exactly when the config's layout uses it
+(`has_image_newline`, `add_faster_video`; `layout.check_video_layout`). The shapes they produce are
+exactly the counts of `layout.py` (the model checks every item).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def merge_image(
         return features.flatten(0, 1)
     if features.shape[0] == 1:
         if cfg.has_image_newline:
+            assert image_newline is not None
             return torch.cat([features[0], image_newline[None].to(features.dtype)], dim=0)
         return features[0]
     if not cfg.is_anyres:
@@ -38,6 +41,7 @@ def merge_image(
     if "maxpool2x2" in merge:
         grid = F.max_pool2d(grid[None], 2)[0]
     elif "unpad" in merge:
+        assert image_newline is not None  # has_image_newline
         top, bottom, left, right = layout.unpad_bounds(size, nh * p, nw * p, cfg.unpad_rounding)
         grid = grid[:, top:bottom, left:right]
         if cfg.anyres_max is not None:
@@ -94,6 +98,7 @@ def merge_video(
     layout.check_video_layout(cfg)
     p, mode = cfg.vision.num_patches_per_side, cfg.mm_spatial_pool_mode
     if cfg.is_faster_video:
+        assert image_newline is not None and faster_token is not None  # grid newlines, add_faster_video
         stride = layout.video_pool_stride(cfg)
         slow = add_row_newlines(pool_frames(frames, p, stride, mode), image_newline)
         fast = add_row_newlines(pool_frames(frames, p, 2 * stride, mode), image_newline)
@@ -107,11 +112,14 @@ def merge_video(
         return pooled.flatten(0, 1)
     position = cfg.mm_newline_position
     if position == "grid":
+        assert image_newline is not None  # check_video_layout: grid and frame newlines need has_image_newline
         return add_row_newlines(pooled, image_newline).flatten(0, 1)
     if position == "frame":
+        assert image_newline is not None
         newline = image_newline.to(pooled.dtype).expand(pooled.shape[0], 1, pooled.shape[-1])
         return torch.cat([pooled, newline], dim=1).flatten(0, 1)
     rows = pooled.flatten(0, 1)
     if position == "one_token" and cfg.has_image_newline:
+        assert image_newline is not None
         rows = torch.cat([rows, image_newline[None].to(rows.dtype)], dim=0)
     return rows

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from model_runtime.arch import layout, merge
-from model_runtime.arch.audio import build_audio_tower
+from model_runtime.arch.audio import WhisperAudioTower, build_audio_tower
 from model_runtime.arch.encoding import VISUAL_MODALITIES, EncodingJob
 from model_runtime.arch.projector import SpeechProjector, build_vision_projector
 from model_runtime.arch.vision import build_vision_tower
@@ -32,10 +33,17 @@ class MediaMismatchError(ValueError):
     """Placeholders and media items of a row disagree (ORIG reused or dropped items silently)."""
 
 
-class LlavaMetaModel:
-    """Mixin placed before the transformers base model class (ORIG LlavaMetaModel)."""
+class LlavaMetaModel(nn.Module):
+    """Mixin placed before the transformers base model class (ORIG LlavaMetaModel); its
+    `nn.Module` base comes after that class in the MRO, so `super().__init__` reaches the model."""
 
-    def __init__(self, config) -> None:
+    embed_tokens: nn.Embedding  # the base model's
+    image_newline: nn.Parameter  # [D], with `has_image_newline`
+    faster_token: nn.Parameter  # [D], with `add_faster_video`
+    speech_encoder: WhisperAudioTower  # with an audio tower
+    speech_projector: SpeechProjector
+
+    def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.llava_config = LlavaConfig.from_dict(config.to_dict())
         self.vision_tower = build_vision_tower(self.llava_config)
@@ -53,6 +61,10 @@ class LlavaMetaModel:
 
 class LlavaMetaForCausalLM:
     """Mixin for the causal LM class; `self.model` is a LlavaMetaModel."""
+
+    # set by the transformers causal LM this mixin is combined with
+    model: LlavaMetaModel
+    training: bool
 
     @property
     def llava_config(self) -> LlavaConfig:
@@ -72,15 +84,16 @@ class LlavaMetaForCausalLM:
         unsupported = {m.modality for m in media} - {*VISUAL_MODALITIES, "audio"}
         if unsupported:
             raise ValueError(f"modalities {sorted(unsupported)} are not supported yet")
-        rows: list[torch.Tensor | None] = [None] * len(media)
+        rows: dict[int, torch.Tensor] = {}  # media index -> its rows
         for modalities, encode in ((VISUAL_MODALITIES, self.encode_visual_items), (("audio",), self.encode_audio_items)):
             picked = [i for i, m in enumerate(media) if m.modality in modalities]
-            for i, r in zip(picked, encode([media[i] for i in picked]), strict=True):
-                rows[i] = r
-        for m, r in zip(media, rows, strict=True):
-            if r.shape[0] != m.num_tokens:
-                raise layout.LayoutError(f"{m.modality} item: {r.shape[0]} rows but {m.num_tokens} tokens charged")
-        return [EncodedItem(m.modality, r) for m, r in zip(media, rows, strict=True)]
+            rows.update(zip(picked, encode([media[i] for i in picked]), strict=True))
+        for i, m in enumerate(media):
+            if rows[i].shape[0] != m.num_tokens:
+                raise layout.LayoutError(
+                    f"{m.modality} item: {rows[i].shape[0]} rows but {m.num_tokens} tokens charged"
+                )
+        return [EncodedItem(m.modality, rows[i]) for i, m in enumerate(media)]
 
     def encode_audio_items(self, items: Sequence[MediaInput]) -> list[torch.Tensor]:
         """Audio items (each [C_i, n_mels, 3000] mel chunks) -> rows [n_i, D], one tower call.
@@ -113,6 +126,7 @@ class LlavaMetaForCausalLM:
         device = self.model.embed_tokens.weight.device
         pixels = torch.cat([m.data.to(device) for m in media], dim=0)
         counts = [m.data.shape[0] for m in media]
+        per_item: Sequence[torch.Tensor]
         if self.llava_config.pools_video_before_projector and any(m.modality == "video" for m in media):
             towers = self.model.vision_tower(pixels.to(self.model.embed_tokens.weight.dtype))  # [N, T, Cv]
             split = torch.split(towers, counts)
@@ -132,6 +146,7 @@ class LlavaMetaForCausalLM:
         """An image's or video's projected crops / frames [k, T, D] (project_visual_item) -> rows [n, D]."""
         if item.modality == "video":
             return self.merge_video_features(projected)
+        assert item.image_size is not None  # the processor sets every image's size
         return self.merge_image_features(projected, item.image_size, item.single_crop)
 
     def start_encoding(self, item: MediaInput, max_crops: int) -> EncodingJob:
@@ -264,25 +279,27 @@ class LlavaMetaForCausalLM:
         first, end = span if span is not None else (0, total)
         if not 0 <= first < end <= total:
             raise ValueError(f"row {b}: span {span} outside its {total} positions")
-        # (kind, source slice) of every segment piece inside [first, end)
-        picked: list[tuple[str, object, int, int]] = []
+        # (source, lo, hi) of every segment piece inside [first, end): source is a text run's first
+        # index into ids, or a media item; lo:hi its slice
+        picked: list[tuple[int | EncodedItem | MediaInput, int, int]] = []
         pos = 0
         for seg in segments:
             n = seg[2] if seg[0] == "text" else seg[1].num_tokens
             lo, hi = max(first, pos) - pos, min(end, pos + n) - pos
             if lo < hi:
-                picked.append((seg[0], seg[1], lo, hi))
+                picked.append((seg[1], lo, hi))
             pos += n
             if pos >= end:
                 break
-        text_ids = [t for kind, start, lo, hi in picked if kind == "text" for t in ids[start + lo : start + hi]]
+        text_ids = [t for start, lo, hi in picked if isinstance(start, int)
+                    for t in ids[start + lo : start + hi]]
         text_embeds = embed(torch.tensor(text_ids, dtype=torch.long, device=device))
         pieces: list[torch.Tensor] = []
         label_pieces: list[torch.Tensor] = []
         label_tensor = torch.tensor(list(labels), dtype=torch.long, device=device) if labels is not None else None
         cursor = 0  # index into text_embeds
-        for kind, source, lo, hi in picked:
-            if kind == "text":
+        for source, lo, hi in picked:
+            if isinstance(source, int):
                 pieces.append(text_embeds[cursor : cursor + hi - lo])
                 cursor += hi - lo
                 if label_tensor is not None:

@@ -16,26 +16,30 @@ the same numbers either way.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from model_runtime.config import LlavaConfig
 
+VisionModel = TypeVar("VisionModel", SiglipVisionModel, CLIPVisionModel)
 
-class _TowerHolder(nn.Module):
+
+class _TowerHolder(nn.Module, Generic[VisionModel]):
     """ORIG's `vision_tower` level (a transformers *VisionModel); only holds `vision_model` so the
     checkpoint's key path `vision_tower.vision_tower.vision_model.*` matches."""
 
-    def __init__(self, vision_model: nn.Module) -> None:
+    def __init__(self, vision_model: VisionModel) -> None:
         super().__init__()
-        self.vision_model = vision_model
+        self.vision_model: VisionModel = vision_model
 
 
 class TowerPass:
     """A group of crops [N, 3, S, S] going through a vision tower, some layers at a time."""
 
-    def __init__(self, tower: nn.Module, pixel_values: torch.Tensor) -> None:
+    def __init__(self, tower: VisionTower, pixel_values: torch.Tensor) -> None:
         self.tower = tower
         self.out_dtype = pixel_values.dtype
         self.hidden = tower.embed(pixel_values.to(tower.dtype))
@@ -78,7 +82,8 @@ class SigLipVisionTower(nn.Module):
             layer_norm_eps=v.layer_norm_eps,
             hidden_act=v.hidden_act,
             vision_use_head=False,
-            attn_implementation="eager",
+            # transformers takes attn_implementation through **kwargs; its @strict signature omits it
+            attn_implementation="eager",  # type: ignore[call-arg]
         )
         self.vision_tower = _TowerHolder(SiglipVisionModel(self.config))
         self.num_patches_per_side = v.num_patches_per_side
@@ -121,7 +126,8 @@ class CLIPVisionTower(nn.Module):
             patch_size=v.patch_size,
             layer_norm_eps=v.layer_norm_eps,
             hidden_act=v.hidden_act,
-            attn_implementation="sdpa",
+            # transformers takes attn_implementation through **kwargs; its @strict signature omits it
+            attn_implementation="sdpa",  # type: ignore[call-arg]
         )
         self.vision_tower = _TowerHolder(CLIPVisionModel(self.config))
         self.num_patches_per_side = v.num_patches_per_side
@@ -157,7 +163,10 @@ class CLIPVisionTower(nn.Module):
         return run.features()
 
 
-def build_vision_tower(cfg: LlavaConfig) -> nn.Module:
+VisionTower = SigLipVisionTower | CLIPVisionTower
+
+
+def build_vision_tower(cfg: LlavaConfig) -> VisionTower:
     if cfg.vision.kind == "siglip":
         return SigLipVisionTower(cfg)
     return CLIPVisionTower(cfg)

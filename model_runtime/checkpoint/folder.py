@@ -74,10 +74,11 @@ def inspect_checkpoint(path: str | Path) -> CheckpointFiles:
     if (path / ADAPTER_CONFIG).exists():
         adapter = _require_safetensors(path, ADAPTER_WEIGHTS, "LoRA adapter weights")
         non_lora = path / NON_LORA_WEIGHTS
-        if not non_lora.exists():
+        has_non_lora = non_lora.exists()
+        if not has_non_lora:
             _refuse_pickle_only(path, [path / "non_lora_trainables.bin"])
-            non_lora = None
-        return CheckpointFiles(path, "lora", (), adapter_file=adapter, non_lora_file=non_lora)
+        return CheckpointFiles(path, "lora", (), adapter_file=adapter,
+                               non_lora_file=non_lora if has_non_lora else None)
     files = weight_files(path)
     names = [name for file in files for name in SafetensorsFile(file).names()]
     if any(is_language_model_key(n) for n in names):

@@ -30,6 +30,7 @@ projector other than gelu with biases, LlavaNextVideo's learned `conv` pooling. 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,9 @@ def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None,
     reads = layer if layer >= 0 else num_layers + 1 + layer
     if not 1 <= reads <= num_layers:
         raise ConfigError(f"llava-hf vision_feature_layer={layer} is outside the tower's {num_layers} layers")
-    defaults = SIGLIP_SO400M if kind == "siglip" else KNOWN_CLIP_TOWERS["openai/clip-vit-large-patch14-336"]
+    defaults: Mapping[str, Any] = (
+        SIGLIP_SO400M if kind == "siglip" else KNOWN_CLIP_TOWERS["openai/clip-vit-large-patch14-336"]
+    )
     tower = {"kind": kind, **{k: type(v)(vision.get(k, v)) for k, v in defaults.items() if k != "num_hidden_layers"}}
     tower["num_hidden_layers"] = reads + 1 if kind == "siglip" else num_layers
     out: dict[str, Any] = {k: text[k] for k in _TEXT_KEYS if k in text}

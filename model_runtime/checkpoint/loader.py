@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
 from model_runtime.arch.attention import ATTN_IMPLEMENTATION
@@ -39,8 +39,8 @@ from model_runtime.checkpoint.tensors import load_tensors
 from model_runtime.checkpoint.tokens import add_special_tokens
 from model_runtime.checkpoint.tower_source import fill_vision_tower
 from model_runtime.config import ConfigError, LlavaConfig, read_config_dict
-from model_runtime.processing.chat_template import read_chat_template
-from model_runtime.processing.conversation import template_for
+from model_runtime.processing.chat_template import CheckpointChatTemplate, read_chat_template
+from model_runtime.processing.conversation import ConversationTemplate, template_for
 from model_runtime.processing.processor import Processor
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 class LoadedModel:
     """What a server needs from a checkpoint."""
 
-    tokenizer: object  # a transformers tokenizer
-    model: torch.nn.Module  # Llava*ForCausalLM in eval mode
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel  # Llava*ForCausalLM in eval mode
     config: LlavaConfig
     processor: Processor
     context_len: int  # max prompt + output tokens
@@ -128,8 +128,12 @@ def load_pretrained_model(
     hf_config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
 
     weights_path = files.path if files.kind == "full" else base
+    model: PreTrainedModel
+    info: dict[str, Any]  # missing, unexpected and mismatched keys
     with _transformers_quiet():  # its load report calls the weights we fill below "newly initialized"
-        model, info = model_cls.from_pretrained(
+        # transformers annotates the return as the model alone; with output_loading_info it is
+        # (model, info)
+        model, info = model_cls.from_pretrained(  # type: ignore[misc]
             weights_path,
             config=hf_config,
             dtype=torch_dtype,
@@ -158,6 +162,7 @@ def load_pretrained_model(
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(files.path, base), config=hf_config)
     add_special_tokens(tokenizer, model, cfg)
     model.eval()
+    template: ConversationTemplate | CheckpointChatTemplate
     if hf_behaviour == "transformers":
         template = read_chat_template(files.path, tokenizer)
     else:

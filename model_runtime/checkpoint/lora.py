@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
 from model_runtime.checkpoint.safetensors_io import SafetensorsFile
 from model_runtime.config import ConfigError
@@ -27,7 +27,7 @@ def read_non_lora_trainables(file: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def merge_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
+def merge_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
     """The peft adapter in `adapter_dir` merged into `model`'s weights; returns the plain model."""
     from peft import PeftModel
 
@@ -40,4 +40,6 @@ def merge_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
             wrapped = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
         except (ValueError, KeyError, RuntimeError) as e:
             raise ConfigError(f"{adapter_dir}: the LoRA adapter does not fit the base model ({e})") from e
-        return wrapped.merge_and_unload()
+        merged = wrapped.merge_and_unload()
+    assert isinstance(merged, PreTrainedModel)  # the base model, its LoRA layers merged
+    return merged

@@ -16,7 +16,7 @@ def load_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> set[s
     device). Unknown names, shape mismatches and quantized targets are errors. Returns the names."""
     if not tensors:
         return set()
-    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     targets.update(dict(model.named_buffers(remove_duplicate=False)))
     unknown = sorted(set(tensors) - set(targets))
     if unknown:

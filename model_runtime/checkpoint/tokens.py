@@ -9,7 +9,7 @@ tokens the checkpoint lacks are the mean of the existing rows.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
 from model_runtime.config import LlavaConfig
 
@@ -18,12 +18,12 @@ IM_START_TOKEN = "<im_start>"
 IM_END_TOKEN = "<im_end>"
 
 
-def add_special_tokens(tokenizer, model: nn.Module, cfg: LlavaConfig) -> None:
+def add_special_tokens(tokenizer, model: PreTrainedModel, cfg: LlavaConfig) -> None:
     if cfg.mm_use_im_patch_token:
         tokenizer.add_tokens([IM_PATCH_TOKEN], special_tokens=True)
     if cfg.mm_use_im_start_end:
         tokenizer.add_tokens([IM_START_TOKEN, IM_END_TOKEN], special_tokens=True)
-    num_rows = model.get_input_embeddings().weight.shape[0]
+    num_rows = model.get_input_embeddings().get_parameter("weight").shape[0]
     if num_rows == len(tokenizer):
         return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -35,9 +35,9 @@ def add_special_tokens(tokenizer, model: nn.Module, cfg: LlavaConfig) -> None:
                 weight[num_rows:] = weight[:num_rows].mean(dim=0, keepdim=True)
 
 
-def _embedding_weights(model: nn.Module) -> list[torch.Tensor]:
-    weights = [model.get_input_embeddings().weight]
+def _embedding_weights(model: PreTrainedModel) -> list[torch.Tensor]:
+    weights: list[torch.Tensor] = [model.get_input_embeddings().get_parameter("weight")]
     output = model.get_output_embeddings()
     if output is not None:
-        weights.append(output.weight)
+        weights.append(output.get_parameter("weight"))
     return weights

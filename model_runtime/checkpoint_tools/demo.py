@@ -290,7 +290,7 @@ def _extend_bpe(tokenizer: Tokenizer, bpe_vocab: int) -> Tokenizer:
     data = json.loads(tokenizer.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
     merges: list = data["model"]["merges"]
-    by_id = sorted(vocab, key=vocab.get)
+    by_id = sorted(vocab, key=vocab.__getitem__)
     alphabet = by_id[:256]
     i = 0
     while len(vocab) < bpe_vocab:

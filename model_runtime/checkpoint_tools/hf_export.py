@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from model_runtime.arch import layout
 from model_runtime.checkpoint.folder import weight_files
@@ -144,7 +144,8 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
     text_config = _text_config(raw, cfg.language, vocab_size, tied)
     if architecture == ONEVISION:
-        config, model_cls, processor_files = _onevision(cfg, text_config, image_id, video_id, tied)
+        config, model_cls, processor_files = _onevision(cfg, text_config, image_id, placeholders["<video>"],
+                                                        tied)
     else:
         config, model_cls, processor_files = _llava(cfg, text_config, image_id, tied)
     config.architectures = [architecture]
@@ -237,7 +238,7 @@ def _onevision(cfg: LlavaConfig, text_config, image_id: int, video_id: int, tied
     v = cfg.vision
     config = LlavaOnevisionConfig(
         text_config=text_config, vision_config=_siglip_config(cfg),
-        image_token_id=image_id, video_token_id=video_id,
+        image_token_index=image_id, video_token_index=video_id,
         # hidden_states[-1] of the kept layers == ORIG's output of its truncated tower (before post_layernorm)
         vision_feature_layer=-1, vision_feature_select_strategy="full",
         vision_aspect_ratio=f"anyres_max_{cfg.anyres_max}",
@@ -269,6 +270,7 @@ def _llava(cfg: LlavaConfig, text_config, image_id: int, tied: bool):
     from transformers import LlavaConfig as HfLlavaConfig
 
     v = cfg.vision
+    strategy: Literal["default", "full"]  # transformers' vision_feature_select_strategy
     if v.kind == "clip":
         vision_config = CLIPVisionConfig(
             hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,

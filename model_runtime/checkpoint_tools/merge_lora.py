@@ -36,7 +36,7 @@ def merge_lora(
         raise ConfigError(f"{adapter_path} is not a LoRA adapter folder (no adapter_config.json)")
     loaded = load_pretrained_model(adapter_path, model_base=base, dtype=dtype)
     config = dict(loaded.config.raw)
-    config["vocab_size"] = loaded.model.get_input_embeddings().weight.shape[0]
+    config["vocab_size"] = loaded.model.get_input_embeddings().get_parameter("weight").shape[0]
     config["torch_dtype"] = str(loaded.dtype).removeprefix("torch.")
     state = loaded.model.state_dict()
     if config.get("tie_word_embeddings"):

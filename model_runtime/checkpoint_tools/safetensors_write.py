@@ -82,6 +82,7 @@ def save_state_dict(
 ) -> list[Path]:
     """A whole in-memory state dict -> sharded safetensors (`progress`: a tqdm bar's label)."""
     plan = plan_shards({k: v.numel() * v.element_size() for k, v in state.items()}, max_shard_bytes)
+    groups: Iterable[tuple[Mapping[str, torch.Tensor], Mapping[str, str]]]
     groups = (({k: state[k] for k in names}, metadata or {}) for names in plan)
     if progress:
         groups = tqdm(groups, total=len(plan), desc=progress, unit="shard")
@@ -95,7 +96,7 @@ def _unshare(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensor = tensor.detach()
         if tensor.device.type != "cpu":
             tensor = tensor.cpu()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        key = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
         result[name] = tensor.clone() if key in seen and tensor.numel() else tensor
         seen.add(key)
     return result

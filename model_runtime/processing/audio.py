@@ -14,6 +14,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from model_runtime.constants import (
@@ -28,7 +29,7 @@ LOG_FLOOR = 1e-10  # power floor before log10
 DYNAMIC_RANGE = 8.0  # log10 units kept below the chunk's loudest bin (80 dB)
 
 
-def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def hz_to_mel(hz: npt.ArrayLike) -> np.ndarray:
     """Slaney's mel scale: linear (3 mel / 200 Hz) up to 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     linear = hz * 3.0 / 200.0
@@ -36,7 +37,7 @@ def hz_to_mel(hz: np.ndarray) -> np.ndarray:
     return np.where(hz >= 1000.0, log, linear)
 
 
-def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def mel_to_hz(mel: npt.ArrayLike) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     linear = mel * 200.0 / 3.0
     log = 1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0)

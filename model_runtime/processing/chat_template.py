@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import TemplateError
+from transformers import PreTrainedTokenizerBase
 
 from model_runtime.config import ConfigError
 from model_runtime.config.llava import read_json_object
@@ -40,16 +41,18 @@ class CheckpointChatTemplate:
     name: str  # where the template came from, e.g. "chat_template.jinja"
     source: str  # the Jinja text
     media_tokens: tuple[tuple[str, str], ...]  # (checkpoint's token, our placeholder) where they differ
-    tokenizer: object  # renders with transformers' sandboxed Jinja environment
+    tokenizer: PreTrainedTokenizerBase  # renders with transformers' sandboxed Jinja environment
 
     def render(self, turns: list[ChatTurn], tools: list[dict] | None = None) -> str:
         messages = [_message(t) for t in turns]
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, chat_template=self.source, tools=tools or None, tokenize=False, add_generation_prompt=True
+                messages, chat_template=self.source, tools=list(tools) if tools else None, tokenize=False,
+                add_generation_prompt=True,
             )
         except TemplateError as e:  # the template's own refusals (raise_exception), e.g. roles out of turn
             raise ChatTemplateError(f"the checkpoint's chat template ({self.name}) refused the messages: {e}") from e
+        assert isinstance(text, str)  # tokenize=False: the rendered text
         for token, placeholder in self.media_tokens:
             text = text.replace(token, placeholder)
         wanted = [m for t in turns for m in _PART.findall(t.text)]
@@ -96,7 +99,7 @@ def read_chat_template(folder: str | Path, tokenizer) -> CheckpointChatTemplate:
     """The folder's chat template (chat_template.jinja, then chat_template.json, then the tokenizer's),
     with the media tokens of its processor_config.json (default `<image>`, `<video>`)."""
     folder = Path(folder)
-    name, source = None, None
+    name, source = "", None
     if (folder / TEMPLATE_FILES[0]).exists():
         name, source = TEMPLATE_FILES[0], (folder / TEMPLATE_FILES[0]).read_text()
     elif (folder / TEMPLATE_FILES[1]).exists():

@@ -42,7 +42,6 @@ _EMBEDDED_V4 = (  # IPv6 ranges that carry an IPv4 address in their low 32 bits
     ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64
     ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64
 )
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 _CHUNK = 64 * 1024
 
@@ -71,8 +70,9 @@ def is_refused_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_
     if isinstance(ip, ipaddress.IPv6Address):
         if any(ip in net for net in _EMBEDDED_V4) and ip != ipaddress.IPv6Address("::"):
             return is_refused_address(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), allow_loopback)
-        if ip in _SIX_TO_FOUR:
-            return is_refused_address(ip.sixtofour, allow_loopback)
+        six_to_four = ip.sixtofour  # the IPv4 address of a 2002::/16 address, else None
+        if six_to_four is not None:
+            return is_refused_address(six_to_four, allow_loopback)
         if ip in _TEREDO:
             return True
     if ip.is_loopback:
@@ -197,7 +197,7 @@ class MediaFetcher:
                 raise failed("the media URL's host name could not be resolved") from e
             candidates = []
             for info in infos:
-                address = ipaddress.ip_address(info[4][0].split("%")[0])
+                address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
                 if address not in candidates:
                     candidates.append(address)
         if not candidates:

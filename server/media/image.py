@@ -52,7 +52,7 @@ def sniff_unsupported(data: bytes) -> str | None:
 
 def decode_image(data: bytes, limits: MediaLimits) -> DecodedImage:
     try:
-        image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+        image: Image.Image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except UnidentifiedImageError as e:
         other = sniff_unsupported(data)
         if other:

@@ -34,6 +34,7 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
             fn, args = conn.recv()
         except (EOFError, OSError):
             return
+        reply: tuple[Any, ...]  # ("ok", result) | ("media_error", code, message) | ("error", exception name)
         try:
             reply = ("ok", fn(*args))
         except MediaError as e:
@@ -83,7 +84,12 @@ class DecoderSession:
         try:
             await asyncio.to_thread(worker.conn.send, (fn, args))
             readable = loop.create_future()
-            loop.add_reader(worker.conn.fileno(), lambda: readable.done() or readable.set_result(None))
+
+            def wake() -> None:
+                if not readable.done():
+                    readable.set_result(None)
+
+            loop.add_reader(worker.conn.fileno(), wake)
             try:
                 await asyncio.wait_for(readable, timeout)
             except TimeoutError as e:
@@ -171,6 +177,7 @@ class DecodePool:
         if self._is_closed:
             worker.kill()
         else:
+            assert self._idle is not None  # replacements start from sessions, after start()
             self._idle.put_nowait(worker)
 
     async def run(self, fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
