@@ -58,11 +58,13 @@ def render(request: Request, error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)  # registered for APIError
     return render(request, exc)
 
 
-async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for RequestValidationError
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return render(request, InvalidRequest("the request body is not valid JSON"))
@@ -72,7 +74,8 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
     return render(request, InvalidRequest(f"{param or 'body'}: {message}", param=param))
 
 
-async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # registered for StarletteHTTPException
     error = APIError("no such route" if exc.status_code == 404 else "method not allowed for this route",
                      code="not_found" if exc.status_code == 404 else "method_not_allowed")
     error.status = exc.status_code

@@ -41,7 +41,7 @@ def default_text(owner: type, f: Field, spec: Flag) -> str | None:
     return str(int(number)) if isinstance(number, float) and number.is_integer() else str(number)
 
 
-def _text_type(spec: Flag, kind: Any) -> type | None:
+def _text_type(spec: Flag, kind: Any) -> Any:
     """What argparse converts the flag's text to (a `parse` function takes the text as it is)."""
     if spec.parse is not None:
         return None
@@ -83,10 +83,8 @@ def _field_values(f: Field, spec: Flag, kind: Any, value: Any) -> dict[str, Any]
         value = value or env_list(spec.name) or None
     if value is None:
         return {}
-    if spec.covers:
-        return spec.parse(value)
     if spec.parse is not None:
-        return {f.name: spec.parse(value)}
+        return spec.parse(value) if spec.covers else {f.name: spec.parse(value)}
     return {f.name: int(value * spec.unit) if spec.unit != 1 else value}
 
 

@@ -89,7 +89,7 @@ class PagedAttentionInputs:
 def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     paged: PagedAttentionInputs, scaling: float | None) -> torch.Tensor:
     """query [1, H, T, Dh], key/value [1, KV, T, Dh] of the packed tokens -> [1, T, H, Dh]."""
-    layer = module.layer_idx
+    layer = int(module.layer_idx)  # type: ignore[arg-type]  # set by transformers on each attention module
     key_cache, value_cache = paged.key_cache[layer], paged.value_cache[layer]
     kv_heads, num_blocks, block_size, head_dim = key_cache.shape
     paged = paged.on(query.device)

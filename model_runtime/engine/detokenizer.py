@@ -11,6 +11,7 @@ token's own text and raw bytes for logprobs. Knows a tokenizer, not the model.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Callable
@@ -118,7 +119,7 @@ class TokenTexts:
             self._cache[token_id] = hit
         return hit
 
-    def _bytes(self, token_id: int) -> bytes:
+    def _bytes(self, token_id: int) -> builtins.bytes:
         piece = self.tokenizer.convert_ids_to_tokens(token_id)
         if piece is None:
             return b""

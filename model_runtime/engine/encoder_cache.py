@@ -25,7 +25,7 @@ def media_key(item: MediaInput) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().contiguous().cpu()
             digest.update(f"{tuple(t.shape)}:{t.dtype}:".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         else:
             digest.update(repr(value).encode())
         digest.update(b";")

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import llguidance
 import llguidance.hf
@@ -25,11 +26,14 @@ import torch
 
 from model_runtime.errors import RequestInputError
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "lark")
 CACHE_SIZE = 256  # compiled grammars kept (least recently used dropped)
 MAX_GRAMMAR_CHARS = 1 << 20  # characters of a spec's source, at most
 # JSON as json.dumps writes it: no free whitespace (a model cannot pad forever), ", " and ": "
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class GrammarError(RequestInputError):

@@ -188,7 +188,7 @@ def _decode_group(rows: list[StepRow], block_size: int, device: torch.device) ->
                        first_block=_run_start(table[0]) if len(rows) == 1 else None)
 
 
-def _run_start(table: list[int]) -> int | None:
+def _run_start(table: Sequence[int]) -> int | None:
     """The first block of a table of consecutive block ids (attention then reads the pool in place)."""
     first = table[0]
     if table[-1] - first != len(table) - 1 or any(b != first + i for i, b in enumerate(table)):

@@ -16,4 +16,4 @@ def add_routes(app: FastAPI) -> None:
     for router in (probes.router, models.router, chat.router):
         for route in router.routes:
             assert isinstance(route, APIRoute)
-            app.add_api_route(route.path, route.endpoint, methods=route.methods, name=route.name)
+            app.add_api_route(route.path, route.endpoint, methods=sorted(route.methods or ()), name=route.name)
