@@ -96,8 +96,8 @@ async def chat_completion(state: ServerState, body: ChatCompletionRequest, reque
     is_streaming = False
     try:
         prepared = await until_disconnect(state.lifecycle, request, prepare(rt, config, body, request_id), ticket)
-        gen = Generation(prepared.request, prepared.media.reports, prepared.media.owners, config.served_model_name,
-                         arrival, state.metrics, ticket, prepared.tool_plan.names)
+        gen = Generation(prepared.request, prepared.media, config.served_model_name, arrival, state.metrics, ticket,
+                         prepared.tool_plan.names)
         if body.stream:
             is_streaming = True
             return respond_streaming(state, gen, rt, body)

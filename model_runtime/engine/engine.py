@@ -122,10 +122,6 @@ class Engine:
                 self.scheduler.step_tokens = tokens
                 self.max_crops = self._max_crops()
 
-    @property
-    def kv_capacity_tokens(self) -> int:
-        return self.pool.num_usable * self.block_size
-
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         if self.is_dead:

@@ -6,6 +6,7 @@ stop strings still stop; regex and choice grammars; logit_bias; the compiler's c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -53,8 +54,7 @@ def schema_grammar(grammars, schema=SCHEMA):
 def constrained(make_request, grammars, request_id, grammar=None, **params):
     params.setdefault("max_tokens", 120)
     request = make_request(request_id, "Answer in JSON.", ignore_eos=False, **params)
-    request.grammar = grammar if grammar is not None else schema_grammar(grammars)
-    return request
+    return dataclasses.replace(request, grammar=grammar if grammar is not None else schema_grammar(grammars))
 
 
 def test_random_weights_answer_schema_valid_json(new_engine, make_request, grammars):
