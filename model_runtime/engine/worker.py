@@ -77,6 +77,8 @@ WorkerMessage: TypeAlias = Submit | Abort | AbortAll | Wake
 
 class EngineWorker:
     def __init__(self, engine: Engine) -> None:
+        # NOTE: once started, the engine belongs to the thread; other threads read only what never
+        # changes after construction (config, vocab_size, max_model_len) and the `stats()` snapshot.
         self.engine = engine
         self._inbox: queue.Queue[WorkerMessage] = queue.Queue()
         # request id -> (its event loop, its output queue, the request)
