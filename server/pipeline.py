@@ -177,7 +177,7 @@ def sampling_params(body: ChatCompletionRequest, max_tokens_left: int, logit_bia
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty, seed=body.seed, stop=tuple(body.stop or ()),
             ignore_eos=body.ignore_eos, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0, n=body.n,
-            logit_bias=logit_bias,
+            logit_bias=tuple(logit_bias.items()),
         )
     except RequestInputError as e:
         raise from_runtime(e) from e

@@ -136,8 +136,8 @@ async def compile_grammar(grammars: GrammarCompiler, spec: GrammarSpec, param: s
         raise from_runtime(e, param, f"{param}: this schema cannot be enforced: ") from e
 
 
-def logit_bias(body: ChatCompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
-    """`logit_bias` as (int token id, bias) pairs, each id below `vocab_size` (ranges: SamplingParams)."""
+def logit_bias(body: ChatCompletionRequest, vocab_size: int) -> dict[int, float]:
+    """`logit_bias` with int token ids, each below `vocab_size` (ranges: SamplingParams)."""
     out: dict[int, float] = {}
     for key, value in (body.logit_bias or {}).items():
         if not key.strip().isdigit() or int(key) >= vocab_size:
@@ -146,5 +146,5 @@ def logit_bias(body: ChatCompletionRequest, vocab_size: int) -> tuple[tuple[int,
                 param="logit_bias",
             )
         out[int(key)] = value
-    return tuple(out.items())
+    return out
 
