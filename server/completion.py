@@ -6,7 +6,9 @@ events (a role chunk per choice, content deltas, a finish chunk per choice, the 
 chunk, then `[DONE]`; a failure after the first byte becomes a final error event). With tools,
 each choice's text goes through a `CallParser` (tools.py): calls become `tool_calls` (deltas when
 streamed) and a stopped answer with calls finishes with "tool_calls". Every per-request series of
-the metrics is observed here, once, when the request ends.
+the metrics is observed here, once, when the request ends. Everything it knows of the engine
+arrives in the outputs (a frozen message per step, through the worker's queue): whether a failure
+was the engine stopping is the failing output's own flag, never a look at the engine's state.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker, Re
 from model_runtime import Request as EngineRequest
 from server.errors import APIError, InternalError, NotReady, from_runtime
 from server.lifecycle import Ticket
+from server.media.loader import LoadedMedia
 from server.metrics import Metrics
 from server.protocol import (
     AssistantMessage,
@@ -63,12 +66,10 @@ def to_logprobs(items: list[TokenLogprobs]) -> list[TokenLogprob]:
 
 
 class Generation:
-    def __init__(self, request: EngineRequest, media_reports: list[dict[str, Any]], owners: list[int],
-                 model_name: str, arrival: float, metrics: Metrics, ticket: Ticket,
-                 tool_names: frozenset[str] = frozenset()) -> None:
+    def __init__(self, request: EngineRequest, loaded_media: LoadedMedia, model_name: str, arrival: float,
+                 metrics: Metrics, ticket: Ticket, tool_names: frozenset[str] = frozenset()) -> None:
         self.request = request
-        self.media_reports = media_reports
-        self.owners = owners  # request.media[k] belongs to media_reports[owners[k]]
+        self.loaded_media = loaded_media  # request.media, each input with its part's report
         self.model_name = model_name
         self.arrival = arrival  # time.monotonic() when the HTTP request arrived
         self.metrics = metrics
@@ -77,7 +78,8 @@ class Generation:
         self.choices = [_ChoiceState() for _ in range(request.params.n)]
         self.tool_names = tool_names  # functions whose calls are parsed out of the answers (none: no parsing)
         self.first_token_time: float | None = None
-        self.cache_hits: tuple[bool, ...] = ()
+        self.has_cache_hits = False  # the engine's verdicts are in the media reports
+        self.is_engine_dead = False  # a choice failed because the engine (or its worker) stopped
         self.num_cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.is_recorded = False
 
@@ -116,11 +118,19 @@ class Generation:
             if out.error:
                 log.error("request %s choice %d failed in the engine: %s", self.request.request_id, out.index,
                           out.error)
+            self.is_engine_dead = self.is_engine_dead or out.is_engine_dead
             if out.metrics is not None:
-                self.cache_hits = out.metrics.media_cache_hits or self.cache_hits
+                self._add_cache_hits(out.metrics.media_cache_hits)
                 self.num_cached_tokens = max(self.num_cached_tokens, out.metrics.num_cached_tokens)
                 if out.index == 0:
                     self._observe_timings(out)
+
+    def _add_cache_hits(self, hits: tuple[bool, ...]) -> None:
+        """Once: every choice's final metrics carry the same per-request verdicts."""
+        if hits and not self.has_cache_hits:
+            self.has_cache_hits = True
+            for loaded, hit in zip(self.loaded_media.loaded, hits, strict=True):
+                loaded.report.add_cache_hit(hit)
 
     def _observe_timings(self, out: RequestOutput) -> None:
         m = out.metrics
@@ -169,19 +179,14 @@ class Generation:
                      prompt_tokens_details=self.usage_details())
 
     def media(self) -> list[dict[str, Any]]:
-        reports = [dict(r) for r in self.media_reports]
-        for k, owner in enumerate(self.owners):
-            if k < len(self.cache_hits):
-                hit = bool(self.cache_hits[k])
-                previous = reports[owner]["encoder_cache_hit"]
-                reports[owner]["encoder_cache_hit"] = hit if previous is None else previous and hit
-        return reports
+        return [report.to_json() for report in self.loaded_media.reports]
 
     def parser(self) -> CallParser | None:
         return CallParser(self.tool_names) if self.tool_names else None
 
-    def failure(self, worker: EngineWorker) -> APIError:
-        if worker.engine.is_dead or not worker.is_alive:  # the engine's own flag: health() lags a step
+    def failure(self) -> APIError:
+        """The error for a request one of whose choices finished with "error"."""
+        if self.is_engine_dead:
             return NotReady("the engine worker has stopped")
         return InternalError("generation failed for this request; see the server log for its request id")
 
@@ -190,7 +195,7 @@ async def collect(gen: Generation, worker: EngineWorker) -> ChatCompletion:
     async for _ in gen.outputs(worker):
         pass
     if any(c.finish_reason == "error" for c in gen.choices):
-        raise gen.failure(worker)
+        raise gen.failure()
     choices = []
     for i, c in enumerate(gen.choices):
         text, calls, parser = "".join(c.text), None, gen.parser()
@@ -224,7 +229,7 @@ async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> 
         finished = 0
         async for out in gen.outputs(worker):
             if out.finished and out.finish_reason == "error":
-                error = gen.failure(worker)
+                error = gen.failure()
                 break
             logprobs = ChoiceLogprobs(content=to_logprobs(out.logprobs or [])) if gen.wants_logprobs else None
             parser = parsers[out.index]

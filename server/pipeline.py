@@ -96,8 +96,8 @@ async def chat_completion(state: ServerState, body: ChatCompletionRequest, reque
     is_streaming = False
     try:
         prepared = await until_disconnect(state.lifecycle, request, prepare(rt, config, body, request_id), ticket)
-        gen = Generation(prepared.request, prepared.media.reports, prepared.media.owners, config.served_model_name,
-                         arrival, state.metrics, ticket, prepared.tool_plan.names)
+        gen = Generation(prepared.request, prepared.media, config.served_model_name, arrival, state.metrics, ticket,
+                         prepared.tool_plan.names)
         if body.stream:
             is_streaming = True
             return respond_streaming(state, gen, rt, body)
@@ -177,7 +177,7 @@ def sampling_params(body: ChatCompletionRequest, max_tokens_left: int, logit_bia
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty, seed=body.seed, stop=tuple(body.stop or ()),
             ignore_eos=body.ignore_eos, logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0, n=body.n,
-            logit_bias=logit_bias,
+            logit_bias=tuple(logit_bias.items()),
         )
     except RequestInputError as e:
         raise from_runtime(e) from e

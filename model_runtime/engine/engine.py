@@ -31,12 +31,12 @@ from model_runtime.engine.request import (
     RequestOutput,
     RequestStatus,
     SamplingParamsError,
-    Sequence,
     TokenLogprobs,
 )
 from model_runtime.engine.runner import ForwardRow, ModelRunner, is_fatal, is_out_of_memory
 from model_runtime.engine.sampler import SamplingRow, choice_generator, sample
 from model_runtime.engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
+from model_runtime.engine.state import RequestState, SequenceState
 from model_runtime.engine.stats import STEP_TOKEN_BOUNDS, EngineStats, TokenHistogram
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,9 @@ class Engine:
         self._crop_layer = vision_layer_flops(model.llava_config, 1) / self.cost.token_flops  # one crop, one layer
         self.max_crops = self._max_crops()
         self.max_forward_rows = config.max_num_seqs  # halved after an out-of-memory error
-        self.requests: dict[str, Request] = {}  # unfinished
-        self.choices: dict[str, list[Sequence]] = {}  # request id -> its sequences (choice 0 first)
-        self._media_waiters: dict[str, list[Request]] = {}  # media key -> requests waiting for its encoding
+        self.requests: dict[str, RequestState] = {}  # unfinished
+        self.choices: dict[str, list[SequenceState]] = {}  # request id -> its sequences (choice 0 first)
+        self._media_waiters: dict[str, list[RequestState]] = {}  # media key -> requests waiting for its encoding
         self.dead_reason: str | None = None
         self._texts = TokenTexts(tokenizer)
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -122,10 +122,6 @@ class Engine:
                 self.scheduler.step_tokens = tokens
                 self.max_crops = self._max_crops()
 
-    @property
-    def kv_capacity_tokens(self) -> int:
-        return self.pool.num_usable * self.block_size
-
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         if self.is_dead:
@@ -139,15 +135,14 @@ class Engine:
         if request.num_prompt_tokens >= self.max_model_len:
             raise ValueError(f"a prompt of {request.num_prompt_tokens} tokens does not fit: at most "
                              f"{self.max_model_len - 1} here")
-        request.media_keys = tuple(media_key(m) for m in request.media)
-        request.layout = PromptLayout.from_ids(
-            request.prompt.token_ids, [(k, m.num_tokens) for k, m in zip(request.media_keys, request.media, strict=True)])
-        if request.layout.num_tokens != request.num_prompt_tokens:
-            raise ValueError(f"the prompt's items make {request.layout.num_tokens} positions, "
-                             f"not {request.num_prompt_tokens}")
-        request.media_cache_hits = [None] * len(request.media)
-        self.requests[request.request_id] = request
-        seq = self._new_sequence(request, 0)
+        keys = tuple(media_key(m) for m in request.media)
+        layout = PromptLayout.from_ids(
+            request.prompt.token_ids, [(k, m.num_tokens) for k, m in zip(keys, request.media, strict=True)])
+        if layout.num_tokens != request.num_prompt_tokens:
+            raise ValueError(f"the prompt's items make {layout.num_tokens} positions, not {request.num_prompt_tokens}")
+        state = RequestState(request, keys, layout, media_cache_hits=[None] * len(request.media))
+        self.requests[request.request_id] = state
+        seq = self._new_sequence(state, 0)
         self.choices[request.request_id] = [seq]
         self.scheduler.add(seq)
 
@@ -229,7 +224,7 @@ class Engine:
             outputs += self._encode(plan)
             chunks = [c for c in plan.chunks if not c.seq.status.is_finished]
             for c in chunks:
-                c.seq.request.scheduled_time = c.seq.request.scheduled_time or now
+                c.seq.state.scheduled_time = c.seq.state.scheduled_time or now
             if chunks:
                 num_prompt = sum(c.num_tokens for c in chunks if not c.is_decode)
                 num_decode = len(chunks) - sum(1 for c in chunks if not c.is_decode)
@@ -250,29 +245,29 @@ class Engine:
         return outputs
 
     # -- media ------------------------------------------------------------------------------
-    def _resolve_media(self, seq: Sequence) -> None:
+    def _resolve_media(self, seq: SequenceState) -> None:
         """Find the encoded rows of the media that `seq`'s remaining positions need, or start encoding them."""
-        request = seq.request
+        state = seq.state
         cache = self.runner.encoder_cache
-        for i, (_, stop, key) in enumerate(request.layout.media_spans):
-            if stop <= seq.num_computed or key in request.encoded:
+        for i, (_, stop, key) in enumerate(state.layout.media_spans):
+            if stop <= seq.num_computed or key in state.encoded:
                 continue
             waiting = self._media_waiters.get(key)
             if waiting is not None:  # being encoded for this or another request: encoded once
-                if request not in waiting:
-                    waiting.append(request)
+                if state not in waiting:
+                    waiting.append(state)
                     cache.count_hit()
-                _first_report(request, i, True)
+                _first_report(state, i, True)
                 continue
             found = cache.get(key)
             if found is not None:
-                request.encoded[key] = found
-                _first_report(request, i, True)
+                state.encoded[key] = found
+                _first_report(state, i, True)
                 continue
-            job = self.runner.start_job(key, request.media[i], self.max_crops)
+            job = self.runner.start_job(key, state.request.media[i], self.max_crops)
             self.scheduler.encoder_work[key] = [f / self.cost.token_flops for f in job.remaining_flops()]
-            self._media_waiters[key] = [request]
-            _first_report(request, i, False)
+            self._media_waiters[key] = [state]
+            _first_report(state, i, False)
 
     def _encode(self, plan: SchedulerOutput) -> list[RequestOutput]:
         outputs = []
@@ -287,25 +282,25 @@ class Engine:
                     raise
                 log.error("encoding a %s item failed", job.item.modality, exc_info=error)
                 self.scheduler.encoder_work.pop(key, None)
-                for request in self._media_waiters.pop(key, []):
-                    outputs += self._finish_request(request.request_id, RequestStatus.FINISHED_ERROR,
+                for state in self._media_waiters.pop(key, []):
+                    outputs += self._finish_request(state.request.request_id, RequestStatus.FINISHED_ERROR,
                                                     _describe(error))
                 continue
             if item is not None:
-                for request in self._media_waiters.pop(key, []):
-                    request.encoded[key] = item
+                for state in self._media_waiters.pop(key, []):
+                    state.encoded[key] = item
                     modality = job.item.modality
-                    request.encoder_seconds[modality] = request.encoder_seconds.get(modality, 0.0) + job.seconds
+                    state.encoder_seconds[modality] = state.encoder_seconds.get(modality, 0.0) + job.seconds
         self.scheduler.commit_encoder_work(plan)
         return outputs
 
-    def _release_media(self, request: Request) -> None:
+    def _release_media(self, state: RequestState) -> None:
         """Drop a request's encoded rows once none of its choices needs them any more."""
-        if not request.encoded or (request.params.n > 1 and not request.is_forked):
+        if not state.encoded or (state.request.params.n > 1 and not state.is_forked):
             return
-        last = request.layout.media_spans[-1][1]
-        if all(s.num_computed >= last for s in self.choices[request.request_id] if not s.status.is_finished):
-            request.encoded.clear()
+        last = state.layout.media_spans[-1][1]
+        if all(s.num_computed >= last for s in self.choices[state.request.request_id] if not s.status.is_finished):
+            state.encoded.clear()
 
     # -- the forward ------------------------------------------------------------------------
     def _run(self, chunks: list[ScheduledChunk]) -> list[RequestOutput]:
@@ -318,11 +313,11 @@ class Engine:
         outputs = []
         for chunk, err in failed:
             seq = chunk.seq
-            if seq.index == 0 and not seq.request.is_forked:
+            if seq.index == 0 and not seq.state.is_forked:
                 outputs += self._finish_request(seq.request.request_id, RequestStatus.FINISHED_ERROR, err)
             else:
                 outputs += self._finish_sequence(seq, RequestStatus.FINISHED_ERROR, error=err)
-        sampling: list[Sequence] = []
+        sampling: list[SequenceState] = []
         rows: list[torch.Tensor] = []
         for group, logits in groups:
             k = 0
@@ -337,14 +332,14 @@ class Engine:
                 if chunk.wants_logits:
                     row = logits[k]
                     k += 1
-                    if seq.index == 0 and seq.request.params.n > 1 and not seq.request.is_forked:
+                    if seq.index == 0 and seq.request.params.n > 1 and not seq.state.is_forked:
                         for child in [seq, *self._fork(seq)]:
                             sampling.append(child)
                             rows.append(row)
                     else:
                         sampling.append(seq)
                         rows.append(row)
-                self._release_media(seq.request)
+                self._release_media(seq.state)
         if sampling:
             outputs += self._append_tokens(sampling, torch.stack(rows))
         return outputs
@@ -378,30 +373,30 @@ class Engine:
         return groups, failed
 
     def _forward_row(self, chunk: ScheduledChunk) -> ForwardRow:
-        seq, request = chunk.seq, chunk.seq.request
+        seq, state = chunk.seq, chunk.seq.state
         if chunk.is_decode:
-            return ForwardRow(request.request_id, (seq.output_ids[-1],), (), chunk.start, 1, seq.block_ids,
+            return ForwardRow(seq.request.request_id, (seq.output_ids[-1],), (), chunk.start, 1, seq.block_ids,
                               chunk.wants_logits, is_decode=True)
-        items = [request.encoded.get(k, m) for k, m in zip(request.media_keys, request.media, strict=True)]
-        return ForwardRow(request.request_id, seq.token_ids(), items, chunk.start, chunk.num_tokens, seq.block_ids,
+        items = [state.encoded.get(k, m) for k, m in zip(state.media_keys, seq.request.media, strict=True)]
+        return ForwardRow(seq.request.request_id, seq.token_ids(), items, chunk.start, chunk.num_tokens, seq.block_ids,
                           chunk.wants_logits, is_decode=False)
 
-    def _register_blocks(self, seq: Sequence) -> None:
+    def _register_blocks(self, seq: SequenceState) -> None:
         """Offer the sequence's newly full blocks to the prefix cache."""
         if not self.pool.enable_prefix_caching:
             return
         full = seq.num_computed // self.block_size
         if full <= seq.num_registered:
             return
-        extend_hashes(seq.block_hashes, seq.request.layout, seq.output_ids, full * self.block_size, self.block_size)
+        extend_hashes(seq.block_hashes, seq.state.layout, seq.output_ids, full * self.block_size, self.block_size)
         for i in range(seq.num_registered, full):
             self.pool.register(seq.block_ids[i], seq.block_hashes[i])
         seq.num_registered = full
 
-    def _fork(self, seq: Sequence) -> list[Sequence]:
+    def _fork(self, seq: SequenceState) -> list[SequenceState]:
         """Choices 1..n-1 of `seq`'s request, from the KV of its computed prompt: the full blocks
         shared, the partial last block copied (or, with no free block, recomputed by the choice)."""
-        request = seq.request
+        state, request = seq.state, seq.request
         bs = self.block_size
         full = request.num_prompt_tokens // bs
         partial = request.num_prompt_tokens % bs
@@ -411,7 +406,7 @@ class Engine:
             self.runner.kv.copy(seq.block_ids[full], copies)
         children = []
         for i in range(1, request.params.n):
-            child = self._new_sequence(request, i)
+            child = self._new_sequence(state, i)
             child.block_ids = seq.block_ids[:full]
             self.pool.share(child.block_ids)
             child.num_computed = full * bs
@@ -423,15 +418,15 @@ class Engine:
             self.choices[request.request_id].append(child)
             self.scheduler.add_running(child)
             children.append(child)
-        request.is_forked = True
+        state.is_forked = True
         return children
 
     # -- postprocessing ---------------------------------------------------------------------
-    def _append_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
+    def _append_tokens(self, seqs: list[SequenceState], logits: torch.Tensor) -> list[RequestOutput]:
         """Sample one token per sequence and report it (finishing those that stop)."""
         rows = [
             SamplingRow(s.request.params, s.generator,
-                        s.request.prompt_text_ids if s.request.params.repetition_penalty != 1 else (), s.output_ids,
+                        s.state.prompt_text_ids if s.request.params.repetition_penalty != 1 else (), s.output_ids,
                         s.matcher)
             for s in seqs
         ]
@@ -454,7 +449,7 @@ class Engine:
                 outputs += self._finish_sequence(seq, status, [token], logprobs, stop_reason)
         return outputs
 
-    def _check_stop(self, seq: Sequence, token: int) -> tuple[RequestStatus | None, str | int | None]:
+    def _check_stop(self, seq: SequenceState, token: int) -> tuple[RequestStatus | None, str | int | None]:
         params = seq.request.params
         if token in params.stop_token_ids:
             return RequestStatus.FINISHED_STOPPED, token
@@ -479,28 +474,28 @@ class Engine:
         )
 
     # -- lifecycle of requests and sequences ------------------------------------------------
-    def _new_sequence(self, request: Request, index: int) -> Sequence:
-        params = request.params
-        return Sequence(
-            request, index, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens, self._texts.bytes),
+    def _new_sequence(self, state: RequestState, index: int) -> SequenceState:
+        request, params = state.request, state.request.params
+        return SequenceState(
+            state, index, IncrementalDetokenizer(self.tokenizer, params.stop, params.skip_special_tokens, self._texts.bytes),
             None if params.is_greedy else choice_generator(params.seed, index, self.runner.device, self._seed_source),
             request.grammar.matcher() if request.grammar is not None else None,
         )
 
     def _finish_request(self, request_id: str, status: RequestStatus, error: str | None = None) -> list[RequestOutput]:
-        request = self.requests.get(request_id)
-        if request is None:
+        state = self.requests.get(request_id)
+        if state is None:
             return []
         seqs = self.choices[request_id]
-        if not request.is_forked:  # choices 1..n-1 never started: one final output each
-            seqs += [self._new_sequence(request, i) for i in range(len(seqs), request.params.n)]
+        if not state.is_forked:  # choices 1..n-1 never started: one final output each
+            seqs += [self._new_sequence(state, i) for i in range(len(seqs), state.request.params.n)]
         outputs = []
         for seq in list(seqs):
             if not seq.status.is_finished:
                 outputs += self._finish_sequence(seq, status, error=error)
         return outputs
 
-    def _finish_sequence(self, seq: Sequence, status: RequestStatus, ids: list[int] | None = None,
+    def _finish_sequence(self, seq: SequenceState, status: RequestStatus, ids: list[int] | None = None,
                          logprobs: list[TokenLogprobs] | None = None, stop_reason: str | int | None = None,
                          error: str | None = None) -> list[RequestOutput]:
         seq.status = status
@@ -510,36 +505,35 @@ class Engine:
             text = ""
         else:
             text = seq.detokenizer.take(is_final=True)
-        request = seq.request
+        state, request = seq.state, seq.request
         metrics = RequestMetrics(
-            arrival_time=request.arrival_time, scheduled_time=request.scheduled_time,
+            arrival_time=request.arrival_time, scheduled_time=state.scheduled_time,
             first_token_time=seq.first_token_time, finished_time=time.monotonic(),
-            media_cache_hits=tuple(h is not False for h in request.media_cache_hits),
-            encoder_seconds=dict(request.encoder_seconds), num_cached_tokens=request.num_cached_tokens,
+            media_cache_hits=tuple(h is not False for h in state.media_cache_hits),
+            encoder_seconds=dict(state.encoder_seconds), num_cached_tokens=state.num_cached_tokens,
         )
         out = self._output(seq, ids or [], text, logprobs, stop_reason=stop_reason, error=error, metrics=metrics)
         choices = self.choices[request.request_id]
-        if all(s.status.is_finished for s in choices) and (request.is_forked or len(choices) == request.params.n):
-            request.status = status
+        if all(s.status.is_finished for s in choices) and (state.is_forked or len(choices) == request.params.n):
             del self.requests[request.request_id]
             del self.choices[request.request_id]
-            self._drop_waiter(request)
+            self._drop_waiter(state)
         return [out]
 
-    def _drop_waiter(self, request: Request) -> None:
+    def _drop_waiter(self, state: RequestState) -> None:
         """A finished request waits for no encoding; work nobody waits for any more is cancelled."""
-        request.encoded.clear()
-        for key in set(request.media_keys):
+        state.encoded.clear()
+        for key in set(state.media_keys):
             waiting = self._media_waiters.get(key)
-            if waiting is None or request not in waiting:
+            if waiting is None or state not in waiting:
                 continue
-            waiting.remove(request)
+            waiting.remove(state)
             if not waiting:
                 del self._media_waiters[key]
                 self.runner.cancel_job(key)
                 self.scheduler.encoder_work.pop(key, None)
 
-    def _output(self, seq: Sequence, ids: list[int], text: str, logprobs: list[TokenLogprobs] | None,
+    def _output(self, seq: SequenceState, ids: list[int], text: str, logprobs: list[TokenLogprobs] | None,
                 **final) -> RequestOutput:
         return RequestOutput(
             request_id=seq.request.request_id,
@@ -551,6 +545,7 @@ class Engine:
             num_prompt_tokens=seq.request.num_prompt_tokens,
             num_output_tokens=len(seq.output_ids),
             logprobs=logprobs,
+            is_engine_dead=self.is_dead,
             **final,
         )
 
@@ -593,9 +588,9 @@ def _cpu_token_rate(model, cost: LanguageCost) -> float:
     return flops / cost.token_flops
 
 
-def _first_report(request: Request, item: int, reused: bool) -> None:
-    if request.media_cache_hits[item] is None:
-        request.media_cache_hits[item] = reused
+def _first_report(state: RequestState, item: int, reused: bool) -> None:
+    if state.media_cache_hits[item] is None:
+        state.media_cache_hits[item] = reused
 
 
 def _check_model(model) -> None:

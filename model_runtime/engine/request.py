@@ -1,27 +1,23 @@
 """Request, sampling parameters and per-step outputs: the messages between server and engine.
 
-A `Request` carries one prompt and its media; `SamplingParams.n` choices of it become `n`
-`Sequence`s (rows of the running batch): choice 0 computes the prompt, the others then share its
-full KV blocks. The status enum is mapped once to OpenAI finish reasons (`FINISH_REASONS`).
-Nothing here knows tensors beyond the media inputs.
+Everything here is frozen, so the event loop and the engine thread may both read it. A `Request`
+carries one prompt and its media; `SamplingParams.n` choices of it become `n` sequences (rows of
+the running batch), whose mutable state the engine thread alone owns (state.py). The status enum
+is mapped once to OpenAI finish reasons (`FINISH_REASONS`). Nothing here knows tensors beyond the
+media inputs.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
-from model_runtime.engine.blocks import BlockHash, PromptLayout
-from model_runtime.engine.detokenizer import IncrementalDetokenizer
-from model_runtime.engine.grammar import CompiledGrammar, GrammarMatcher
+from model_runtime.engine.grammar import CompiledGrammar
 from model_runtime.errors import RequestInputError
-from model_runtime.inputs import EncodedItem, MediaInput
+from model_runtime.inputs import MediaInput
 from model_runtime.processing.processor import PromptInput
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's ceiling for `top_logprobs`
@@ -80,12 +76,15 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) added to the logits
 
     def __post_init__(self) -> None:
-        # lists from JSON become tuples so params stay hashable and immutable
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        object.__setattr__(self, "stop", stop)
-        bias = self.logit_bias.items() if isinstance(self.logit_bias, Mapping) else self.logit_bias
-        object.__setattr__(self, "logit_bias", tuple((int(t), float(b)) for t, b in bias))
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        # tuples, never lists or dicts: the params stay hashable and immutable across threads
+        _check(isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop), "stop",
+               "stop strings must be a tuple of non-empty strings")
+        _check(isinstance(self.stop_token_ids, tuple) and all(isinstance(t, int) and t >= 0
+                                                               for t in self.stop_token_ids),
+               "stop_token_ids", "token ids must be a tuple of ints >= 0")
+        _check(isinstance(self.logit_bias, tuple) and all(isinstance(e, tuple) and len(e) == 2
+                                                           for e in self.logit_bias),
+               "logit_bias", "must be a tuple of (token id, bias) pairs")
         _check(self.max_tokens >= 1, "max_tokens", f"{self.max_tokens}: must be >= 1")
         _check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature",
                f"{self.temperature}: must be >= 0")
@@ -97,8 +96,6 @@ class SamplingParams:
                f"{self.frequency_penalty}: must be in [-2, 2]")
         _check(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
                f"{self.repetition_penalty}: must be > 0")
-        _check(all(isinstance(s, str) and s for s in stop), "stop", "stop strings must be non-empty strings")
-        _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "token ids must be >= 0")
         _check(0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, "top_logprobs",
                f"{self.top_logprobs}: must be in [0, {MAX_TOP_LOGPROBS}]")
         _check(self.top_logprobs == 0 or self.logprobs, "top_logprobs", "needs logprobs=true")
@@ -128,36 +125,22 @@ def _check(ok: bool, param: str, message: str) -> None:
         raise SamplingParamsError(param, message)
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Request:
-    """One chat completion as the engine sees it. The server builds it; the engine owns it after."""
+    """One chat completion as submitted: the server builds it, nothing changes it after, so any thread
+    may read it. The engine keeps its own state of the request apart (state.py, engine thread only)."""
 
     request_id: str
     prompt: PromptInput
-    media: list[MediaInput]
+    media: Sequence[MediaInput]  # in prompt order
     params: SamplingParams
     arrival_time: float = field(default_factory=time.monotonic)  # time.monotonic()
     deadline: float | None = None  # time.monotonic() after which the engine aborts it
     grammar: CompiledGrammar | None = None  # the output must match it (each choice gets its own matcher)
-    status: RequestStatus = RequestStatus.WAITING
-    # -- the engine's state of the request (engine thread only) --
-    scheduled_time: float | None = None  # when it was first scheduled
-    media_keys: tuple[str, ...] = ()  # content key of each media item (encoder and prefix caches)
-    layout: PromptLayout | None = None  # what fills each prompt position (text ids, media rows)
-    encoded: dict[str, EncodedItem] = field(default_factory=dict)  # media rows held while the prompt is computed
-    media_cache_hits: list[bool | None] = field(default_factory=list)  # per item: encoding reused (None: not yet)
-    encoder_seconds: dict[str, float] = field(default_factory=dict)  # modality -> encoder work it waited on
-    num_cached_tokens: int = 0  # prompt positions whose KV came from the prefix cache
-    is_forked: bool = False  # choices 1..n-1 exist (after choice 0 computed the prompt)
 
     @property
     def num_prompt_tokens(self) -> int:
         return self.prompt.num_tokens
-
-    @functools.cached_property
-    def prompt_text_ids(self) -> tuple[int, ...]:
-        """The prompt's real token ids (sentinels left out)."""
-        return tuple(t for t in self.prompt.token_ids if t >= 0)
 
 
 @dataclass(frozen=True)
@@ -221,39 +204,5 @@ class RequestOutput:
     logprobs: list[TokenLogprobs] | None = None  # one per new token when params.logprobs
     stop_reason: str | int | None = None  # the stop string or stop token id that ended the choice
     error: str | None = None  # detail of an engine fault for the server log; never for clients
+    is_engine_dead: bool = False  # with "error": the engine (or its worker) stopped, not only this request
     metrics: RequestMetrics | None = None  # on the final output of the choice
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One choice of a request: its tokens, its KV blocks and how far they are computed."""
-
-    request: Request
-    index: int  # choice index, 0..n-1
-    detokenizer: IncrementalDetokenizer
-    generator: torch.Generator | None  # None for greedy choices
-    matcher: GrammarMatcher | None = None  # where it stands in the request's grammar
-    output_ids: list[int] = field(default_factory=list)
-    status: RequestStatus = RequestStatus.WAITING
-    first_token_time: float | None = None
-    block_ids: list[int] = field(default_factory=list)  # its KV blocks, position order
-    num_computed: int = 0  # positions whose KV is in its blocks
-    block_hashes: list[BlockHash] = field(default_factory=list)  # of its full blocks, as far as known
-    num_registered: int = 0  # leading full blocks offered to the prefix cache
-
-    @property
-    def row_id(self) -> str:
-        return f"{self.request.request_id}#{self.index}"
-
-    @property
-    def num_tokens(self) -> int:
-        """Prompt positions + generated tokens (the last generated one is computed at the next step)."""
-        return self.request.num_prompt_tokens + len(self.output_ids)
-
-    @property
-    def is_decoding(self) -> bool:
-        return self.num_computed == self.num_tokens - 1 and self.num_computed >= self.request.num_prompt_tokens
-
-    def token_ids(self) -> list[int]:
-        """Prompt ids (sentinels for media) followed by the generated ids."""
-        return list(self.request.prompt.token_ids) + self.output_ids

@@ -29,14 +29,15 @@ from dataclasses import dataclass, field
 
 from model_runtime.arch.cost import LanguageCost
 from model_runtime.engine.blocks import BlockPool, extend_hashes
-from model_runtime.engine.request import Request, RequestStatus, Sequence
+from model_runtime.engine.request import Request, RequestStatus
+from model_runtime.engine.state import SequenceState
 
 
 @dataclass
 class ScheduledChunk:
     """Positions [start, start + num_tokens) of `seq` computed this step."""
 
-    seq: Sequence
+    seq: SequenceState
     start: int
     num_tokens: int
 
@@ -54,7 +55,7 @@ class ScheduledChunk:
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)  # decode rows first, then prompt chunks
     encoder_work: list[tuple[str, int]] = field(default_factory=list)  # (media key, units to run), in order
-    preempted: list[Sequence] = field(default_factory=list)
+    preempted: list[SequenceState] = field(default_factory=list)
     fresh_blocks: list[int] = field(default_factory=list)  # handed out for the first time: zero them
     prompt_cost: float = 0.0  # budget tokens spent on prompt chunks
     encoder_cost: float = 0.0  # budget tokens of encoder work planned, before `Scheduler.encoder_price`
@@ -70,7 +71,7 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, max_num_seqs: int, step_tokens: int, pool: BlockPool, block_size: int, cost: LanguageCost,
-                 resolve_media: Callable[[Sequence], None] | None = None, idle_step_factor: int = 1) -> None:
+                 resolve_media: Callable[[SequenceState], None] | None = None, idle_step_factor: int = 1) -> None:
         self.max_num_seqs = max_num_seqs  # lowered by the engine after an out-of-memory error
         self.step_tokens = step_tokens
         self.idle_step_factor = idle_step_factor  # the budget's multiple in steps where no sequence decodes
@@ -79,21 +80,21 @@ class Scheduler:
         self.block_size = block_size
         self.cost = cost
         self.resolve_media = resolve_media or (lambda seq: None)
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []  # hold blocks; admission order (the last is the newest)
+        self.waiting: deque[SequenceState] = deque()
+        self.running: list[SequenceState] = []  # hold blocks; admission order (the last is the newest)
         self.encoder_work: dict[str, list[float]] = {}  # media key -> cost of each unit left, in tokens
         self.num_preemptions = 0
 
     # -- queue ------------------------------------------------------------------------------
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: SequenceState) -> None:
         self.waiting.append(seq)
 
-    def add_running(self, seq: Sequence) -> None:
+    def add_running(self, seq: SequenceState) -> None:
         """A sequence that starts out holding blocks (choices 1..n-1 sharing choice 0's prompt)."""
         seq.status = RequestStatus.RUNNING
         self.running.append(seq)
 
-    def remove(self, seq: Sequence) -> None:
+    def remove(self, seq: SequenceState) -> None:
         """Take a sequence out (finished or aborted) and release its blocks."""
         if seq in self.running:
             self.running.remove(seq)
@@ -139,11 +140,11 @@ class Scheduler:
         out.prompt_cost = start - budget - out.num_decode_tokens - out.encoder_cost * self.encoder_price
         return out
 
-    def _reserved(self, seq: Sequence) -> int:
+    def _reserved(self, seq: SequenceState) -> int:
         """Rows a choice 0 keeps for the choices it will fork into."""
-        return seq.request.params.n - 1 if seq.index == 0 and not seq.request.is_forked else 0
+        return seq.request.params.n - 1 if seq.index == 0 and not seq.state.is_forked else 0
 
-    def _admit(self, seq: Sequence, budget: float, out: SchedulerOutput) -> bool:
+    def _admit(self, seq: SequenceState, budget: float, out: SchedulerOutput) -> bool:
         """Try to start the head of the queue; on success it runs and holds blocks."""
         seq.block_ids = self._lookup_prefix(seq)
         seq.num_computed = num_hits = len(seq.block_ids) * self.block_size
@@ -160,35 +161,35 @@ class Scheduler:
             return False
         if self.pool.enable_prefix_caching:
             self.pool.count_query(seq.num_tokens, num_hits)
-        if seq.index == 0 and seq.request.scheduled_time is None:  # its first admission, not a recompute
-            seq.request.num_cached_tokens = num_hits
+        if seq.index == 0 and seq.state.scheduled_time is None:  # its first admission, not a recompute
+            seq.state.num_cached_tokens = num_hits
         self._budget_left = left
         return True
 
-    def _lookup_prefix(self, seq: Sequence) -> list[int]:
+    def _lookup_prefix(self, seq: SequenceState) -> list[int]:
         if not self.pool.enable_prefix_caching:
             return []
         # at least the last position is computed, so its logits exist
         usable = (seq.num_tokens - 1) // self.block_size
         if len(seq.block_hashes) < usable:
-            extend_hashes(seq.block_hashes, seq.request.layout, seq.output_ids, usable * self.block_size,
+            extend_hashes(seq.block_hashes, seq.state.layout, seq.output_ids, usable * self.block_size,
                           self.block_size)
         hits = self.pool.lookup(seq.block_hashes, usable)
         seq.num_registered = len(hits)
         return hits
 
-    def _has_encoder_work(self, seq: Sequence) -> bool:
-        return any(self._planned.get(key) for key in seq.request.media_keys)
+    def _has_encoder_work(self, seq: SequenceState) -> bool:
+        return any(self._planned.get(key) for key in seq.state.media_keys)
 
-    def _schedule_prompt(self, seq: Sequence, budget: float, out: SchedulerOutput, may_preempt: bool = True) -> float:
+    def _schedule_prompt(self, seq: SequenceState, budget: float, out: SchedulerOutput, may_preempt: bool = True) -> float:
         """Encoder units and a chunk for a sequence whose prompt (or recompute) is not done."""
         pos, end = seq.num_computed, seq.num_tokens
         limit = end
-        request = seq.request
-        if request.media_keys:
+        state = seq.state
+        if state.media_keys:
             self.resolve_media(seq)
-            for start, stop, key in request.layout.media_spans:
-                if stop <= pos or key in request.encoded:
+            for start, stop, key in state.layout.media_spans:
+                if stop <= pos or key in state.encoded:
                     continue
                 budget = self._plan_encoder(key, budget, out)
                 if self.encoder_work.get(key) and len(self.encoder_work[key]) > self._planned.get(key, 0):
@@ -235,7 +236,7 @@ class Scheduler:
                     del self.encoder_work[key]
 
     # -- blocks -----------------------------------------------------------------------------
-    def _grow(self, seq: Sequence, num_positions: int, out: SchedulerOutput, may_preempt: bool = True) -> bool:
+    def _grow(self, seq: SequenceState, num_positions: int, out: SchedulerOutput, may_preempt: bool = True) -> bool:
         """Make `seq` hold blocks for `num_positions` positions, preempting the newest running
         sequences if it must. False if `seq` itself had to go, or (may_preempt=False) no blocks."""
         need = -(-num_positions // self.block_size) - len(seq.block_ids)
@@ -254,7 +255,7 @@ class Scheduler:
         out.fresh_blocks += fresh
         return True
 
-    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+    def _preempt(self, seq: SequenceState, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         chunk = self._scheduled.pop(id(seq), None)
         if chunk is not None:
@@ -265,7 +266,7 @@ class Scheduler:
         out.preempted.append(seq)
         self.num_preemptions += 1
 
-    def _free(self, seq: Sequence) -> None:
+    def _free(self, seq: SequenceState) -> None:
         self.pool.release(seq.block_ids)
         seq.block_ids = []
         seq.num_computed = 0

@@ -3,7 +3,9 @@
 `EngineWorker.generate()` is an async iterator of `RequestOutput`s for one request (all of its
 choices, interleaved; it ends when every choice has finished). Requests and aborts reach the
 thread through a queue and take effect at the next step boundary; outputs return to the event
-loop with `call_soon_threadsafe`. `health()` gives probes the heartbeat and the dead flag;
+loop with `call_soon_threadsafe`. The inbox holds typed messages (`Submit`, `Abort`, `AbortAll`,
+`Wake`), handled by type on the thread; the requests it carries are frozen, and the engine's state
+of them is the thread's alone. `health()` gives probes the heartbeat and the dead flag;
 `drain()` is the graceful stop: stop admitting, let running requests finish until a deadline,
 then abort the rest with finish_reason "abort". Knows nothing of HTTP.
 """
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from model_runtime.engine.engine import Engine, EngineDeadError
 from model_runtime.engine.request import Request, RequestOutput, SamplingParamsError
@@ -45,10 +48,39 @@ class WorkerHealth:
     dead_reason: str | None
 
 
+@dataclass(frozen=True)
+class Submit:
+    """Add a request to the engine (its output stream is already open)."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Finish a request with "abort" at the next step boundary; unknown ids are ignored."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class AbortAll:
+    """Finish every unfinished request with "abort" (the end of a drain)."""
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Nothing to do: wakes an idle thread so it sees `stop()`."""
+
+
+WorkerMessage: TypeAlias = Submit | Abort | AbortAll | Wake
+
+
 class EngineWorker:
     def __init__(self, engine: Engine) -> None:
+        # NOTE: once started, the engine belongs to the thread; other threads read only what never
+        # changes after construction (config, vocab_size, max_model_len) and the `stats()` snapshot.
         self.engine = engine
-        self._inbox: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._inbox: queue.Queue[WorkerMessage] = queue.Queue()
         # request id -> (its event loop, its output queue, the request)
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput], Request]] = {}
         self._lock = threading.Lock()
@@ -67,7 +99,7 @@ class EngineWorker:
         """Stop the thread (after `drain()` for a graceful stop); unfinished requests get "abort"."""
         self._is_admitting = False
         self._stop.set()
-        self._inbox.put(("wake", None))
+        self._inbox.put(Wake())
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
 
@@ -94,7 +126,7 @@ class EngineWorker:
             await asyncio.sleep(_DRAIN_POLL_S)
         num_aborted = self._num_unfinished()
         if num_aborted and self.is_alive:
-            self._inbox.put(("abort_all", None))
+            self._inbox.put(AbortAll())
             settle = time.monotonic() + 5.0
             while self._num_unfinished() and self.is_alive and time.monotonic() < settle:
                 await asyncio.sleep(_DRAIN_POLL_S)
@@ -130,7 +162,7 @@ class EngineWorker:
             if request.request_id in self._streams:
                 raise ValueError(f"request id {request.request_id!r} is already running")
             self._streams[request.request_id] = (loop, outputs, request)
-        self._inbox.put(("add", request))
+        self._inbox.put(Submit(request))
         open_choices = set(range(request.params.n))
         try:
             while open_choices:
@@ -142,13 +174,13 @@ class EngineWorker:
                 yield out
         finally:
             if open_choices:
-                self._inbox.put(("abort", request.request_id))
+                self._inbox.put(Abort(request.request_id))
             with self._lock:
                 self._streams.pop(request.request_id, None)
 
     def abort(self, request_id: str) -> None:
         """Abort a request at the next step boundary (thread-safe)."""
-        self._inbox.put(("abort", request_id))
+        self._inbox.put(Abort(request_id))
 
     # -- thread side ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -172,21 +204,28 @@ class EngineWorker:
 
     def _drain_inbox(self, block: bool) -> None:
         try:
-            item = self._inbox.get(timeout=_IDLE_WAIT_S) if block else self._inbox.get_nowait()
+            message = self._inbox.get(timeout=_IDLE_WAIT_S) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
         while True:
-            kind, payload = item
-            if kind == "add":
-                self._add(payload)
-            elif kind == "abort":
-                self._deliver(self.engine.abort_request(payload))
-            elif kind == "abort_all":
-                self._deliver(self.engine.abort_all())
+            self._handle(message)
             try:
-                item = self._inbox.get_nowait()
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _handle(self, message: WorkerMessage) -> None:
+        match message:
+            case Submit(request):
+                self._add(request)
+            case Abort(request_id):
+                self._deliver(self.engine.abort_request(request_id))
+            case AbortAll():
+                self._deliver(self.engine.abort_all())
+            case Wake():
+                pass
+            case _:
+                raise TypeError(f"not a worker message: {message!r}")
 
     def _add(self, request: Request) -> None:
         with self._lock:
@@ -197,14 +236,14 @@ class EngineWorker:
             self.engine.add_request(request)
         except (ValueError, EngineDeadError) as error:
             log.error("request %s refused by the engine: %s", request.request_id, error)
-            self._deliver(_error_outputs(request, str(error)))
+            self._deliver(_error_outputs(request, str(error), is_engine_dead=isinstance(error, EngineDeadError)))
 
     def _fail_open_streams(self) -> None:
         with self._lock:
             requests = [request for _, _, request in self._streams.values()]
         for request in requests:
             self.engine.abort_request(request.request_id)
-            self._deliver(_error_outputs(request, "the engine worker stopped"))
+            self._deliver(_error_outputs(request, "the engine worker stopped", is_engine_dead=True))
 
     def _num_unfinished(self) -> int:
         with self._lock:
@@ -223,11 +262,11 @@ class EngineWorker:
                 log.warning("event loop closed; dropping output for %s", out.request_id)
 
 
-def _error_outputs(request: Request, detail: str) -> list[RequestOutput]:
+def _error_outputs(request: Request, detail: str, is_engine_dead: bool) -> list[RequestOutput]:
     return [
         RequestOutput(request_id=request.request_id, index=i, new_token_ids=[], text="", finished=True,
                       finish_reason="error", num_prompt_tokens=request.num_prompt_tokens, num_output_tokens=0,
-                      error=detail)
+                      error=detail, is_engine_dead=is_engine_dead)
         for i in range(request.params.n)
     ]
 

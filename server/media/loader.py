@@ -1,4 +1,4 @@
-"""Media references of one request -> processed `MediaInput`s + a report per item (spec section 2).
+"""Media references of one request -> processed `MediaInput`s, each with its part's report (spec section 2).
 
 For each item, concurrently: fetch (SSRF-safe), decode in the isolated pool, process into tensors
 with the checkpoint's processor (in a thread: it runs torch). The first failure cancels the rest
@@ -26,23 +26,27 @@ from server.media.audio import TARGET_RATE, decode_audio
 from server.media.fetch import MediaFetcher, too_large
 from server.media.image import decode_image
 from server.media.pool import DecodePool
+from server.media.report import MediaReport
 from server.media.video import decode_video, probe_video
 from server.metrics import Metrics
 
 _KILL_MARGIN_S = 5.0  # the pool kills a decoder this long after its own time budget
 
 
-@dataclass
-class LoadedItem:
-    inputs: list[MediaInput]  # the item's MediaInputs in prompt order (a video, then its audio track)
-    report: dict[str, Any]
+@dataclass(frozen=True)
+class LoadedInput:
+    item: MediaInput
+    report: MediaReport  # of the content part it came from (a video's audio track: the video's)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedMedia:
-    inputs: list[MediaInput] = field(default_factory=list)  # every item's, in prompt order
-    reports: list[dict[str, Any]] = field(default_factory=list)  # one per content part
-    owners: list[int] = field(default_factory=list)  # inputs[k] belongs to reports[owners[k]]
+    loaded: list[LoadedInput] = field(default_factory=list)  # every part's inputs, in prompt order
+    reports: list[MediaReport] = field(default_factory=list)  # one per content part, in request order
+
+    @property
+    def inputs(self) -> list[MediaInput]:
+        return [x.item for x in self.loaded]
 
 
 class MediaLoader:
@@ -58,26 +62,25 @@ class MediaLoader:
         single_crop = self.processor.is_single_crop(sum(1 for r in refs if r.modality == "image"))
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._load_one(ref, single_crop)) for ref in refs]
+                tasks = [group.create_task(self._load_one(i, ref, single_crop)) for i, ref in enumerate(refs)]
         except* APIError as errors:
             raise errors.exceptions[0] from None
         loaded = LoadedMedia()
-        for i, task in enumerate(tasks):
-            item = task.result()
-            item.report["index"] = i
-            loaded.reports.append(item.report)
-            loaded.inputs.extend(item.inputs)
-            loaded.owners.extend([i] * len(item.inputs))
+        for task in tasks:
+            part = task.result()
+            loaded.reports.append(part[0].report)
+            loaded.loaded.extend(part)
         return loaded
 
-    async def _load_one(self, ref: MediaRef, single_crop: bool) -> LoadedItem:
+    async def _load_one(self, index: int, ref: MediaRef, single_crop: bool) -> list[LoadedInput]:
+        """The part's inputs in prompt order (a video, then its audio track), all with one report."""
         try:
             data, source = await self._fetch(ref)
             if ref.modality == "image":
-                return await self._image(ref, data, source, single_crop)
+                return await self._image(index, ref, data, source, single_crop)
             if ref.modality == "video":
-                return await self._video(ref, data, source)
-            return await self._audio(ref, data, source)
+                return await self._video(index, ref, data, source)
+            return await self._audio(index, ref, data, source)
         except MediaError as e:
             raise _api_error(e, ref) from None
         except (InvalidMediaError, LayoutError) as e:
@@ -104,7 +107,8 @@ class MediaLoader:
         self.metrics.media_preprocess.labels(modality=modality).observe(time.perf_counter() - started)
         return out
 
-    async def _image(self, ref: MediaRef, data: bytes, source: dict, single_crop: bool) -> LoadedItem:
+    async def _image(self, index: int, ref: MediaRef, data: bytes, source: dict,
+                     single_crop: bool) -> list[LoadedInput]:
         started = time.perf_counter()
         decoded = await self.pool.run(decode_image, data, self.limits,
                                       timeout=self.limits.image_decode_seconds + _KILL_MARGIN_S)
@@ -117,9 +121,9 @@ class MediaLoader:
                       "size": list(decoded.image.size), "exif_transposed": decoded.is_transposed,
                       "alpha_flattened": decoded.has_alpha,
                       **_layout(self.processor.image_token_parts(decoded.image.size, single_crop))}
-        return LoadedItem([item], _report("image", ref, source, processing, item.num_tokens))
+        return [LoadedInput(item, MediaReport(index, "image", ref.param, source, processing, item.num_tokens))]
 
-    async def _video(self, ref: MediaRef, data: bytes, source: dict) -> LoadedItem:
+    async def _video(self, index: int, ref: MediaRef, data: bytes, source: dict) -> list[LoadedInput]:
         timeout = self.limits.video_decode_seconds + _KILL_MARGIN_S
         started = time.perf_counter()
         async with self.pool.session() as decoder:
@@ -138,18 +142,17 @@ class MediaLoader:
         processing = {"frames_sampled": len(plan.indices), "frame_indices": list(plan.indices),
                       "timestamps": [round(t, 3) for t in plan.timestamps],
                       "requested": {"num_frames": ref.num_frames, "fps": ref.fps}}
-        inputs = [video]
-        report = _report("video", ref, source, processing, video.num_tokens)
-        if ref.use_audio:
-            assert decoded.audio is not None
-            track = await self._process("audio", self.processor.process_audio, decoded.audio, None)
-            inputs.append(track)
-            report["audio_track"] = {"sample_rate": decoded.audio_sample_rate, "channels": decoded.audio_channels,
-                                     "seconds": round(len(decoded.audio) / TARGET_RATE, 3),
-                                     "resampled_to": TARGET_RATE, "tokens": track.num_tokens}
-        return LoadedItem(inputs, report)
+        if not ref.use_audio:
+            return [LoadedInput(video, MediaReport(index, "video", ref.param, source, processing, video.num_tokens))]
+        assert decoded.audio is not None
+        track = await self._process("audio", self.processor.process_audio, decoded.audio, None)
+        audio_track = {"sample_rate": decoded.audio_sample_rate, "channels": decoded.audio_channels,
+                       "seconds": round(len(decoded.audio) / TARGET_RATE, 3), "resampled_to": TARGET_RATE,
+                       "tokens": track.num_tokens}
+        report = MediaReport(index, "video", ref.param, source, processing, video.num_tokens, audio_track)
+        return [LoadedInput(video, report), LoadedInput(track, report)]
 
-    async def _audio(self, ref: MediaRef, data: bytes, source: dict) -> LoadedItem:
+    async def _audio(self, index: int, ref: MediaRef, data: bytes, source: dict) -> list[LoadedInput]:
         started = time.perf_counter()
         decoded = await self.pool.run(decode_audio, data, self.limits,
                                       timeout=self.limits.image_decode_seconds + _KILL_MARGIN_S)
@@ -158,12 +161,7 @@ class MediaLoader:
         source.update(format=decoded.format, sample_rate=decoded.sample_rate, channels=decoded.num_channels,
                       seconds=round(decoded.duration, 3))
         processing = {"resampled_to": TARGET_RATE, "mono": True, "samples": int(len(decoded.waveform))}
-        return LoadedItem([item], _report("audio", ref, source, processing, item.num_tokens))
-
-
-def _report(modality: str, ref: MediaRef, source: dict, processing: dict, num_tokens: int) -> dict[str, Any]:
-    return {"index": 0, "modality": modality, "param": ref.param, "source": source, "processing": processing,
-            "tokens": num_tokens, "encoder_cache_hit": None}
+        return [LoadedInput(item, MediaReport(index, "audio", ref.param, source, processing, item.num_tokens))]
 
 
 def _layout(parts: ImageTokenParts) -> dict[str, Any]:

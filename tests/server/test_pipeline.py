@@ -55,11 +55,12 @@ def test_prepare_then_generate_an_image_request(tiny_model):
                                                                temperature=0, n=2), "chatcmpl-a")
             request = prepared.request
             assert request.request_id == "chatcmpl-a" and request.params.max_tokens == 3 and request.params.n == 2
-            assert [m.modality for m in request.media] == ["image"] and prepared.media.owners == [0]
-            assert prepared.media.reports[0]["modality"] == "image"
+            assert [m.modality for m in request.media] == ["image"]
+            assert [x.report for x in prepared.media.loaded] == prepared.media.reports  # each input -> its report
+            assert prepared.media.reports[0].modality == "image"
             assert request.prompt.num_media_tokens == request.media[0].num_tokens > 0
-            gen = Generation(request, prepared.media.reports, prepared.media.owners, "tiny", time.monotonic(),
-                             state.metrics, state.lifecycle.admit(), prepared.tool_plan.names)
+            gen = Generation(request, prepared.media, "tiny", time.monotonic(), state.metrics, state.lifecycle.admit(),
+                             prepared.tool_plan.names)
             completion = await collect(gen, rt.worker)
             assert completion.id == "chatcmpl-a" and len(completion.choices) == 2
             assert completion.usage.prompt_tokens == request.num_prompt_tokens

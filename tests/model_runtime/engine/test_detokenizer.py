@@ -63,7 +63,7 @@ def test_engine_stop_strings_and_streams(new_engine, make_request, tiny_model):
     cut = next(b for b in ends[1:-1] if 0 < b < len(text) and text.find(text[b - 1 : b + 1]) == b - 1
                and "\ufffd" not in text[b - 1 : b + 1])
     stop = text[cut - 1 : cut + 1]  # last character of one token, first of the next
-    stopped = run(engine, [make_request("s", max_tokens=16, stop=[stop])])["s"]
+    stopped = run(engine, [make_request("s", max_tokens=16, stop=(stop,))])["s"]
     assert stopped.text == text[: cut - 1]
     assert stopped.final.finish_reason == "stop" and stopped.final.stop_reason == stop
     assert len(stopped.ids) < 16

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from model_runtime import ChatTurn, Engine, Request, SamplingParams
@@ -114,8 +116,7 @@ def test_abort_frees_the_row_and_the_cache(new_engine, make_request):
 def test_abort_of_a_waiting_request_and_deadlines(new_engine, make_request):
     engine = new_engine(max_num_seqs=1)
     engine.add_request(make_request("first", max_tokens=3))
-    expired = make_request("late", max_tokens=3)
-    expired.deadline = 0.0
+    expired = dataclasses.replace(make_request("late", max_tokens=3), deadline=0.0)
     engine.add_request(expired)
     engine.add_request(make_request("queued", max_tokens=3))
     out = engine.abort_request("queued")
@@ -194,7 +195,7 @@ def test_chunk_boundaries_do_not_change_tokens(new_engine, make_request):
             nonlocal inside_image
             plan = schedule()
             for c in plan.chunks:
-                inside_image += any(start < c.start < stop for start, stop, _ in c.seq.request.layout.media_spans)
+                inside_image += any(start < c.start < stop for start, stop, _ in c.seq.state.layout.media_spans)
             return plan
 
         engine.scheduler.schedule = observed

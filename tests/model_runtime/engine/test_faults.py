@@ -76,3 +76,12 @@ def test_a_stalled_step_sleeps_once_and_changes_no_output(new_engine, make_reque
         durations.append(time.monotonic() - start)
     assert durations[1] >= 0.4 and max(durations[:1] + durations[2:]) < 0.4
     assert {rid: r.ids for rid, r in run(engine, [make_request("b", max_tokens=4)]).items()} == {"b": expected["a"]}
+
+
+def test_error_outputs_say_whether_the_engine_stopped(new_engine, make_request):
+    poisoned = new_engine(faults=FaultInjection(poison_request_ids=frozenset({"bad"})))
+    results = run(poisoned, [make_request("bad", max_tokens=3), make_request("good", max_tokens=3)])
+    assert results["bad"].final.finish_reason == "error" and not results["bad"].final.is_engine_dead
+    assert results["good"].final.finish_reason == "length" and not results["good"].final.is_engine_dead
+    dead = run(new_engine(faults=FaultInjection(fatal_at_step=2)), [make_request("victim", max_tokens=5)])
+    assert dead["victim"].final.finish_reason == "error" and dead["victim"].final.is_engine_dead

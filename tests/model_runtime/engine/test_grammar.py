@@ -6,6 +6,7 @@ stop strings still stop; regex and choice grammars; logit_bias; the compiler's c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -53,8 +54,7 @@ def schema_grammar(grammars, schema=SCHEMA):
 def constrained(make_request, grammars, request_id, grammar=None, **params):
     params.setdefault("max_tokens", 120)
     request = make_request(request_id, "Answer in JSON.", ignore_eos=False, **params)
-    request.grammar = grammar if grammar is not None else schema_grammar(grammars)
-    return request
+    return dataclasses.replace(request, grammar=grammar if grammar is not None else schema_grammar(grammars))
 
 
 def test_random_weights_answer_schema_valid_json(new_engine, make_request, grammars):
@@ -102,7 +102,7 @@ def test_grammar_rows_batched_with_free_rows_equal_their_solo_runs(new_engine, m
 
 def test_max_tokens_cuts_with_length_and_stop_strings_still_stop(new_engine, make_request, grammars):
     cut = constrained(make_request, grammars, "cut", max_tokens=4)
-    stopped = constrained(make_request, grammars, "stopped", stop=['"'])
+    stopped = constrained(make_request, grammars, "stopped", stop=('"',))
     results = run(new_engine(), [cut, stopped])
     assert results["cut"].final.finish_reason == "length"
     assert len(results["cut"].ids) == 4 and results["cut"].text.startswith("{")
@@ -127,9 +127,9 @@ def test_regex_and_choice_grammars(new_engine, make_request, grammars):
 def test_logit_bias_moves_the_greedy_choice(new_engine, make_request):
     engine = new_engine()
     free = run(engine, [make_request("free", max_tokens=3)])["free"].ids
-    pushed = run(engine, [make_request("pushed", max_tokens=3, logit_bias={42: 100})])["pushed"].ids
+    pushed = run(engine, [make_request("pushed", max_tokens=3, logit_bias=((42, 100.0),))])["pushed"].ids
     assert pushed == [42, 42, 42] != free
-    banned = run(engine, [make_request("banned", max_tokens=3, logit_bias={free[0]: -100})])["banned"].ids
+    banned = run(engine, [make_request("banned", max_tokens=3, logit_bias=((free[0], -100.0),))])["banned"].ids
     assert banned[0] != free[0]
 
 
@@ -137,12 +137,12 @@ def test_logit_bias_limits(new_engine, make_request):
     from model_runtime import SamplingParamsError
 
     with pytest.raises(SamplingParamsError, match="logit_bias"):
-        make_request("big", logit_bias={1: 101})
+        make_request("big", logit_bias=((1, 101.0),))
     with pytest.raises(SamplingParamsError, match="logit_bias"):
-        make_request("many", logit_bias={i: 1 for i in range(301)})
+        make_request("many", logit_bias=tuple((i, 1.0) for i in range(301)))
     engine = new_engine()
     with pytest.raises(SamplingParamsError, match="vocabulary size"):
-        engine.add_request(make_request("far", logit_bias={engine.vocab_size: 1}))
+        engine.add_request(make_request("far", logit_bias=((engine.vocab_size, 1.0),)))
 
 
 def test_compiler_caches_per_spec_and_refuses_what_it_cannot_enforce(grammars):

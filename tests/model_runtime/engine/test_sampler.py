@@ -97,13 +97,15 @@ def test_parameters_are_validated_with_the_field_name():
                        ({"min_p": 1.5}, "min_p"), ({"presence_penalty": 3}, "presence_penalty"),
                        ({"frequency_penalty": -2.5}, "frequency_penalty"), ({"repetition_penalty": 0}, "repetition_penalty"),
                        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
-                       ({"n": 0}, "n"), ({"stop": [""]}, "stop"), ({"max_tokens": 0}, "max_tokens")]:
+                       ({"n": 0}, "n"), ({"stop": ("",)}, "stop"), ({"max_tokens": 0}, "max_tokens"),
+                       # tuples only, so the params stay immutable (and a bare string is not split into characters)
+                       ({"stop": "x"}, "stop"), ({"stop": ["a"]}, "stop"), ({"stop_token_ids": [3]}, "stop_token_ids"),
+                       ({"logit_bias": {3: 1.0}}, "logit_bias")]:
         bad.setdefault("max_tokens", 4)
         with pytest.raises(SamplingParamsError) as info:
             SamplingParams(**bad)
         assert info.value.param == param
-    assert SamplingParams(max_tokens=1, stop="x").stop == ("x",)
-    assert SamplingParams(max_tokens=1, stop=["a", "b"], stop_token_ids=[3]).stop_token_ids == (3,)
+    assert SamplingParams(max_tokens=1, stop=("a", "b"), stop_token_ids=(3,), logit_bias=((3, 1.0),)).stop == ("a", "b")
 
 
 def test_seeded_requests_give_the_same_text_in_any_batch(new_engine, make_request):

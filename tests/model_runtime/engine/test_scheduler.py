@@ -8,23 +8,24 @@ from model_runtime import PromptInput, Request, SamplingParams
 from model_runtime.arch.cost import LanguageCost
 from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
-from model_runtime.engine.request import Sequence
 from model_runtime.engine.scheduler import Scheduler, SchedulerOutput
+from model_runtime.engine.state import RequestState, SequenceState
 
 BLOCK = 4
 FLAT = LanguageCost(token_flops=1.0, pair_flops=0.0)  # a token costs one token, whatever its context
 
 
-def sequence(rid: str, num_tokens: int, n: int = 1, first_id: int = 0, media=()) -> Sequence:
+def sequence(rid: str, num_tokens: int, n: int = 1, first_id: int = 0, media=(),
+             deadline: float | None = None) -> SequenceState:
     """`media`: (position in the ids, key, rows) of image items."""
     ids = list(range(first_id, first_id + num_tokens))
     for pos, _, _ in sorted(media, reverse=True):
         ids.insert(pos, -200)
     rows = sum(r for _, _, r in media)
-    request = Request(rid, PromptInput(ids, num_tokens, rows), [], SamplingParams(max_tokens=4, n=n))
-    request.media_keys = tuple(k for _, k, _ in media)
-    request.layout = PromptLayout.from_ids(ids, [(k, r) for _, k, r in media])
-    return Sequence(request, 0, IncrementalDetokenizer(None), None)
+    request = Request(rid, PromptInput(ids, num_tokens, rows), [], SamplingParams(max_tokens=4, n=n),
+                      deadline=deadline)
+    state = RequestState(request, tuple(k for _, k, _ in media), PromptLayout.from_ids(ids, [(k, r) for _, k, r in media]))
+    return SequenceState(state, 0, IncrementalDetokenizer(None), None)
 
 
 def scheduler(num_blocks: int = 64, step_tokens: int = 16, max_num_seqs: int = 8, **kwargs) -> Scheduler:
@@ -111,7 +112,7 @@ def test_admission_takes_the_prefix_cache_hits():
     first = sequence("first", 10)
     s.add(first)
     commit(s.schedule())
-    extend_hashes(first.block_hashes, first.request.layout, first.output_ids, 8, BLOCK)
+    extend_hashes(first.block_hashes, first.state.layout, first.output_ids, 8, BLOCK)
     for block, h in zip(first.block_ids, first.block_hashes, strict=False):
         s.pool.register(block, h)
     s.remove(first)
@@ -146,8 +147,7 @@ def test_chunks_stop_before_media_that_are_not_encoded():
 
 def test_expired_requests_come_out():
     s = scheduler()
-    a, b = sequence("a", 4), sequence("b", 4)
-    b.request.deadline = 5.0
+    a, b = sequence("a", 4), sequence("b", 4, deadline=5.0)
     s.add(a)
     s.add(b)
     assert s.expired(now=4.0) == [] and s.expired(now=5.0) == [b.request]

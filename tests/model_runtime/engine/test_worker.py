@@ -8,6 +8,7 @@ import time
 import pytest
 
 from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker
+from model_runtime.engine.worker import Abort, AbortAll, Submit, Wake
 from tests.faults import FaultInjection
 
 
@@ -91,3 +92,26 @@ def test_a_fatal_error_kills_the_worker_and_fails_its_streams(new_engine, make_r
     outputs, health = with_worker(engine, body)
     assert outputs[-1].finish_reason == "error"
     assert health.is_dead and not health.is_alive and "injected" in health.dead_reason
+
+
+def test_the_inbox_holds_typed_messages(new_engine):
+    worker = EngineWorker(new_engine())
+    worker.abort("r")
+    worker.stop()  # never started: it queues the wake-up and returns
+    assert list(worker._inbox.queue) == [Abort("r"), Wake()]
+
+
+def test_messages_are_handled_by_type(new_engine, make_request):
+    engine = new_engine()
+    worker = EngineWorker(engine)  # not started: this thread stands in for the engine thread
+    worker._handle(Submit(make_request("gone")))  # no open stream: its caller left before the thread saw it
+    assert not engine.has_unfinished()
+    for rid in ("a", "b", "c"):
+        engine.add_request(make_request(rid))
+    worker._handle(Abort("a"))
+    worker._handle(Wake())
+    assert set(engine.requests) == {"b", "c"}
+    worker._handle(AbortAll())
+    assert not engine.has_unfinished()
+    with pytest.raises(TypeError, match="not a worker message"):
+        worker._handle(("abort", "b"))  # the inbox's old (kind, payload) tuples are refused
