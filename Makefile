@@ -43,6 +43,7 @@ chromium:
 
 test: $(STAMP) prometheus openssl chromium
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -98,8 +98,9 @@ def _apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) ->
 
 def _apply_grammars(x: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
     """Tokens a row's grammar does not allow become -inf, in place on `x`."""
-    index = [i for i, r in enumerate(rows) if r.matcher is not None]
-    refused = refused_tokens([rows[i].matcher for i in index], x.shape[1])  # [R, V] bool, on the CPU
+    matchers = [(i, r.matcher) for i, r in enumerate(rows) if r.matcher is not None]
+    index = [i for i, _ in matchers]
+    refused = refused_tokens([m for _, m in matchers], x.shape[1])  # [R, V] bool, on the CPU
     if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
         # NOTE: numpy's one-thread putmask beats torch's thread pool on this small op
         values = x.numpy()
@@ -175,7 +176,7 @@ def _logprobs(logits: torch.Tensor, params: Sequence[SamplingParams], token_ids:
     for r, i in enumerate(wanted):
         top: list[tuple[int, float]] = []
         num_top = params[i].top_logprobs
-        if num_top:
+        if num_top and top_ids is not None and top_values is not None:
             top = list(zip(top_ids[r, :num_top].tolist(), top_values[r, :num_top].tolist(), strict=True))
         out[i] = (float(chosen[r, 0]), top)
     return out

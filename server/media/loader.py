@@ -90,7 +90,7 @@ class MediaLoader:
         started = time.perf_counter()
         if ref.audio_data is not None:
             data = _decode_base64(ref.audio_data, self.fetcher.policy.max_bytes("audio"))
-            source = {"kind": "input_audio", "declared_format": ref.audio_format}
+            source: dict[str, Any] = {"kind": "input_audio", "declared_format": ref.audio_format}
         else:
             fetched = await self.fetcher.fetch(ref.url or "", ref.modality)
             data = fetched.data
