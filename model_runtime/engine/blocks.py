@@ -8,7 +8,8 @@ a block's `BlockHash` is a digest of its parent block's hash and of what fills i
 equal KV. Blocks without a hash are handed out before cached blocks, and cached blocks least
 recently released first (that is the eviction order of the prefix cache). Among blocks without a
 hash the pool keeps a sequence's blocks adjacent where it can: a holder's next block is the one
-after its last if that is free, prompt chunks take the lowest free ids and single blocks (decode
+after its last if that is free, a prompt that will want many blocks starts where that many free
+ids follow one another, other prompt chunks take the lowest free ids and single blocks (decode
 rows) the highest, so a long prompt computed chunk by chunk while other rows decode still lies in
 one run of ids, which attention reads in place instead of gathering (kv.py). Block 0 is never
 handed out: it stays zero and pads block tables. Knows no tensors.
@@ -22,10 +23,13 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 BlockHash = bytes
 NULL_BLOCK = 0  # all zeros, never allocated: pads the block tables of a padded attention read
 
 _DIGEST_SIZE = 16
+MIN_RUN_SEARCH = 8  # a holder expecting this many blocks starts a new run where they all fit
 
 
 class NoFreeBlocksError(RuntimeError):
@@ -136,8 +140,10 @@ def extend_hashes(hashes: list[BlockHash], layout: PromptLayout, output_ids: Seq
 class _IdSet:
     """Block ids without a hash that are free: membership, and the lowest or highest id, in log time."""
 
-    def __init__(self, ids: Iterable[int]) -> None:
+    def __init__(self, ids: Iterable[int], size: int) -> None:
         self._ids = set(ids)
+        self._flags = np.zeros(size, dtype=bool)  # the same set, as a mask over every id (runs are found in it)
+        self._flags[list(self._ids)] = True
         self._low = sorted(self._ids)  # heaps with stale entries, dropped when they reach the top
         self._high = [-i for i in reversed(self._low)]
 
@@ -149,6 +155,7 @@ class _IdSet:
 
     def add(self, block: int) -> None:
         self._ids.add(block)
+        self._flags[block] = True
         if max(len(self._low), len(self._high)) > 2 * len(self._ids) + 64:  # mostly stale: rebuild, so the heaps stay bounded
             self._low = sorted(self._ids)
             self._high = [-i for i in reversed(self._low)]
@@ -158,13 +165,20 @@ class _IdSet:
 
     def remove(self, block: int) -> None:
         self._ids.remove(block)
+        self._flags[block] = False
+
+    def first_run(self, length: int) -> int | None:
+        """The lowest id starting `length` consecutive free ids, if there is such a run."""
+        counts = np.concatenate(([0], np.cumsum(self._flags, dtype=np.int64)))
+        starts = np.flatnonzero(counts[length:] - counts[:-length] == length)
+        return int(starts[0]) if starts.size else None
 
     def pop(self, lowest: bool) -> int:
         heap, sign = (self._low, 1) if lowest else (self._high, -1)
         while True:
             block = sign * heapq.heappop(heap)
             if block in self._ids:
-                self._ids.remove(block)
+                self.remove(block)
                 return block
 
 
@@ -177,7 +191,7 @@ class BlockPool:
         self._refs = [0] * num_blocks
         self._hash_of: dict[int, BlockHash] = {}
         self._block_of: dict[BlockHash, int] = {}
-        self._unhashed = _IdSet(range(1, num_blocks))  # free, no hash: handed out first
+        self._unhashed = _IdSet(range(1, num_blocks), num_blocks)  # free, no hash: handed out first
         self._cached: OrderedDict[int, None] = OrderedDict()  # free with a hash, by release time (LRU first)
         self._touched = [False] * num_blocks  # ever handed out (kv.py zeroes a block on first use)
         self.num_queried_tokens = 0
@@ -211,14 +225,19 @@ class BlockPool:
         return self._refs[block]
 
     # -- allocation -------------------------------------------------------------------------
-    def allocate(self, count: int, after: int | None = None, chunk: bool = True) -> tuple[list[int], list[int]]:
+    def allocate(self, count: int, after: int | None = None, chunk: bool = True,
+                 expect: int = 0) -> tuple[list[int], list[int]]:
         """`count` blocks for one holder; returns (blocks, those never handed out before).
         `after`: the holder's last block (its next ones are preferred); `chunk`: several positions
-        at once (a prompt chunk: lowest free ids first) rather than one decode row (highest first)."""
+        at once (a prompt chunk: lowest free ids first) rather than one decode row (highest first);
+        `expect`: blocks the holder will want in all, these included (a prompt computed in chunks):
+        a new run starts where that many free ids follow one another, if anywhere."""
         if count > self.num_free:
             raise NoFreeBlocksError(f"{count} blocks asked, {self.num_free} free")
         blocks: list[int] = []
         nxt = -1 if after is None else after + 1
+        if nxt not in self._unhashed and chunk and expect >= MIN_RUN_SEARCH:
+            nxt = self._unhashed.first_run(expect) or self._unhashed.first_run(count) or -1
         while len(blocks) < count and nxt in self._unhashed:
             self._unhashed.remove(nxt)
             blocks.append(nxt)

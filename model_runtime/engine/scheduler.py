@@ -249,8 +249,9 @@ class Scheduler:
             self._preempt(victim, out)
             if victim is seq:
                 return False
+        expect = -(-seq.num_tokens // self.block_size) - len(seq.block_ids)  # what its known tokens need in all
         blocks, fresh = self.pool.allocate(need, after=seq.block_ids[-1] if seq.block_ids else None,
-                                           chunk=num_positions - seq.num_computed > 1)
+                                           chunk=num_positions - seq.num_computed > 1 or expect > need, expect=expect)
         seq.block_ids += blocks
         out.fresh_blocks += fresh
         return True

@@ -79,6 +79,19 @@ def test_a_sequence_grown_chunk_by_chunk_keeps_consecutive_blocks_while_decode_r
     assert again == list(range(again[0], again[0] + 12))
 
 
+def test_a_long_prompt_starts_its_run_where_all_its_blocks_fit_not_in_a_hole():
+    pool = BlockPool(64)
+    hole, _ = pool.allocate(3)
+    held, _ = pool.allocate(2)
+    pool.release(hole)  # ids 1-3 free again, 4-5 held
+    first, _ = pool.allocate(1, chunk=True, expect=20)  # a one-token first chunk of a 20-block prompt
+    rest, _ = pool.allocate(19, after=first[-1], chunk=True, expect=19)
+    table = first + rest
+    assert table == list(range(6, 26)) and not set(table) & set(held)
+    short, _ = pool.allocate(2, chunk=True, expect=2)  # short prompts fill the hole
+    assert short == [1, 2]
+
+
 def test_register_keeps_the_first_block_with_a_content_and_respects_the_switch():
     pool = BlockPool(4)
     (x, y), _ = pool.allocate(2)
