@@ -12,8 +12,13 @@ the step's tokens of every sequence are packed in one row [1, T]. Each layer fir
 new keys and values into the block pool at their slots, then reads each sequence's context back
 through its block table: decode rows (one query each) in groups of similar context length, one
 SDPA call per group (folded as above, the padding of a group masked); a prompt chunk with SDPA
-(`enable_gqa`) over its whole context, causal from its first position. Keys are gathered into a contiguous
-tensor per call (index_select over the block table): transformers' own paged SDPA instead puts
+(`enable_gqa`) over its whole context, causal from its first position. Reading in place, as views
+of the pool: a long decode row whose blocks form a few runs of consecutive ids (the block pool
+arranges that for long prompts; a shared prefix adds a run) gets its own matmul-softmax-matmul
+over the runs, and a prompt chunk whose blocks are one run is given to SDPA as a view. Other keys
+are gathered into a contiguous tensor per call (index_select over the block table): for a row of
+7,300 positions the gather cost as much as the attention (bench/attention_bench.py --paged).
+transformers' own paged SDPA instead puts
 all sequences in one call with a block-diagonal mask, which on the CPU costs 10-20x more for
 decode steps (docs/ENGINE.md, bench/attention_bench.py --paged).
 Everything else goes to transformers' own SDPA function.
@@ -40,7 +45,7 @@ class DecodeGroup:
     block_table: torch.Tensor  # [n, nb] long: each row's blocks, padded with the zero block
     lengths: tuple[int, ...]  # each row's context length, after this step's token
     mask: torch.Tensor | None  # [n, 1, 1, nb * block_size] bool; None: every row fills its table
-    first_block: int | None = None  # one row whose table is blocks first_block, first_block + 1, ...
+    runs: tuple[tuple[int, int], ...] | None = None  # one row read in place: its blocks as (first id, count) runs
 
 
 @dataclass
@@ -77,7 +82,7 @@ class PagedAttentionInputs:
 
             moved = PagedAttentionInputs(
                 self.key_cache, self.value_cache, to(self.slots),
-                [DecodeGroup(to(g.query_index), to(g.block_table), g.lengths, to(g.mask), g.first_block)
+                [DecodeGroup(to(g.query_index), to(g.block_table), g.lengths, to(g.mask), g.runs)
                  for g in self.decode_groups],
                 [PromptChunk(c.query_start, c.num_queries, c.context_len, to(c.block_ids), to(c.mask), c.first_block)
                  for c in self.prompt_chunks],
@@ -110,12 +115,35 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
             return gather(cache, blocks)[:, :length]
         return cache[:, first : first + blocks.shape[-1]].view(kv_heads, -1, head_dim)[:, :length]
 
+    def in_place(g: DecodeGroup, runs: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        # one long row over views of its runs of blocks: the scores of every run, one softmax, the
+        # runs' values summed (a copy of its keys would cost as much as the attention itself)
+        q = query[0].index_select(1, g.query_index).reshape(kv_heads, groups, head_dim)  # [KV, G, Dh]
+        keys, values, pos = [], [], 0
+        for first, count in runs:
+            n = min(count * block_size, g.lengths[0] - pos)
+            keys.append(key_cache[:, first : first + count].view(kv_heads, -1, head_dim)[:, :n])
+            values.append(value_cache[:, first : first + count].view(kv_heads, -1, head_dim)[:, :n])
+            pos += n
+        scores = torch.cat([torch.matmul(q, k.to(q.dtype).transpose(1, 2)) for k in keys], dim=-1)
+        probs = torch.softmax(scores.float() * (head_dim**-0.5 if scaling is None else scaling), -1).to(q.dtype)
+        o, pos = None, 0
+        for v in values:
+            part = torch.matmul(probs[:, :, pos : pos + v.shape[1]], v.to(q.dtype))
+            o = part if o is None else o.add_(part)
+            pos += v.shape[1]
+        return o  # [KV, G, Dh]
+
     for g in paged.decode_groups:
         n = g.query_index.shape[0]
+        if g.runs is not None:
+            out.index_copy_(0, g.query_index, in_place(g, g.runs).reshape(1, num_heads, head_dim))
+            continue
         q = query[0].index_select(1, g.query_index).transpose(0, 1).reshape(n, kv_heads, groups, head_dim)
         if n == 1:
-            k = context(key_cache, g.block_table[0], g.first_block, g.lengths[0])[None]
-            v = context(value_cache, g.block_table[0], g.first_block, g.lengths[0])[None]
+            length = g.lengths[0]
+            k = gather(key_cache, g.block_table[0])[None, :, :length]
+            v = gather(value_cache, g.block_table[0])[None, :, :length]
         else:
             k = gather(key_cache, g.block_table.reshape(-1)).view(kv_heads, n, -1, head_dim).transpose(0, 1)
             v = gather(value_cache, g.block_table.reshape(-1)).view(kv_heads, n, -1, head_dim).transpose(0, 1)

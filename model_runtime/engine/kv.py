@@ -28,7 +28,8 @@ GiB = 2**30
 CPU_AUTO_BYTES = 4 * GiB  # "auto" on the CPU: at most this, and at most half of the available memory
 CUDA_AUTO_FRACTION = 0.8  # "auto" on a GPU: this share of its free memory once the model is loaded
 DECODE_GROUP_SLACK = 1.25  # a decode group's padded reads stay within this x its real keys (+ a block per row)
-IN_PLACE_MIN_POSITIONS = 1024  # a decode row this long whose blocks are one run is read alone, in place
+IN_PLACE_MIN_POSITIONS = 2048  # a decode row this long whose blocks form few runs is read alone, in place
+IN_PLACE_MAX_RUNS = 4
 
 
 def kv_dims(text_config) -> tuple[int, int, int]:
@@ -139,22 +140,25 @@ def paged_inputs(cache: KVCache, rows: Sequence[StepRow], device: torch.device) 
         if row.start:  # query i sees positions up to start + i
             mask = torch.arange(length)[None, :] <= (row.start + torch.arange(row.num_queries))[:, None]
         chunks.append(PromptChunk(row.query_start, row.num_queries, length, torch.tensor(table, device=device),
-                                  _to(mask, device), first_block=_run_start(table)))
+                                  _to(mask, device), first_block=_first_of_one_run(table)))
     return PagedAttentionInputs(
         cache.key_cache, cache.value_cache, torch.tensor(slots, dtype=torch.long, device=device),
-        [_decode_group(g, bs, device) for g in _decode_groups(decode, bs)], chunks,
+        [_decode_group(g, bs, device, runs) for g, runs in _decode_groups(decode, bs)], chunks,
     )
 
 
-def _decode_groups(rows: list[StepRow], block_size: int) -> list[list[StepRow]]:
-    """Long rows whose blocks are one run alone (a view of the pool costs one SDPA call and no copy
-    of their keys), the others grouped by length."""
-    alone = [r for r in rows if r.start + 1 >= IN_PLACE_MIN_POSITIONS
-             and _run_start(r.block_ids[: r.start // block_size + 1]) is not None]
-    if not alone:
-        return _group_by_length(rows, block_size)
-    ids = {id(r) for r in alone}
-    return [[r] for r in alone] + _group_by_length([r for r in rows if id(r) not in ids], block_size)
+def _decode_groups(rows: list[StepRow], block_size: int) -> list[tuple[list[StepRow], list[tuple[int, int]] | None]]:
+    """Long rows whose blocks form few runs alone, with their runs (read in place: no copy of their
+    keys), the others grouped by length."""
+    alone: dict[int, list[tuple[int, int]]] = {}
+    for r in rows:
+        if r.start + 1 >= IN_PLACE_MIN_POSITIONS:
+            runs = _runs(r.block_ids[: r.start // block_size + 1])
+            if len(runs) <= IN_PLACE_MAX_RUNS:
+                alone[id(r)] = runs
+    rest = [r for r in rows if id(r) not in alone]
+    return ([([r], alone[id(r)]) for r in rows if id(r) in alone]
+            + [(g, None) for g in _group_by_length(rest, block_size)])
 
 
 def _group_by_length(rows: list[StepRow], block_size: int) -> list[list[StepRow]]:
@@ -175,7 +179,8 @@ def _group_by_length(rows: list[StepRow], block_size: int) -> list[list[StepRow]
     return groups
 
 
-def _decode_group(rows: list[StepRow], block_size: int, device: torch.device) -> DecodeGroup:
+def _decode_group(rows: list[StepRow], block_size: int, device: torch.device,
+                  runs: list[tuple[int, int]] | None) -> DecodeGroup:
     lengths = tuple(r.start + 1 for r in rows)
     width = -(-max(lengths) // block_size)
     table = [list(r.block_ids[: -(-n // block_size)]) for r, n in zip(rows, lengths, strict=True)]
@@ -185,11 +190,22 @@ def _decode_group(rows: list[StepRow], block_size: int, device: torch.device) ->
         mask = (torch.arange(width * block_size)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
     index = torch.tensor([r.query_start for r in rows], dtype=torch.long, device=device)
     return DecodeGroup(index, torch.tensor(table, dtype=torch.long, device=device), lengths, _to(mask, device),
-                       first_block=_run_start(table[0]) if len(rows) == 1 else None)
+                       None if runs is None else tuple(runs))
 
 
-def _run_start(table: Sequence[int]) -> int | None:
-    """The first block of a table of consecutive block ids (attention then reads the pool in place)."""
+def _runs(table: Sequence[int]) -> list[tuple[int, int]]:
+    """A block table as runs of consecutive ids: (first id, count), in order."""
+    runs: list[tuple[int, int]] = []
+    for block in table:
+        if runs and block == runs[-1][0] + runs[-1][1]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((block, 1))
+    return runs
+
+
+def _first_of_one_run(table: Sequence[int]) -> int | None:
+    """The first block of a table of consecutive block ids (a prompt chunk then reads the pool in place)."""
     first = table[0]
     if table[-1] - first != len(table) - 1 or any(b != first + i for i, b in enumerate(table)):
         return None

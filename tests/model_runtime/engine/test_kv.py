@@ -102,7 +102,7 @@ def test_kv_cache_size_from_bytes_or_share_and_block_copies():
     assert torch.count_nonzero(cache.key_cache[1][:, 5]) == 0
 
 
-def test_a_table_of_consecutive_blocks_is_read_in_place_and_equals_the_gathered_read():
+def test_a_prompt_chunk_over_consecutive_blocks_is_read_in_place_and_equals_the_gathered_read():
     torch.manual_seed(1)
     lengths = {"long": 44, "other": 9}
     seqs = {name: {"q": torch.randn(HEADS, n, HEAD_DIM), "k": torch.randn(KV_HEADS, n, HEAD_DIM),
@@ -120,38 +120,45 @@ def test_a_table_of_consecutive_blocks_is_read_in_place_and_equals_the_gathered_
     # the long sequence's prompt in chunks while the other row decodes and takes blocks between them
     grow("other", 8, chunk=True)
     run_step(cache, [("other", 0, 8)], seqs, tables)
-    for start, n in [(0, 12), (12, 20), (32, 11)]:
+    for start, n in [(0, 12), (12, 20), (32, 12)]:
         grow("long", start + n, chunk=True)
         grow("other", 9, chunk=False)
-        run_step(cache, [("long", start, n)], seqs, tables)
+        if start < 32:
+            run_step(cache, [("long", start, n)], seqs, tables)
     assert tables["long"] == list(range(tables["long"][0], tables["long"][0] + 11))  # one run of ids
-    rows = [StepRow(0, 1, 43, tables["long"]), StepRow(1, 2, 32, tables["long"])]
-    inputs = paged_inputs(cache, rows, torch.device("cpu"))
-    assert inputs.decode_groups[0].first_block == tables["long"][0]
-    assert inputs.prompt_chunks[0].first_block == tables["long"][0]
-    got = run_step(cache, [("long", 43, 1)], seqs, tables)["long"]
+    assert paged_inputs(cache, [StepRow(0, 12, 32, tables["long"])], torch.device("cpu")).prompt_chunks[0].first_block \
+        == tables["long"][0]
+    got = run_step(cache, [("long", 32, 12)], seqs, tables)["long"]
     s = seqs["long"]
-    torch.testing.assert_close(got, dense(s["q"][:, 43:44], s["k"], s["v"], [43]), atol=1e-5, rtol=1e-5)
-    # the same keys gathered from a scattered copy of the blocks give the same numbers exactly
+    torch.testing.assert_close(got, dense(s["q"][:, 32:], s["k"], s["v"], list(range(32, 44))), atol=1e-5, rtol=1e-5)
+    # the same keys gathered from a scattered copy of the blocks give the same numbers
     scattered = list(reversed(range(20, 31)))
     for t in (*cache.key_cache, *cache.value_cache):
         t[:, scattered] = t[:, tables["long"]]
-    assert paged_inputs(cache, [StepRow(0, 1, 43, scattered)], torch.device("cpu")).decode_groups[0].first_block is None
-    again = run_step(cache, [("long", 43, 1)], seqs, {"long": scattered})["long"]
-    assert torch.equal(got, again)
+    assert paged_inputs(cache, [StepRow(0, 12, 32, scattered)], torch.device("cpu")).prompt_chunks[0].first_block is None
+    again = run_step(cache, [("long", 32, 12)], seqs, {"long": scattered})["long"]
+    torch.testing.assert_close(got, again, atol=1e-6, rtol=1e-6)
 
 
-def test_a_long_decode_row_in_one_run_is_read_alone_and_in_place_beside_grouped_rows():
+def test_long_decode_rows_in_few_runs_are_read_alone_and_in_place_beside_grouped_rows():
     torch.manual_seed(2)
-    lengths = {"long": IN_PLACE_MIN_POSITIONS + 5, "long2": IN_PLACE_MIN_POSITIONS + 9, "a": 30, "b": 33}
+    lengths = {"long": IN_PLACE_MIN_POSITIONS + 5, "long2": IN_PLACE_MIN_POSITIONS + 9,
+               "shared": IN_PLACE_MIN_POSITIONS + 2, "a": 30, "b": 33}
     seqs = {name: {"q": torch.randn(HEADS, n, HEAD_DIM), "k": torch.randn(KV_HEADS, n, HEAD_DIM),
                    "v": torch.randn(KV_HEADS, n, HEAD_DIM)} for name, n in lengths.items()}
-    cache = KVCache(tiny_lm(), num_blocks=1100, block_size=BLOCK)
-    pool = BlockPool(1100)
+    num_blocks = 4 * IN_PLACE_MIN_POSITIONS // BLOCK + 64
+    cache = KVCache(tiny_lm(), num_blocks=num_blocks, block_size=BLOCK)
+    pool = BlockPool(num_blocks)
     tables = {}
     for name in ["a", "long", "b"]:
         tables[name], fresh = pool.allocate(-(-lengths[name] // BLOCK))
         cache.zero(fresh)
+    # shared: its first two blocks elsewhere (a prefix another sequence computed), then one run: 2 runs
+    head, _ = pool.allocate(2)
+    pool.allocate(1)
+    body, _ = pool.allocate(-(-lengths["shared"] // BLOCK) - 2)
+    tables["shared"] = head + body
+    cache.zero(tables["shared"])
     scattered = []  # long2: as long, but its blocks interleaved with another holder's
     for _ in range(-(-lengths["long2"] // BLOCK)):
         scattered += pool.allocate(1)[0]
@@ -162,8 +169,9 @@ def test_a_long_decode_row_in_one_run_is_read_alone_and_in_place_beside_grouped_
     step = [(name, n - 1, 1) for name, n in lengths.items()]
     rows = [StepRow(i, 1, start, tables[name]) for i, (name, start, _) in enumerate(step)]
     groups = paged_inputs(cache, rows, torch.device("cpu")).decode_groups
-    alone = [g for g in groups if g.first_block is not None]
-    assert [g.first_block for g in alone] == [tables["long"][0]] and len(groups) >= 2
+    alone = {g.runs for g in groups if g.runs is not None}
+    assert alone == {((tables["long"][0], len(tables["long"])),),
+                     ((head[0], 2), (body[0], len(body)))} and len(groups) >= 3  # long2 is gathered
     got = run_step(cache, step, seqs, tables)
     for name, start, n in step:
         s = seqs[name]
