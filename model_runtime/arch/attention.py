@@ -127,12 +127,12 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
             pos += n
         scores = torch.cat([torch.matmul(q, k.to(q.dtype).transpose(1, 2)) for k in keys], dim=-1)
         probs = torch.softmax(scores.float() * (head_dim**-0.5 if scaling is None else scaling), -1).to(q.dtype)
-        o, pos = None, 0
-        for v in values:
-            part = torch.matmul(probs[:, :, pos : pos + v.shape[1]], v.to(q.dtype))
-            o = part if o is None else o.add_(part)
+        o = torch.matmul(probs[:, :, : values[0].shape[1]], values[0].to(q.dtype))  # [KV, G, Dh]
+        pos = values[0].shape[1]
+        for v in values[1:]:
+            o.add_(torch.matmul(probs[:, :, pos : pos + v.shape[1]], v.to(q.dtype)))
             pos += v.shape[1]
-        return o  # [KV, G, Dh]
+        return o
 
     for g in paged.decode_groups:
         n = g.query_index.shape[0]
