@@ -182,18 +182,24 @@ def test_a_streamed_multi_turn_chat(open_page, server):
     assert page.problems == [], page.problems
 
 
+def hand_over(page, data: bytes, name: str, target: str, how: str) -> None:
+    """A PNG file given to the page as a user does: dropped on (`drop`) or pasted into (`paste`) an element."""
+    page.evaluate(
+        """([b64, name, target, how]) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, {type: "image/png"}));
+      const event = how === "drop" ? new DragEvent("drop", {dataTransfer: dt, bubbles: true})
+                                   : new ClipboardEvent("paste", {clipboardData: dt, bubbles: true});
+      document.getElementById(target).dispatchEvent(event);
+    }""",
+        [base64.b64encode(data).decode(), name, target, how],
+    )
+
+
 def test_image_and_video_reports_are_drawn(open_page, server, files):
     page = open_page()
     connected(page)
-    png = base64.b64encode(image_bytes(640, 480)).decode()
-    page.evaluate(
-        """(b64) => {  // drag and drop a file onto the chat
-      const dt = new DataTransfer();
-      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], "dropped.png", {type: "image/png"}));
-      document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
-    }""",
-        png,
-    )
+    hand_over(page, image_bytes(640, 480), "dropped.png", "drop-zone", "drop")  # drag and drop onto the chat
     page.set_input_files("#file-input", [files["clip.mp4"]])
     expect(page.locator("#attachments .thumb")).to_have_count(2)  # thumbnails before sending
     bodies = []
@@ -265,15 +271,7 @@ def test_stop_aborts_the_generation_on_the_server(open_page, server):
 def test_a_bad_file_shows_the_openai_error_and_the_chat_goes_on(open_page, server, files):
     page = open_page()
     connected(page)
-    broken = base64.b64encode(Path(files["broken.png"]).read_bytes()).decode()
-    page.evaluate(
-        """(b64) => {  // paste a file into the message box
-      const dt = new DataTransfer();
-      dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], "broken.png", {type: "image/png"}));
-      document.getElementById("prompt").dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
-    }""",
-        broken,
-    )
+    hand_over(page, Path(files["broken.png"]).read_bytes(), "broken.png", "prompt", "paste")  # paste into the box
     expect(page.locator("#attachments .thumb")).to_have_count(1)
     ask(page, "What is this?")
     error = page.locator("[data-testid=error]")

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.config import ServerConfig
 from tests.conftest import png_data_url, random_image
 
 LEAK = re.compile(r"0x[0-9a-fA-F]{6,}|Traceback|/site-packages/|\.py\b")
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=tiny_model)
-    with TestClient(app) as c:
-        deadline = time.monotonic() + 30  # the model is handed over in the background; /ready says when
-        while c.get("/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        yield c
 
 
 def chat(client, messages, **kw):

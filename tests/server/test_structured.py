@@ -7,13 +7,10 @@ import re
 
 import jsonschema
 import pytest
-from fastapi.testclient import TestClient
 
 from model_runtime.engine.detokenizer import TokenTexts
-from server.app import create_app
-from server.config import ServerConfig
 from server.structured import UNSUPPORTED_FIELDS
-from tests.conftest import png_data_url, random_image, wait_until_ready
+from tests.conftest import png_data_url, random_image
 from tests.server.test_app import assert_error
 
 SCHEMA = {
@@ -40,14 +37,6 @@ SCHEMA = {
     "required": ["title", "count", "colour", "items"],
     "additionalProperties": False,
 }
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=tiny_model)
-    with TestClient(app) as c:
-        wait_until_ready(c)
-        yield c
 
 
 def chat(client, content="Answer in JSON.", **kw):

@@ -9,12 +9,8 @@ import random
 
 import jsonschema
 import pytest
-from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.config import ServerConfig
 from server.tools import CallParser
-from tests.conftest import wait_until_ready
 from tests.server.test_app import assert_error
 
 WEATHER = {
@@ -46,14 +42,6 @@ TOOLS = [
     },
 ]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=tiny_model)
-    with TestClient(app) as c:
-        wait_until_ready(c)
-        yield c
 
 
 def body(messages=None, **kw):
