@@ -138,38 +138,41 @@ def extend_hashes(hashes: list[BlockHash], layout: PromptLayout, output_ids: Seq
 
 
 class _IdSet:
-    """Block ids without a hash that are free: membership, and the lowest or highest id, in log time."""
+    """Block ids without a hash that are free: a mask over every id (runs of free ids are found in
+    it), and heaps for the lowest or highest free id in log time."""
 
     def __init__(self, ids: Iterable[int], size: int) -> None:
-        self._ids = set(ids)
-        self._flags = np.zeros(size, dtype=bool)  # the same set, as a mask over every id (runs are found in it)
-        self._flags[list(self._ids)] = True
-        self._low = sorted(self._ids)  # heaps with stale entries, dropped when they reach the top
+        self._free = np.zeros(size, dtype=bool)
+        self._free[list(ids)] = True
+        self._count = int(self._free.sum())
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._low = np.flatnonzero(self._free).tolist()  # heaps with stale entries, dropped when they reach the top
         self._high = [-i for i in reversed(self._low)]
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._count
 
     def __contains__(self, block: int) -> bool:
-        return block in self._ids
+        return 0 <= block < len(self._free) and bool(self._free[block])
 
     def add(self, block: int) -> None:
-        self._ids.add(block)
-        self._flags[block] = True
-        if max(len(self._low), len(self._high)) > 2 * len(self._ids) + 64:  # mostly stale: rebuild, so the heaps stay bounded
-            self._low = sorted(self._ids)
-            self._high = [-i for i in reversed(self._low)]
+        self._free[block] = True
+        self._count += 1
+        if max(len(self._low), len(self._high)) > 2 * self._count + 64:  # mostly stale: rebuild, so the heaps stay bounded
+            self._rebuild()
             return
         heapq.heappush(self._low, block)
         heapq.heappush(self._high, -block)
 
     def remove(self, block: int) -> None:
-        self._ids.remove(block)
-        self._flags[block] = False
+        self._free[block] = False
+        self._count -= 1
 
     def first_run(self, length: int) -> int | None:
         """The lowest id starting `length` consecutive free ids, if there is such a run."""
-        counts = np.concatenate(([0], np.cumsum(self._flags, dtype=np.int64)))
+        counts = np.concatenate(([0], np.cumsum(self._free, dtype=np.int64)))
         starts = np.flatnonzero(counts[length:] - counts[:-length] == length)
         return int(starts[0]) if starts.size else None
 
@@ -177,7 +180,7 @@ class _IdSet:
         heap, sign = (self._low, 1) if lowest else (self._high, -1)
         while True:
             block = sign * heapq.heappop(heap)
-            if block in self._ids:
+            if self._free[block]:
                 self.remove(block)
                 return block
 

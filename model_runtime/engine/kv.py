@@ -140,7 +140,7 @@ def paged_inputs(cache: KVCache, rows: Sequence[StepRow], device: torch.device) 
         if row.start:  # query i sees positions up to start + i
             mask = torch.arange(length)[None, :] <= (row.start + torch.arange(row.num_queries))[:, None]
         chunks.append(PromptChunk(row.query_start, row.num_queries, length, torch.tensor(table, device=device),
-                                  _to(mask, device), first_block=_first_of_one_run(table)))
+                                  _to(mask, device), first_block=_one_run_start(table)))
     return PagedAttentionInputs(
         cache.key_cache, cache.value_cache, torch.tensor(slots, dtype=torch.long, device=device),
         [_decode_group(g, bs, device, runs) for g, runs in _decode_groups(decode, bs)], chunks,
@@ -193,6 +193,12 @@ def _decode_group(rows: list[StepRow], block_size: int, device: torch.device,
                        None if runs is None else tuple(runs))
 
 
+def _one_run_start(table: Sequence[int]) -> int | None:
+    """The first block of a table of consecutive ids (a prompt chunk then reads the pool in place)."""
+    runs = _runs(table)
+    return runs[0][0] if len(runs) == 1 else None
+
+
 def _runs(table: Sequence[int]) -> list[tuple[int, int]]:
     """A block table as runs of consecutive ids: (first id, count), in order."""
     runs: list[tuple[int, int]] = []
@@ -203,13 +209,6 @@ def _runs(table: Sequence[int]) -> list[tuple[int, int]]:
             runs.append((block, 1))
     return runs
 
-
-def _first_of_one_run(table: Sequence[int]) -> int | None:
-    """The first block of a table of consecutive block ids (a prompt chunk then reads the pool in place)."""
-    first = table[0]
-    if table[-1] - first != len(table) - 1 or any(b != first + i for i, b in enumerate(table)):
-        return None
-    return first
 
 
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
