@@ -2,7 +2,8 @@
 
 SigLIP as ORIG runs it (llava/model/multimodal_encoder/siglip_encoder.py): the published tower
 minus its LAST encoder layer, no pooling head, output taken BEFORE post_layernorm (whose weights
-exist but are unused), eager attention with a float32 softmax. CLIP as ORIG's clip_encoder.py:
+exist but are unused), eager attention with a float32 softmax (`llava_eager`, arch/eager_attention.py:
+the same operations, a few heads at a time on the CPU). CLIP as ORIG's clip_encoder.py:
 the full tower, features read from `hidden_states[mm_vision_select_layer]` (or several layers
 concatenated on channels for the slice features), CLS dropped unless `*cls_patch`. Module names
 mirror ORIG so `model.vision_tower.vision_tower.vision_model.*` keys load as they are. Both cast
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
+from model_runtime.arch.eager_attention import TOWER_ATTN_IMPLEMENTATION
 from model_runtime.config import LlavaConfig
 
 VisionModel = TypeVar("VisionModel", SiglipVisionModel, CLIPVisionModel)
@@ -83,7 +85,7 @@ class SigLipVisionTower(nn.Module):
             hidden_act=v.hidden_act,
             vision_use_head=False,
             # transformers takes attn_implementation through **kwargs; its @strict signature omits it
-            attn_implementation="eager",  # type: ignore[call-arg]
+            attn_implementation=TOWER_ATTN_IMPLEMENTATION,  # type: ignore[call-arg]
         )
         self.vision_tower = _TowerHolder(SiglipVisionModel(self.config))
         self.num_patches_per_side = v.num_patches_per_side

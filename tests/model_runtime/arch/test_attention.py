@@ -8,6 +8,7 @@ from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from model_runtime.arch.attention import ATTN_IMPLEMENTATION, llava_sdpa_attention
+from model_runtime.arch.eager_attention import TOWER_ATTN_IMPLEMENTATION
 
 
 class _Heads(nn.Module):
@@ -50,4 +51,4 @@ def test_prefill_is_transformers_sdpa():
 
 def test_loaded_models_use_it_and_towers_keep_theirs(tiny_model):
     assert tiny_model.model.config._attn_implementation == ATTN_IMPLEMENTATION
-    assert tiny_model.model.model.vision_tower.config._attn_implementation == "eager"
+    assert tiny_model.model.model.vision_tower.config._attn_implementation == TOWER_ATTN_IMPLEMENTATION
