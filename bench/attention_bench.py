@@ -11,7 +11,12 @@ for mixes of context lengths: our gather per group of similar rows + folded SDPA
 all queries in one SDPA call with a block-diagonal mask, as its continuous batching does), and
 the old contiguous left-padded cache (no gather at all, every row padded to the longest).
 
-    .venv/bin/python bench/attention_bench.py [--threads 2] [--model .demo/realistic] [--paged]
+--tower times one layer of the SigLIP tower's attention (so400m-384: 16 heads of 72, 729 patches
+per crop, --crops crops, float32): transformers' eager, `llava_eager` (arch/eager_attention.py)
+at several slice budgets, and SDPA for scale (not used: ORIG's tower is eager); and whether
+llava_eager's result is eager's bits.
+
+    .venv/bin/python bench/attention_bench.py [--threads 2] [--model .demo/realistic] [--paged] [--tower]
 """
 
 from __future__ import annotations
@@ -129,6 +134,32 @@ def _time_paged_mix(args, name: str, lengths: list[int], block: int, dtype: torc
           f"{best_ms(transformers_paged, repeats=5):19.2f} {best_ms(contiguous):18.2f}")
 
 
+def tower_attention(args) -> None:
+    from transformers.models.siglip.modeling_siglip import eager_attention_forward
+
+    from model_runtime.arch import eager_attention
+
+    shape = (args.crops, 729, 16, 72)  # as the attention module hands them over: [B, L, H, Dh] viewed [B, H, L, Dh]
+    q, k, v = (torch.randn(*shape).transpose(1, 2) for _ in range(3))
+    module = torch.nn.Module().eval()
+    scale = 72**-0.5
+    ref = eager_attention_forward(module, q, k, v, None, scaling=scale)[0]
+    print(f"\nSigLIP so400m attention, one layer, {args.crops} crops x 729 patches, float32 (ms, best of 10):")
+    print(f"  transformers eager              {best_ms(lambda: eager_attention_forward(module, q, k, v, None, scale), 10):8.1f}")
+    budget = eager_attention.CPU_SCORE_SLICE_BYTES
+    try:
+        for mib in (2, 4, 8, 16, 1 << 20):
+            eager_attention.CPU_SCORE_SLICE_BYTES = mib << 20
+            heads = max(1, (mib << 20) // (729 * 729 * 4))
+            ms = best_ms(lambda: eager_attention.llava_eager_attention(module, q, k, v, None, scaling=scale), 10)
+            same = torch.equal(eager_attention.llava_eager_attention(module, q, k, v, None, scaling=scale)[0], ref)
+            label = "all heads" if mib == 1 << 20 else f"{mib} MiB ({heads} heads)"
+            print(f"  llava_eager, {label:18} {ms:8.1f}   eager's bits: {same}")
+    finally:
+        eager_attention.CPU_SCORE_SLICE_BYTES = budget
+    print(f"  SDPA (for scale)                {best_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=scale), 10):8.1f}")
+
+
 def engine_steps(args) -> None:
     from model_runtime import (
         Engine,
@@ -165,6 +196,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--model", help="a checkpoint folder: also time whole engine decode steps")
     parser.add_argument("--paged", action="store_true", help="also time paged attention layouts")
+    parser.add_argument("--tower", action="store_true", help="also time the SigLIP tower's eager attention")
+    parser.add_argument("--crops", type=int, default=2, help="--tower: crops in the layer (2: a 384x384 image)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,6 +205,8 @@ def main() -> None:
     attention_only(args)
     if args.paged:
         paged_layouts(args)
+    if args.tower:
+        tower_attention(args)
     if args.model:
         engine_steps(args)
 

@@ -5,11 +5,12 @@ query's dtype, then the values. Its score tensor is [crops, heads, 729, 729]: 68
 crops of a 384x384 image in float32. On the CPU each such tensor is a fresh allocation too big for
 the allocator's heap (glibc maps anything over 32 MB straight from the kernel and hands it back on
 free), so every layer pays the page faults of three of them (the scores, the scaled scores, the
-softmax). Computed a few heads at a time, each slice's scores (8 MiB at most) come from reused heap
-memory: one layer of the realistic demo's tower over two crops went from 153-160 ms to 55-61 ms on
-a 2-core EPYC (2 threads, float32; 68 ms whole when glibc is told not to map, MALLOC_MMAP_MAX_=0,
-which confirms where the time went), about 2.5 s of a 384x384 image's ~12 s tower. Each (crop, head) pair goes through the same operations in the
-same order as in transformers' `eager_attention_forward`, on operands flattened the same way; at
+softmax). Computed a few heads at a time, each slice's scores (4 MiB at most) come from reused heap
+memory: one layer of the realistic demo's tower over two crops went from 153-180 ms to 55-78 ms on
+a 2-core EPYC (2 threads, float32, `bench/attention_bench.py --tower`; 68 ms whole when glibc is
+told not to map, MALLOC_MMAP_MAX_=0, which confirms where the time went), about 2.5 s of a 384x384 image's ~12 s tower. Each
+(crop, head) pair goes through the same operations in the same order as in transformers'
+`eager_attention_forward`, on operands flattened the same way; at
 the realistic demo's shapes (and SigLIP's 196 x 64, 576 x 64) the result is the same bits as eager
 on this machine, and with every head in one slice it is eager's own calls (torch.equal,
 tests/model_runtime/arch/test_eager_attention.py). For tiny matrices a GEMM library may pick another
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 TOWER_ATTN_IMPLEMENTATION = "llava_eager"
-CPU_SCORE_SLICE_BYTES = 8 << 20  # the float32 scores of one slice of heads on the CPU
+CPU_SCORE_SLICE_BYTES = 4 << 20  # the float32 scores of one slice of heads on the CPU (one head of 729 x 729)
 
 
 def _eager(module: torch.nn.Module, query: torch.Tensor, key_t: torch.Tensor, value: torch.Tensor,
