@@ -300,6 +300,7 @@ async def mixed(server: Server, args) -> dict:
         tail = min(len(s.arrivals) for s in texts) + args.image_tokens + 1
         while min(len(s.arrivals) for s in texts) < tail and not all(t.done() for t in tasks):
             await asyncio.sleep(0.05)
+        stopped = time.monotonic()  # streams leave from here on: fewer rows, shorter steps for the rest
         stop.set()
         sampler.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -308,7 +309,7 @@ async def mixed(server: Server, args) -> dict:
     before = [g for s in texts for g in s.gaps(end=arrived) if g]
     during = [g for s in texts for g in s.gaps(start=arrived, end=image.done)]
     while_decoding = [g for s in texts for g in s.gaps(start=first, end=image.done)]
-    after = [g for s in texts for g in s.gaps(start=image.done)]
+    after = [g for s in texts for g in s.gaps(start=image.done, end=stopped)]
     result = {
         "image_prompt_tokens": image.prompt_tokens,
         "image_ttft_s": image.ttft, "image_ttft_alone_s": alone.ttft,
