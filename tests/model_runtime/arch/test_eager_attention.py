@@ -57,13 +57,13 @@ def test_slices_equal_eager(monkeypatch, dtype, slice_bytes):
 
 def test_slices_follow_the_byte_budget(monkeypatch):
     sizes = []
-    real = eager_attention._eager
+    real = eager_attention.eager_attention_forward
 
     def spy(module, query, *args):
         sizes.append(query.shape[0])
         return real(module, query, *args)
 
-    monkeypatch.setattr(eager_attention, "_eager", spy)
+    monkeypatch.setattr(eager_attention, "eager_attention_forward", spy)
     monkeypatch.setattr(eager_attention, "CPU_SCORE_SLICE_BYTES", 3 * 29 * 29 * 4)
     _both(*_qkv(2, 8, 29, 8, torch.float32))
     assert sizes == [3, 3, 3, 3, 3, 1]  # 2 crops x 8 heads in slices of 3 (float32 scores of 29 x 29)
