@@ -20,11 +20,11 @@ from model_runtime import LoadedModel
 from server import playground
 from server.auth import APIKeyAuth
 from server.config import ServerConfig
+from server.endpoints import GENERATION, error_shape
 from server.errors import APIError, InvalidRequest
 from server.lifespan import lifespan, model_loader
-from server.middleware import BodyLimit, EarlyRefusal, RequestIds
+from server.middleware import BodyLimit, EarlyRefusal, EndpointMetrics, RequestIds
 from server.routes import add_routes
-from server.routes.chat import PATH as CHAT_PATH
 from server.state import ServerState
 
 
@@ -41,10 +41,12 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, on_error=state.count_error)
-    app.add_middleware(EarlyRefusal, path=CHAT_PATH, check=state.check_queue, on_error=state.count_error)
+    app.add_middleware(EarlyRefusal, paths=frozenset(GENERATION), check=state.check_queue,
+                       on_error=state.count_error)
     app.add_middleware(APIKeyAuth, api_keys=config.api_keys, is_metrics_public=config.metrics_public,
                        on_error=state.count_error, public_paths=playground.public_paths(config))
     app.add_middleware(RequestIds, on_error=state.count_error)
+    app.add_middleware(EndpointMetrics, observe=state.metrics.observe_response)
     app.add_exception_handler(APIError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
@@ -55,7 +57,7 @@ def create_app(config: ServerConfig, loaded: LoadedModel | None = None,
 
 def render(request: Request, error: APIError) -> JSONResponse:
     request.app.state.server.count_error(error)
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return JSONResponse(error.body(error_shape(request.url.path)), status_code=error.status, headers=error.headers)
 
 
 async def on_api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,9 +1,11 @@
 """API-key authentication as ASGI middleware: one decision per request, on the normalised path.
 
 `--api-key` (repeatable) protects every route, known or not, except /health and /ready (and
-/metrics with `--metrics-public`, and the playground page's own files, which ask for the key). The path is normalised before that decision (percent-decoding
-until stable, backslashes, repeated slashes, dot segments), so no spelling of a protected path
-passes as a public one. Keys are compared in constant time, all of them every time.
+/metrics with `--metrics-public`, and the playground page's own files, which ask for the key); the
+key comes as `Authorization: Bearer <key>` or `x-api-key: <key>`. The path is normalised before
+that decision (percent-decoding until stable, backslashes, repeated slashes, dot segments), so no
+spelling of a protected path passes as a public one. Keys are compared in constant time, all of
+them every time. A refusal answers in the shape of the API the path belongs to.
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ class APIKeyAuth:
         return normalise_path(path) in self._public
 
     def is_authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        value = b""
+        """`Authorization: Bearer <key>`, or `x-api-key: <key>` (the Anthropic clients' header)."""
+        value, token = b"", b""
         for name, raw in headers:
-            if name.lower() == b"authorization":
+            if name.lower() == b"authorization" and not value:
                 value = raw
-                break
-        scheme, _, token = value.strip().partition(b" ")
-        token = token.strip() if scheme.lower() == b"bearer" else b""
+            elif name.lower() == b"x-api-key" and not token:
+                token = raw.strip()
+        scheme, _, bearer = value.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and bearer.strip():
+            token = bearer.strip()
         matched = False
         for key in self._keys:  # compare against every key: the time taken does not say which matched
             matched |= hmac.compare_digest(token, key)
@@ -62,7 +67,7 @@ class APIKeyAuth:
         if self.is_authorised(scope["headers"]):
             await self.app(scope, receive, send)
             return
-        error = InvalidAPIKey("a valid API key is required: send `Authorization: Bearer <key>`",
-                              headers={"WWW-Authenticate": "Bearer"})
+        error = InvalidAPIKey("a valid API key is required: send `Authorization: Bearer <key>` "
+                              "or `x-api-key: <key>`", headers={"WWW-Authenticate": "Bearer"})
         self._on_error(error)
-        await send_error(send, error)
+        await send_error(send, error, scope["path"])

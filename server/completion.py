@@ -1,23 +1,23 @@
-"""Engine outputs of one request -> a ChatCompletion or SSE chunks, with usage, logprobs and metrics.
+"""Engine outputs of one request -> the one API-neutral result, whole or piece by piece, with usage and metrics.
 
 `Generation` consumes the worker's `RequestOutput`s for all `n` choices of one request and keeps
-what both response shapes need; `collect()` builds the one-shot response, `stream()` the SSE
-events (a role chunk per choice, content deltas, a finish chunk per choice, the optional usage
-chunk, then `[DONE]`; a failure after the first byte becomes a final error event). With tools,
-each choice's text goes through a `CallParser` (tools.py): calls become `tool_calls` (deltas when
-streamed) and a stopped answer with calls finishes with "tool_calls". Every per-request series of
-the metrics is observed here, once, when the request ends. Everything it knows of the engine
+what every API's answer needs; `collect()` gives each choice's whole `ChoiceResult`, `pieces()`
+the same answer as a stream of `Piece`s (content, a call's start, a piece of its arguments, a
+choice's finish). Each API's adapter (server/protocols/) renders these in its own wire format;
+none of them sees a `RequestOutput`. With tools, each choice's text goes through a `CallParser`
+(tools.py) and a stopped answer with calls finishes with "tool_calls". A failed choice raises the
+API error (`Generation.failure`). Every per-request series of the metrics is observed here, once,
+when the request ends. Everything it knows of the engine
 arrives in the outputs (a frozen message per step, through the worker's queue): whether a failure
 was the engine stopping is the failing output's own flag, never a look at the engine's state.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker, RequestOutput, TokenLogprobs
@@ -26,24 +26,8 @@ from server.errors import APIError, InternalError, NotReady, from_runtime
 from server.lifecycle import Ticket
 from server.media.loader import LoadedMedia
 from server.metrics import Metrics
-from server.protocol import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionChunk,
-    Choice,
-    ChoiceLogprobs,
-    ChunkChoice,
-    Delta,
-    FunctionCall,
-    FunctionCallDelta,
-    PromptTokensDetails,
-    TokenLogprob,
-    ToolCallDelta,
-    ToolCallOut,
-    TopLogprob,
-    Usage,
-)
-from server.tools import CallEvent, CallParser
+from server.protocol import PromptTokensDetails, TokenLogprob, TopLogprob, Usage
+from server.tools import CallParser
 
 log = logging.getLogger(__name__)
 
@@ -191,87 +175,77 @@ class Generation:
         return InternalError("generation failed for this request; see the server log for its request id")
 
 
-async def collect(gen: Generation, worker: EngineWorker) -> ChatCompletion:
-    async for _ in gen.outputs(worker):
-        pass
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """One choice's whole answer, API-neutral."""
+
+    text: str  # content outside tool calls
+    calls: list[dict]  # {"id", "name", "arguments"} in order (tools.CallParser)
+    finish_reason: str | None  # "stop" | "length" | "tool_calls" | "abort"
+    stop_reason: str | int | None  # the stop string or token id that ended it (None: EOS or length)
+    logprobs: list[TokenLogprob]
+    num_tokens: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of one choice's answer as it streams."""
+
+    index: int  # the choice
+    kind: str  # "content" | "call" (a call starts: id, name) | "arguments" | "finish"
+    text: str = ""  # content or arguments text
+    call_index: int = 0  # the call's place among the choice's calls
+    call_id: str = ""
+    name: str = ""
+    logprobs: list[TokenLogprob] | None = None  # the tokens this piece's output added (first piece of it)
+    finish_reason: str | None = None  # on "finish", as in ChoiceResult
+    stop_reason: str | int | None = None  # on "finish"
+
+
+async def collect(gen: Generation, worker: EngineWorker) -> list[ChoiceResult]:
+    """Every choice's answer once the request is done; a failed choice raises its API error."""
+    stop_reasons: dict[int, str | int | None] = {}
+    async for out in gen.outputs(worker):
+        if out.finished:
+            stop_reasons[out.index] = out.stop_reason
     if any(c.finish_reason == "error" for c in gen.choices):
         raise gen.failure()
-    choices = []
+    results = []
     for i, c in enumerate(gen.choices):
-        text, calls, parser = "".join(c.text), None, gen.parser()
+        text, calls, parser = "".join(c.text), [], gen.parser()
         if parser is not None:
             events = parser.feed(text) + parser.finish()
             text = "".join(e.text for e in events if e.kind == "content")
-            calls = [ToolCallOut(id=k["id"], function=FunctionCall(name=k["name"], arguments=k["arguments"]))
-                     for k in parser.calls] or None
-        choices.append(Choice(
-            index=i, message=AssistantMessage(content=text if text or not calls else None, tool_calls=calls),
-            finish_reason=_finish_reason(c.finish_reason, bool(calls)),
-            logprobs=ChoiceLogprobs(content=c.logprobs) if gen.wants_logprobs else None))
-    return ChatCompletion(id=gen.request.request_id, created=gen.created, model=gen.model_name, choices=choices,
-                          usage=gen.usage(), media=gen.media())
+            calls = parser.calls
+        results.append(ChoiceResult(text, calls, finish_reason(c.finish_reason, bool(calls)), stop_reasons.get(i),
+                                    c.logprobs, c.num_tokens))
+    return results
 
 
-async def stream(gen: Generation, worker: EngineWorker, include_usage: bool) -> AsyncIterator[str]:
-    def chunk(choices: list[ChunkChoice], usage: Usage | None = None, media: list | None = None) -> str:
-        c = ChatCompletionChunk(id=gen.request.request_id, created=gen.created, model=gen.model_name,
-                                choices=choices, usage=usage, media=media)
-        exclude = {"media"} if media is None else set()
-        if usage is None and not include_usage:
-            exclude.add("usage")
-        return f"data: {c.model_dump_json(exclude=exclude)}\n\n"
-
-    error: APIError | None = None
+async def pieces(gen: Generation, worker: EngineWorker) -> AsyncIterator[Piece]:
+    """The answer as it grows, every choice interleaved; a failed choice raises its API error."""
     parsers = [gen.parser() for _ in range(gen.request.params.n)]
-    try:
-        for i in range(gen.request.params.n):
-            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
-        finished = 0
-        async for out in gen.outputs(worker):
-            if out.finished and out.finish_reason == "error":
-                error = gen.failure()
-                break
-            logprobs = ChoiceLogprobs(content=to_logprobs(out.logprobs or [])) if gen.wants_logprobs else None
-            parser = parsers[out.index]
-            if parser is None:
-                deltas = [Delta(content=out.text)] if out.text else []
-            else:
-                deltas = _deltas(parser.feed(out.text) + (parser.finish() if out.finished else []))
-            if logprobs and logprobs.content and not deltas:
-                deltas = [Delta(content="")]
-            for k, delta in enumerate(deltas):
-                yield chunk([ChunkChoice(index=out.index, delta=delta, logprobs=logprobs if k == 0 else None)])
-            if out.finished:
-                finished += 1
-                is_last = finished == gen.request.params.n and not include_usage
-                reason = _finish_reason(out.finish_reason, parser is not None and bool(parser.calls))
-                yield chunk([ChunkChoice(index=out.index, delta=Delta(), finish_reason=reason)],
-                            media=gen.media() if is_last else None)
-    except APIError as e:
-        error = e
-    except Exception as e:
-        log.exception("request %s failed while streaming", gen.request.request_id)
-        error = from_runtime(e)
-    if error is not None:
-        gen.metrics.errors.labels(code=error.code).inc()
-        yield f"data: {json.dumps(error.body())}\n\n"
-    elif include_usage:
-        yield chunk([], usage=gen.usage(), media=gen.media())
-    yield "data: [DONE]\n\n"
-
-
-def _finish_reason(reason: str | None, has_calls: bool) -> str | None:
-    return "tool_calls" if has_calls and reason == "stop" else reason
-
-
-def _deltas(events: list[CallEvent]) -> list[Delta]:
-    out = []
-    for e in events:
-        if e.kind == "content":
-            out.append(Delta(content=e.text))
-        elif e.kind == "call":
-            out.append(Delta(tool_calls=[ToolCallDelta(index=e.index, id=e.call_id, type="function",
-                                                       function=FunctionCallDelta(name=e.name, arguments=""))]))
+    async for out in gen.outputs(worker):
+        if out.finished and out.finish_reason == "error":
+            raise gen.failure()
+        logprobs = to_logprobs(out.logprobs or []) if gen.wants_logprobs else None
+        parser = parsers[out.index]
+        if parser is None:
+            found = [Piece(out.index, "content", out.text)] if out.text else []
         else:
-            out.append(Delta(tool_calls=[ToolCallDelta(index=e.index, function=FunctionCallDelta(arguments=e.text))]))
-    return out
+            events = parser.feed(out.text) + (parser.finish() if out.finished else [])
+            found = [Piece(out.index, e.kind, e.text, e.index, e.call_id, e.name) for e in events]
+        if logprobs and not found:
+            found = [Piece(out.index, "content", "")]
+        for k, piece in enumerate(found):
+            yield replace(piece, logprobs=logprobs) if k == 0 and logprobs else piece
+        if out.finished:
+            has_calls = parser is not None and bool(parser.calls)
+            yield Piece(out.index, "finish", finish_reason=finish_reason(out.finish_reason, has_calls),
+                        stop_reason=out.stop_reason)
+
+
+def finish_reason(reason: str | None, has_calls: bool) -> str | None:
+    return "tool_calls" if has_calls and reason == "stop" else reason

@@ -22,6 +22,16 @@ ERROR_TYPES = {
     500: "server_error",
     503: "server_error",
 }
+ANTHROPIC_ERROR_TYPES = {  # the Messages API's error types by status (docs/API.md)
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
 RETRY_AFTER_S = 5
 INTERNAL_MESSAGE = "internal error; see the server log for this request id"
 _MAX_INPUT_MESSAGE_CHARS = 300
@@ -41,7 +51,11 @@ class APIError(Exception):
             self.code = code
         self.headers = {"x-should-retry": "true" if self.is_retryable else "false", **(headers or {})}
 
-    def body(self) -> dict:
+    def body(self, shape: str = "openai") -> dict:
+        """The error object in OpenAI's shape, or in Anthropic's (`shape="anthropic"`: /v1/messages)."""
+        if shape == "anthropic":
+            kind = ANTHROPIC_ERROR_TYPES.get(self.status, "invalid_request_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
         return {
             "error": {
                 "message": self.message,
@@ -51,8 +65,8 @@ class APIError(Exception):
             }
         }
 
-    def json_bytes(self) -> bytes:
-        return json.dumps(self.body()).encode()
+    def json_bytes(self, shape: str = "openai") -> bytes:
+        return json.dumps(self.body(shape)).encode()
 
 
 class InvalidRequest(APIError):

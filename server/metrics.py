@@ -2,7 +2,8 @@
 
 Engine-side gauges and cumulative counters are read from an `EngineStats` snapshot at scrape time
 by a collector; the engine never imports this module. Label values come from bounded sets only
-(modalities, finish reasons, error codes, rejection reasons), never request ids, keys or URLs.
+(modalities, finish reasons, error codes, rejection reasons, the endpoints of server/endpoints.py,
+HTTP statuses), never request ids, keys or URLs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from model_runtime import FINISH_REASONS, STEP_TOKEN_BOUNDS, EngineStats
+from server.endpoints import ENDPOINTS
 from server.errors import error_codes
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
@@ -85,6 +87,8 @@ class Metrics:
                                 ["reason"], registry=r)
         self.media_items = Counter("llava_media_items", "Media items served, by modality", ["modality"], registry=r)
         self.errors = Counter("llava_errors", "Error responses and stream errors by error code", ["code"], registry=r)
+        self.responses = Counter("llava_http_responses", "HTTP responses by API endpoint and status",
+                                 ["endpoint", "status"], registry=r)
 
         def histogram(name: str, doc: str, buckets, labels=()) -> Histogram:
             return Histogram(name, doc, list(labels), buckets=buckets, registry=r)
@@ -112,6 +116,8 @@ class Metrics:
         self.encoder_forward = histogram("llava_encoder_forward_seconds",
                                          "Encoder calls a request waited on, by modality", LATENCY_BUCKETS,
                                          ["modality"])
+        self.response_time = histogram("llava_http_response_seconds", "Arrival to the last byte of the response, "
+                                       "by API endpoint", LATENCY_BUCKETS, ["endpoint"])
         self.model_info = Info("llava_model", "Served model", registry=r)
         for modality in MODALITIES:  # every bounded label value present from the first scrape
             self.prompt_tokens.labels(modality=modality)
@@ -123,3 +129,10 @@ class Metrics:
             self.rejected.labels(reason=reason)
         for code in error_codes():
             self.errors.labels(code=code)
+        for endpoint in ENDPOINTS:
+            self.response_time.labels(endpoint=endpoint)
+
+    def observe_response(self, endpoint: str, status: int, seconds: float) -> None:
+        """One HTTP response (server.middleware.EndpointMetrics); `endpoint` from server/endpoints.py's table."""
+        self.responses.labels(endpoint=endpoint, status=str(status)).inc()
+        self.response_time.labels(endpoint=endpoint).observe(seconds)

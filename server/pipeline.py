@@ -1,12 +1,15 @@
-"""The chat pipeline: one ChatCompletionRequest -> an engine request -> SSE chunks or one ChatCompletion.
+"""The one request pipeline: every API's internal request -> an engine request -> that API's answer.
 
-`chat_completion` runs it for a route: admission (429 before any media work) -> `prepare`
+Each API is an `Adapter` (server/protocols/): its route turns the wire body into the internal
+request (a `ChatCompletionRequest`, plus the raw prompt of a completion) and `run` does the rest
+for all of them alike: the model check, admission (429 before any media work) -> `prepare`
 (structured outputs and tools, chat.render with its item counts, the media loader: fetch,
 isolated decode, processing; the prompt, the context check, the sampling parameters) -> the
-engine worker -> `respond` (completion.py shapes the answer). A client that disconnects aborts
-its request at any stage, and a drain cancels what is still preparing. `prepare` takes no HTTP
-object, so tests drive it directly on a real runtime. Model-runtime errors become API errors
-through `errors.from_runtime` only.
+engine worker -> the adapter's answer, whole or streamed (completion.py gives it the API-neutral
+result). A client that disconnects aborts its request at any stage, and a drain cancels what is
+still preparing. `prepare` takes no HTTP object, so tests drive it directly on a real runtime.
+Model-runtime errors become API errors through `errors.from_runtime` only; each adapter renders
+them in its API's shape.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 from fastapi import Request
@@ -26,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from model_runtime import PromptInput, RequestInputError, SamplingParams
 from model_runtime import Request as EngineRequest
 from server import chat, structured
-from server.completion import Generation, collect, stream
+from server.completion import ChoiceResult, Generation, Piece, collect, pieces
 from server.config import ServerConfig
 from server.errors import (
     APIError,
@@ -81,28 +85,40 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
-async def chat_completion(state: ServerState, body: ChatCompletionRequest, request: Request) -> Response:
+class Adapter(Protocol):
+    """One API's wire format around the pipeline (server/protocols/): the answer, whole or streamed."""
+
+    @property
+    def id_prefix(self) -> str: ...  # of the request id its answer carries
+
+    def answer(self, gen: Generation, results: list[ChoiceResult]) -> dict: ...
+
+    def stream(self, gen: Generation, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]: ...
+
+
+async def run(state: ServerState, adapter: Adapter, body: ChatCompletionRequest, request: Request,
+              raw_prompt: str | list[int] | None = None) -> Response:
+    """One request of any API, from the internal request to the adapter's answer."""
     arrival = time.monotonic()
     rt = state.serving_runtime()
     config = state.config
-    if body.model != config.served_model_name:
-        raise ModelNotFound(f"model {body.model!r} is not served here; try {config.served_model_name!r}",
-                            param="model")
+    check_model(config, body.model)
     ticket = admit(state)
-    request_id = "chatcmpl-" + request.state.request_id
+    request_id = adapter.id_prefix + request.state.request_id
     if request_id in state.engine_ids:
-        request_id = "chatcmpl-" + uuid.uuid4().hex
+        request_id = adapter.id_prefix + uuid.uuid4().hex
     state.engine_ids.add(request_id)
     is_streaming = False
     try:
-        prepared = await until_disconnect(state.lifecycle, request, prepare(rt, config, body, request_id), ticket)
+        work = prepare(rt, config, body, request_id, raw_prompt=raw_prompt)
+        prepared = await until_disconnect(state.lifecycle, request, work, ticket)
         gen = Generation(prepared.request, prepared.media, config.served_model_name, arrival, state.metrics, ticket,
                          prepared.tool_plan.names)
         if body.stream:
             is_streaming = True
-            return respond_streaming(state, gen, rt, body)
-        completion = await until_disconnect(state.lifecycle, request, collect(gen, rt.worker), None)
-        return JSONResponse(completion.model_dump())
+            return respond_streaming(state, gen, rt, adapter)
+        results = await until_disconnect(state.lifecycle, request, collect(gen, rt.worker), None)
+        return JSONResponse(adapter.answer(gen, results))
     except ClientGone:
         log.info("request %s: client went away", request.state.request_id)
         state.metrics.requests.labels(finish_reason="abort").inc()
@@ -113,6 +129,11 @@ async def chat_completion(state: ServerState, body: ChatCompletionRequest, reque
             state.engine_ids.discard(request_id)
 
 
+def check_model(config: ServerConfig, model: str) -> None:
+    if model != config.served_model_name:
+        raise ModelNotFound(f"model {model!r} is not served here; try {config.served_model_name!r}", param="model")
+
+
 def admit(state: ServerState) -> Ticket:
     try:
         return state.lifecycle.admit()
@@ -121,31 +142,44 @@ def admit(state: ServerState) -> Ticket:
         raise
 
 
-def respond_streaming(state: ServerState, gen: Generation, rt: Runtime, body: ChatCompletionRequest) -> EventStream:
+def respond_streaming(state: ServerState, gen: Generation, rt: Runtime, adapter: Adapter) -> EventStream:
     """The SSE answer; the request's ticket and id are released when the stream closes, however it ends."""
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def on_close() -> None:
         gen.record()
         state.engine_ids.discard(gen.request.request_id)
 
-    return EventStream(stream(gen, rt.worker, include_usage), on_close=on_close, media_type="text/event-stream",
-                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(adapter.stream(gen, translated(gen, pieces(gen, rt.worker))), on_close=on_close,
+                       media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def prepare(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest, request_id: str) -> Prepared:
-    """Everything before the engine: the answer's grammar, the media, the prompt, the checks."""
-    processor = rt.loaded.processor
+async def translated(gen: Generation, source: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    """The pieces, with any failure while streaming as the one API error the adapter renders (and counts)."""
+    try:
+        async for piece in source:
+            yield piece
+    except APIError as e:
+        gen.metrics.errors.labels(code=e.code).inc()
+        raise
+    except Exception as e:
+        log.exception("request %s failed while streaming", gen.request.request_id)
+        error = from_runtime(e)
+        gen.metrics.errors.labels(code=error.code).inc()
+        raise error from e
+
+
+async def prepare(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest, request_id: str,
+                  raw_prompt: str | list[int] | None = None) -> Prepared:
+    """Everything before the engine: the answer's grammar, the media, the prompt, the checks.
+    `raw_prompt` (completions): the prompt as given, text or token ids, instead of the messages."""
     structured.check_unsupported(body)
     logit_bias = structured.logit_bias(body, rt.worker.engine.vocab_size)
     tool_plan = plan_tools(body)
     grammar = await structured.answer_grammar(rt.grammars, body, tool_plan)
-    rendered = chat.render(body.messages, processor, config.limits)
-    loaded_media = await rt.media.load(rendered.media)
-    try:
-        prompt = processor.build_prompt(rendered.turns, loaded_media.inputs, tools=tool_plan.tools)
-    except RequestInputError as e:
-        raise from_runtime(e, "messages", "the messages do not match their media: ") from e
+    if raw_prompt is None:
+        prompt, loaded_media = await chat_prompt(rt, config, body, tool_plan)
+    else:
+        prompt, loaded_media = raw_prompt_input(rt, raw_prompt), LoadedMedia()
     check_context(prompt, rt.context_len, body.requested_max_tokens)
     max_n = min(config.max_n, config.engine.max_num_seqs)
     if body.n > max_n:
@@ -153,6 +187,35 @@ async def prepare(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest
     params = sampling_params(body, rt.context_len - prompt.num_tokens, logit_bias)
     return Prepared(EngineRequest(request_id, prompt, loaded_media.inputs, params, grammar=grammar), loaded_media,
                     tool_plan)
+
+
+async def chat_prompt(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest,
+                      tool_plan: ToolPlan) -> tuple[PromptInput, LoadedMedia]:
+    """The messages rendered, their media loaded, the template applied: the prompt and its media."""
+    processor = rt.loaded.processor
+    rendered = chat.render(body.messages, processor, config.limits)
+    loaded_media = await rt.media.load(rendered.media)
+    try:
+        prompt = processor.build_prompt(rendered.turns, loaded_media.inputs, tools=tool_plan.tools)
+    except RequestInputError as e:
+        raise from_runtime(e, "messages", "the messages do not match their media: ") from e
+    return prompt, loaded_media
+
+
+def raw_prompt_input(rt: Runtime, raw: str | list[int]) -> PromptInput:
+    """A prompt given as text (tokenised as it stands) or as token ids (each checked against the vocabulary)."""
+    if isinstance(raw, str):
+        ids = list(rt.loaded.processor.tokenizer(raw).input_ids)
+    else:
+        vocab_size = rt.worker.engine.vocab_size
+        bad = next((i for i in raw if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(f"prompt: token id {bad} is not in this model's vocabulary (0..{vocab_size - 1})",
+                                 param="prompt")
+        ids = list(raw)
+    if not ids:
+        raise InvalidRequest("prompt: the prompt is empty", param="prompt")
+    return PromptInput(token_ids=ids, num_text_tokens=len(ids), num_media_tokens=0)
 
 
 def check_context(prompt: PromptInput, context_len: int, requested: int | None) -> None:

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: the route of the chat pipeline (server/pipeline.py)."""
+"""POST /v1/chat/completions: the chat adapter (server/protocols/chat.py) onto the pipeline (server/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from server import pipeline
 from server.protocol import ChatCompletionRequest
+from server.protocols.chat import ChatAdapter
 from server.state import State
 
 PATH = "/v1/chat/completions"
@@ -16,4 +17,4 @@ router = APIRouter()
 
 @router.post(PATH)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Response:
-    return await pipeline.chat_completion(state, body, request)
+    return await pipeline.run(state, ChatAdapter(body), body, request)

@@ -16,7 +16,8 @@ from server.completion import Generation, collect
 from server.config import ServerConfig
 from server.errors import INTERNAL_MESSAGE, ContextLengthExceeded, InternalError, InvalidRequest, from_runtime
 from server.lifespan import start_runtime
-from server.protocol import ChatCompletionRequest
+from server.protocol import ChatCompletion, ChatCompletionRequest
+from server.protocols.chat import ChatAdapter
 from server.state import ServerState
 from tests.conftest import png_data_url, random_image
 
@@ -51,8 +52,8 @@ def test_prepare_then_generate_an_image_request(tiny_model):
     async def scenario() -> None:
         async with serving(tiny_model) as state:
             rt = state.runtime
-            prepared = await pipeline.prepare(rt, CONFIG, body(with_image("What is it?"), max_tokens=3,
-                                                               temperature=0, n=2), "chatcmpl-a")
+            prepared_body = body(with_image("What is it?"), max_tokens=3, temperature=0, n=2)
+            prepared = await pipeline.prepare(rt, CONFIG, prepared_body, "chatcmpl-a")
             request = prepared.request
             assert request.request_id == "chatcmpl-a" and request.params.max_tokens == 3 and request.params.n == 2
             assert [m.modality for m in request.media] == ["image"]
@@ -61,7 +62,8 @@ def test_prepare_then_generate_an_image_request(tiny_model):
             assert request.prompt.num_media_tokens == request.media[0].num_tokens > 0
             gen = Generation(request, prepared.media, "tiny", time.monotonic(), state.metrics, state.lifecycle.admit(),
                              prepared.tool_plan.names)
-            completion = await collect(gen, rt.worker)
+            completion = ChatCompletion.model_validate(ChatAdapter(prepared_body).answer(gen, await collect(gen,
+                                                                                                     rt.worker)))
             assert completion.id == "chatcmpl-a" and len(completion.choices) == 2
             assert completion.usage.prompt_tokens == request.num_prompt_tokens
             assert 2 <= completion.usage.completion_tokens <= 6
