@@ -4,7 +4,8 @@ the model's answer -> OpenAI `tool_calls`, whole or as stream deltas.
 The model writes calls in the Hermes format the prompt asks for (model_runtime's tool_prompt):
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`. `required` and a named function
 constrain the answer to such calls with a Lark grammar that embeds each function's parameter
-schema (one call, or several with `parallel_tool_calls`); `auto` leaves the model free and parses
+schema (a named function: exactly one call of it; `required`: one call, or several unless
+`parallel_tool_calls` is false); `auto` leaves the model free and parses
 the calls out of its text; `none` leaves the tools out of the prompt. `CallParser` turns text,
 piece by piece, into content and call events: content outside the blocks streams at once (a
 possible opening tag and the whitespace before it are held back), a call's name is sent when its
@@ -63,7 +64,9 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
                 f"tool_choice names {choice.function.name!r}, which is not in tools",
                 param="tool_choice.function.name",
             )
-    parallel = body.parallel_tool_calls is not False
+    # NOTE: a named function is exactly one call of it (OpenAI's contract), whatever
+    # parallel_tool_calls says; only `required` may repeat calls
+    parallel = choice == "required" and body.parallel_tool_calls is not False
     return ToolPlan(tools, calls_grammar(functions, parallel), frozenset(names))
 
 

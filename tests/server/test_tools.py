@@ -10,7 +10,8 @@ import random
 import jsonschema
 import pytest
 
-from server.tools import CallParser
+from server.protocol import ChatCompletionRequest
+from server.tools import CallParser, plan_tools
 from tests.server.test_app import assert_error
 
 WEATHER = {
@@ -109,6 +110,23 @@ def test_named_function_is_the_one_called(client):
     for choice in r.json()["choices"]:
         assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_time"]
         check_calls(choice["message"]["tool_calls"])
+
+
+def test_a_named_function_is_called_exactly_once_whatever_parallel_tool_calls_says(client):
+    """The grammar of a named choice once allowed `call (separator call)*` unless parallel_tool_calls
+    was false, so a default request (parallel unset) could answer with two calls of the function."""
+    named = {"type": "function", "function": {"name": "get_time"}}
+    for kw in ({}, {"parallel_tool_calls": True}, {"parallel_tool_calls": None}):
+        plan = plan_tools(ChatCompletionRequest.model_validate(body(tool_choice=named, **kw)))
+        assert plan.grammar is not None and "call)*" not in plan.grammar.source, kw
+    assert "call)*" in plan_tools(ChatCompletionRequest.model_validate(body(tool_choice="required"))).grammar.source
+    for seed in range(4):
+        r = client.post("/v1/chat/completions", json=body(tool_choice=named, temperature=1.0, seed=seed, n=2))
+        for choice in r.json()["choices"]:
+            assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_time"], choice
+            check_calls(choice["message"]["tool_calls"])
+        s = streamed(client, body(tool_choice=named, temperature=1.0, seed=seed))
+        assert [c["name"] for c in s["calls"]] == ["get_time"] and s["finish_reason"] == "tool_calls"
 
 
 def test_auto_and_none_leave_free_text_of_a_model_that_calls_nothing(client):
