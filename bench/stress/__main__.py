@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.stress import media
+from bench.stress.bounds import broken
 from bench.stress.server import demo_model, start_server, stop_server
 
 PARTS = ["fuzz", "media", "overload", "faults", "integrity", "soak"]
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}  # parts may run apart
         summary[name] = {k: v for k, v in result.items() if k not in ("examples", "formats", "samples")}
         summary_path.write_text(json.dumps(summary, indent=1))
-        status = "passed" if result["passed"] else f"FAILED: {result.get('violations')}"
+        late = broken(result.get("bounds", {}))
+        status = "passed" if result["passed"] else f"FAILED: {result.get('violations')} {late or ''}"
         print(f"[stress] {name}: {status} in {time.monotonic() - started:.0f} s", flush=True)
         if not result["passed"]:
             failed.append(name)

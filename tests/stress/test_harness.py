@@ -1,8 +1,10 @@
 """Every part of the reliability harness (bench/stress) with tiny counts against real server processes.
 
-The harness's own checks decide: each part must report `passed` with the counts it was asked for,
-so a server that answers a mutant with a 5xx, leaks a slot, tears a stream or stays ready while its
-engine stalls fails here as it would in the full run (`python -m bench.stress`).
+The harness's own checks decide: each part must report no violation with the counts it was asked
+for, so a server that answers a mutant with a 5xx, leaks a slot, tears a stream or stays ready while
+its engine stalls fails here as it would in the full run (`python -m bench.stress`). A timing bound
+(refusal p99, time to free a slot, time to turn /ready 503) must be reported with its figure and
+limit; whether it held is the full run's verdict, not a test's: a loaded machine is not a defect.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ def assert_passed(result: dict) -> None:
     assert result["passed"], (result.get("violations"), result.get("examples"), result)
 
 
+def assert_correct(result: dict, bounds: set[str]) -> None:
+    """No violation, and each of `bounds` reported as a measured figure against a positive limit."""
+    assert not result["violations"], (result["violations"], result)
+    assert set(result["bounds"]) == bounds
+    for name, b in result["bounds"].items():
+        assert isinstance(b["value"], int | float) and b["value"] >= 0 and b["limit"] > 0, (name, b)
+        assert b["held"] == (b["value"] <= b["limit"]), (name, b)
+
+
 @shared
 def test_fuzz(server):
     result = fuzz.run(server, 40, seed=1)
@@ -52,10 +63,10 @@ def test_mutated_media(server):
 
 @shared
 def test_overload(server):
-    # the published figure holds refusals to 50 ms; a shared test machine gets a looser bound
-    result = overload.check(server, seconds=3.0, refusal_limit_s=0.5)
-    assert_passed(result)
+    result = overload.check(server, seconds=3.0)
+    assert_correct(result, {"refusal_p99_ms", "accepted_p99_s"})
     assert result["at_2x"]["refused"] > 0 and result["at_2x"]["accepted"] > 0
+    assert result["bounds"]["refusal_p99_ms"]["limit"] == 1000 * overload.REFUSAL_P99_LIMIT_S
 
 
 @shared
@@ -83,8 +94,9 @@ def test_disconnects(tiny_audio_checkpoint, tmp_path):
         result = faults.disconnects(s, video_s=4.0)
     finally:
         stop_server(s)
-    assert_passed(result)
-    assert set(result["stages"]) == {"fetch", "decode", "queue", "prefill", "decode_steps", "after"}
+    stages = ["fetch", "decode", "queue", "prefill", "decode_steps"]
+    assert_correct(result, {f"{stage}_freed_s" for stage in stages})
+    assert list(result["stages"]) == [*stages, "after"]
 
 
 def test_stall_then_sigterm(tiny_audio_checkpoint, tmp_path):
@@ -104,5 +116,5 @@ def test_stall_then_sigterm(tiny_audio_checkpoint, tmp_path):
         stalled = process_faults.stall(s, stall_s=3.0)
     finally:
         drained = process_faults.sigterm(s, num_streams=6)  # stops the server
-    assert_passed(stalled)
+    assert_correct(stalled, {"not_ready_after_s"})
     assert_passed(drained)
