@@ -105,7 +105,8 @@ def parse_memory(value: str | None) -> int | float | None:
 
 
 MODEL, ENGINE, HTTP, FETCH, LIMITS = "model", "engine (docs/ENGINE.md)", "HTTP", "media fetching", "media limits"
-GROUPS = (MODEL, ENGINE, HTTP, FETCH, LIMITS)  # the --help sections, in order (docs/OPERATIONS.md follows them)
+STATE = "state database"
+GROUPS = (MODEL, ENGINE, HTTP, FETCH, LIMITS, STATE)  # the --help sections, in order (docs/OPERATIONS.md follows them)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,53 @@ class FetchPolicy:
         return {"image": self.max_image_bytes, "audio": self.max_audio_bytes, "video": self.max_video_bytes}[modality]
 
 
+DAY = 86_400
+STATE_DB_SCHEMES = ("sqlite", "postgresql", "postgres")  # postgres: the alias libpq accepts
+STATE_DB_FILE = "state.db"  # the SQLite file in --data-dir
+
+
+def default_data_dir() -> Path:
+    """--data-dir's default: $XDG_DATA_HOME/llava-serve, else ~/.local/share/llava-serve (the XDG base
+    directories): the same folder whichever directory the server starts in, writable by a non-root user."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "llava-serve"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where state that outlives a request lives (stored responses, files, batches) and how long (server/store/)."""
+
+    data_dir: str | None = field(default=None, metadata=flag(
+        "--data-dir", f"folder of the state database, created at start-up (SQLite: {STATE_DB_FILE})", STATE,
+        auto="$XDG_DATA_HOME/llava-serve, else ~/.local/share/llava-serve"))
+    state_db: str | None = field(default=None, metadata=flag(
+        "--state-db", "database URL instead of the SQLite file, shared by replicas: postgresql://USER:PASSWORD@HOST/DB",
+        STATE, auto="SQLite in --data-dir"))
+    retention_seconds: int = field(default=30 * DAY, metadata=flag(
+        "--response-retention-days", "stored responses older than this are deleted", STATE, unit=DAY))
+    max_response_bytes_per_key: int = field(default=1024 * MiB, metadata=flag(
+        "--max-stored-response-mb", "stored responses per API key (input, output and media) in MiB; the oldest are "
+        "deleted beyond it", STATE, unit=MiB))
+
+    def __post_init__(self) -> None:
+        if self.state_db is not None:
+            scheme = self.state_db.partition(":")[0].partition("+")[0].lower()
+            if scheme not in STATE_DB_SCHEMES or "://" not in self.state_db:
+                raise ValueError(f"state_db: expected postgresql://USER:PASSWORD@HOST/DB or sqlite:///PATH, "
+                                 f"not a {scheme or 'bare'!r} URL")
+        if self.retention_seconds < 1:
+            raise ValueError(f"retention_seconds={self.retention_seconds}: must be >= 1")
+        if self.max_response_bytes_per_key < 1:
+            raise ValueError(f"max_response_bytes_per_key={self.max_response_bytes_per_key}: must be >= 1")
+
+    def folder(self) -> Path:
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+
+    def url(self) -> str:
+        """The database URL: --state-db, else the SQLite file in the data folder."""
+        return self.state_db or f"sqlite:///{self.folder() / STATE_DB_FILE}"
+
+
 # EngineConfig's flags: model_runtime knows no command line, so they are listed here, by field.
 ENGINE_FLAGS = {
     "max_num_seqs": Flag("--max-num-seqs", "sequences decoding at once (each of a request's `n` choices is one)",
@@ -328,6 +376,7 @@ class ServerConfig:
     log_level: str = field(default="info", metadata=flag("--log-level", "log level", HTTP, choices=LOG_LEVELS))
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     limits: MediaLimits = field(default_factory=MediaLimits)
+    store: StoreConfig = field(default_factory=StoreConfig)
     media_workers: int = field(default=2, metadata=flag(
         "--media-workers", "decoder processes (isolated from the server)", LIMITS))
     media_worker_memory_mb: int = field(default=4096, metadata=flag(

@@ -25,6 +25,7 @@ from server.config import ServerConfig
 from server.lifecycle import Phase
 from server.media.loader import MediaLoader
 from server.state import Runtime, ServerState
+from server.store import StateStore
 
 log = logging.getLogger("llava_serve")
 
@@ -58,20 +59,38 @@ def lifespan(load: Loader) -> Callable[[FastAPI], AbstractAsyncContextManager[No
     async def run(app: FastAPI) -> AsyncIterator[None]:
         state: ServerState = app.state.server
         await state.pool.start()
-        starting = asyncio.create_task(start_runtime(state, load))
-        watching = asyncio.create_task(watchdog(state))
+        tasks = [asyncio.create_task(watchdog(state))]
+        state.store = await open_store(state)
+        if state.store is not None:
+            tasks += [asyncio.create_task(start_runtime(state, load)), asyncio.create_task(state.store.sweep_forever())]
         try:
             yield
         finally:
-            for task in (starting, watching):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if state.runtime is not None:
                 await asyncio.to_thread(state.runtime.worker.stop)
+            if state.store is not None:
+                await state.store.close()
             await state.pool.close()
 
     return run
+
+
+async def open_store(state: ServerState) -> StateStore | None:
+    """The state database, before the port serves; one that cannot be opened fails start-up like a model
+    (status 2, and the model is not loaded)."""
+    try:
+        return await StateStore.open(state.config.store)
+    except Exception as e:
+        reason = f"the state database could not be opened: {_one_line(e)}"
+        log.critical(reason)
+        log.debug("opening the state database failed", exc_info=e)
+        state.lifecycle.mark_failed(reason, exit_status=2)
+        state.exit()
+        return None
 
 
 async def start_runtime(state: ServerState, load: Loader) -> None:

@@ -23,6 +23,7 @@ from server.media.fetch import MediaFetcher
 from server.media.loader import MediaLoader
 from server.media.pool import DecodePool
 from server.metrics import Metrics
+from server.store import StateStore
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ServerState:
     fetcher: MediaFetcher
     metrics: Metrics = field(init=False)
     runtime: Runtime | None = None  # set by the lifespan once the model serves
+    store: StateStore | None = None  # the state database (server/store/), opened by the lifespan before it serves
     engine_ids: set[str] = field(default_factory=set)  # requests in flight: a client's x-request-id names its own
     request_exit: Callable[[], None] | None = None  # set by the runner: called when the process must exit
 

@@ -23,6 +23,7 @@ from server.config import (
     MediaLimits,
     MiB,
     ServerConfig,
+    StoreConfig,
     env_name,
     field_flags,
 )
@@ -51,11 +52,11 @@ def test_every_engine_knob_has_a_flag():
     assert set(ENGINE_SAMPLES) == set(ENGINE_FLAGS)
 
 
-@pytest.mark.parametrize("cls", [ServerConfig, MediaLimits, FetchPolicy])
+@pytest.mark.parametrize("cls", [ServerConfig, MediaLimits, FetchPolicy, StoreConfig])
 def test_every_server_setting_has_a_flag(cls):
     flags = field_flags(cls)
     covered = {name for spec in flags.values() for name in spec.covers}
-    chained = {"engine", "fetch", "limits"}  # ServerConfig's configs, whose fields have their own flags
+    chained = {"engine", "fetch", "limits", "store"}  # ServerConfig's configs, whose fields have their own flags
     assert {f.name for f in fields(cls)} - chained == set(flags) | covered
 
 
