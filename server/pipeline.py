@@ -129,6 +129,32 @@ async def run(state: ServerState, adapter: Adapter, body: ChatCompletionRequest,
             state.engine_ids.discard(request_id)
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A prompt rendered and counted exactly as generation would, with nothing generated."""
+
+    prompt: PromptInput
+    media: LoadedMedia
+    context_len: int
+
+
+async def count_prompt(state: ServerState, body: ChatCompletionRequest, request: Request,
+                       raw_prompt: str | list[int] | None = None) -> Counted:
+    """The prompt a request would get (its tools, its media loaded): what tokenize and count_tokens answer.
+    Raises ClientGone when the client leaves first."""
+    rt = state.serving_runtime()
+    check_model(state.config, body.model)
+    ticket = admit(state)  # media is fetched and decoded: admitted like any generation request
+    try:
+        if raw_prompt is not None:
+            return Counted(raw_prompt_input(rt, raw_prompt), LoadedMedia(), rt.context_len)
+        work = chat_prompt(rt, state.config, body, plan_tools(body))
+        prompt, media = await until_disconnect(state.lifecycle, request, work, ticket)
+        return Counted(prompt, media, rt.context_len)
+    finally:
+        ticket.close()
+
+
 def check_model(config: ServerConfig, model: str) -> None:
     if model != config.served_model_name:
         raise ModelNotFound(f"model {model!r} is not served here; try {config.served_model_name!r}", param="model")

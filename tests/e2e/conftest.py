@@ -103,6 +103,15 @@ def server(tiny_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
+def api_server(tiny_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
+    """One server for the API-surface modules (completions, tokenize, messages, responses): their
+    modules share the xdist group "api", so it starts once."""
+    s = start_server(tiny_checkpoint, tmp_path_factory.mktemp("api"), "--max-n", "4")
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
 def tiny_av_checkpoint(tmp_path_factory) -> str:
     """The tiny demo model with its audio tower (input_audio, audio_url, use_audio)."""
     return str(make_demo("tiny", tmp_path_factory.mktemp("ckpt-av") / "tiny-av", seed=0, audio=True))
