@@ -27,8 +27,7 @@ from model_runtime import load_pretrained_model  # noqa: E402
 from model_runtime.checkpoint.folder import is_language_model_key  # noqa: E402
 from model_runtime.checkpoint.quantize import weight_bytes  # noqa: E402
 from model_runtime.checkpoint_tools import make_delta, make_demo  # noqa: E402
-from tests.model_runtime.checkpoint.conftest import logits_of, read_all, write_checkpoint  # noqa: E402
-from tests.model_runtime.checkpoint.test_delta import PEAK_SCRIPT  # noqa: E402
+from testkit.checkpoints import PEAK_SCRIPT, logits_of, read_all, write_checkpoint  # noqa: E402
 
 MiB = 1 << 20
 

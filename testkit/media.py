@@ -1,4 +1,4 @@
-"""Tiny media files made in the tests (PyAV, soundfile, Pillow), and the checks every error body gets."""
+"""Tiny media made on the spot (PyAV, soundfile, Pillow), and the check every error body gets."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def data_url(mime: str, data: bytes) -> str:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def image_bytes(width: int = 64, height: int = 48, fmt: str = "PNG", seed: int = 0, mode: str = "RGB") -> bytes:

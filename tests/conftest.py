@@ -11,6 +11,7 @@ from PIL import Image
 
 from model_runtime import load_pretrained_model
 from model_runtime.checkpoint_tools import make_demo
+from testkit.media import random_image  # noqa: F401 - the tests import it from here
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,11 +41,6 @@ def tiny_audio_checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_audio_model(tiny_audio_checkpoint):
     return load_pretrained_model(tiny_audio_checkpoint, dtype="float32")
-
-
-def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def png_data_url(image: Image.Image) -> str:

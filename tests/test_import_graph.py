@@ -4,6 +4,8 @@
   `model_runtime.checkpoint_tools`, and no server module on the serving path (all but the CLI
   entry points), imports `model_runtime.checkpoint_tools`.
 - `model_runtime` imports nothing of `server`.
+- `bench/` and `testkit/` import nothing of `tests/` (what they share with the tests is in `testkit/`),
+  and neither `server` nor `model_runtime` imports `testkit` (it is not in the wheel).
 - The checkpoint packages have no import cycle (the loader once imported lora.py, whose merge_lora
   imported the loader back).
 And at run time: importing the serving app loads no checkpoint-tools module.
@@ -73,6 +75,16 @@ def test_serving_server_modules_never_import_the_checkpoint_tools():
 
 def test_model_runtime_never_imports_the_server():
     assert offenders("model_runtime", "server") == {}
+
+
+def test_bench_and_testkit_never_import_the_tests():
+    assert offenders("bench", "tests") == {}
+    assert offenders("testkit", "tests") == {}
+
+
+def test_serving_code_never_imports_testkit():
+    assert offenders("server", "testkit") == {}
+    assert offenders("model_runtime", "testkit") == {}
 
 
 def test_checkpoint_packages_have_no_import_cycle():

@@ -24,7 +24,7 @@ from server.app import create_app
 from server.cli import build_parser, config_from_args
 from server.runner import DrainingServer
 from server.state import ServerState
-from tests.faults import FaultInjection, inject
+from testkit.faults import FaultInjection, inject
 
 _POLL_S = 0.005
 

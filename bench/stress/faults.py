@@ -31,8 +31,8 @@ import numpy as np
 from bench.stress.bounds import bound, broken
 from bench.stress.media import pool_size
 from bench.stress.server import MODEL_NAME, Server, error_shape_problem, start_server, stop_server
-from tests.media import data_url, image_bytes
-from tests.origin import Origin
+from testkit.media import data_url, image_bytes
+from testkit.origin import Origin
 
 FREE_LIMIT_S = 2.0
 

@@ -22,7 +22,7 @@ from bench.stress.fuzz import Tally
 from bench.stress.media import body as media_body
 from bench.stress.media import seed_file
 from bench.stress.server import MODEL_NAME, Server, start_server, stop_server
-from tests.media import image_bytes
+from testkit.media import image_bytes
 
 CANCEL_SHARE = 0.2
 MAX_TOKENS = 8

@@ -23,7 +23,7 @@ import httpx
 from bench.stress.fuzz import Tally
 from bench.stress.mutators import media_mutant
 from bench.stress.server import MODEL_NAME, Server
-from tests.media import audio_bytes, image_bytes, video_bytes
+from testkit.media import audio_bytes, image_bytes, video_bytes
 
 HANG_S = 60.0
 IMAGE_FORMATS = {

@@ -20,7 +20,7 @@ import httpx
 from bench.stress.bounds import bound, broken
 from bench.stress.media import percentile
 from bench.stress.server import MODEL_NAME, Server, error_shape_problem, start_server, stop_server
-from tests.media import data_url, image_bytes
+from testkit.media import data_url, image_bytes
 
 MAX_NUM_SEQS = 4
 MAX_QUEUED = 4

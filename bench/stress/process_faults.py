@@ -20,7 +20,7 @@ import httpx
 from bench.stress.bounds import bound, broken
 from bench.stress.faults import chat, gauge, wait_until
 from bench.stress.server import Server, stop_server
-from tests.media import data_url, image_bytes
+from testkit.media import data_url, image_bytes
 
 STALL_TIMEOUT_S = 2.0
 STALL_S = 6.0

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 
 from server.errors import ERROR_TYPES
-from tests.media import LEAK
+from testkit.media import LEAK
+from testkit.processes import children, cmdline, descendants, rss_bytes
 
 MODEL_NAME = "stress"
 # gauges that must read 0 once no request is in flight (a leaked slot, ticket or KV block shows here)
@@ -96,22 +97,22 @@ class Server:
             time.sleep(0.2)
 
     def descendants(self) -> list[int]:
-        return _descendants(self.pid)
+        return descendants(self.pid)
 
     def decoder_pids(self) -> list[int]:
         """The media decoder processes: the forkserver's children (the forkserver is the server's child)."""
         out = []
-        for child in _children(self.pid):
-            if b"forkserver" in _cmdline(child):
-                out.extend(_children(child))
+        for child in children(self.pid):
+            if b"forkserver" in cmdline(child):
+                out.extend(children(child))
         return out
 
     def sample(self) -> Sample:
         pids = [self.pid, *self.descendants()]
         return Sample(
             t=round(time.monotonic() - self.ready_at, 1),
-            rss_bytes=_rss(self.pid),
-            rss_total_bytes=sum(_rss(p) for p in pids),
+            rss_bytes=rss_bytes(self.pid),
+            rss_total_bytes=sum(rss_bytes(p) for p in pids),
             num_fds=len(os.listdir(f"/proc/{self.pid}/fd")),
             num_threads=len(os.listdir(f"/proc/{self.pid}/task")),
             num_processes=len(pids) - 1,
@@ -206,47 +207,3 @@ def error_shape_problem(status: int, body: bytes) -> str | None:
 
 def as_dict(sample: Sample) -> dict:
     return asdict(sample)
-
-
-def _children(pid: int) -> list[int]:
-    """Every thread's children (a process forked from a worker thread is listed under that thread)."""
-    out = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out.extend(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], _children(pid)
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(_children(p))
-    return out
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

@@ -17,6 +17,7 @@ from unittest import mock
 import httpx
 import pytest
 
+from testkit.origin import Origin
 from tests.conftest import random_image
 from tests.deploy.artifacts import (
     DOCKER,
@@ -32,7 +33,6 @@ from tests.deploy.artifacts import (
     tool,
 )
 from tests.e2e.conftest import free_port, start_server, stop_server
-from tests.origin import Origin
 
 pytestmark = pytest.mark.xdist_group("deploy-live")  # one server and one Prometheus for the module
 

@@ -20,7 +20,8 @@ import openai
 import pytest
 
 from model_runtime.checkpoint_tools import make_demo
-from tests.origin import Origin
+from testkit.origin import Origin
+from testkit.processes import descendants, rss_bytes
 
 API_KEYS = ("key-one", "key-two")
 
@@ -46,11 +47,11 @@ class ServerProcess:
         return sum(float(v) for v in values)
 
     def rss_bytes(self) -> int:
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return rss_bytes(self.process.pid)
+
+    def descendants(self) -> set[int]:
+        """The server's processes below it: its decoder pool among them (a replaced decoder is a new pid)."""
+        return set(descendants(self.process.pid))
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model_runtime import LlavaConfig, audio_token_count, image_token_count
-from tests.media import audio_bytes, b64, data_url, image_bytes, video_bytes
+from testkit.media import audio_bytes, b64, data_url, image_bytes, video_bytes
 
 pytestmark = pytest.mark.xdist_group("local")
 

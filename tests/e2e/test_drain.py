@@ -15,9 +15,9 @@ import httpx
 import openai
 import pytest
 
+from testkit.media import image_bytes
 from tests.e2e.conftest import start_server
 from tests.e2e.sse import StreamReader
-from tests.media import image_bytes
 
 pytestmark = pytest.mark.xdist_group("drain")
 

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from tests.media import (
+from testkit.media import (
     assert_no_leak,
     b64,
     data_url,

@@ -1,13 +1,11 @@
-"""Hostile media is refused fast, before work where it can be, without the server's memory growing."""
+"""Hostile media is refused before work where it can be, without the server's memory growing."""
 
 from __future__ import annotations
-
-import time
 
 import openai
 import pytest
 
-from tests.media import b64, data_url, image_bytes, long_silent_flac, png_header_only, video_bytes
+from testkit.media import b64, data_url, image_bytes, long_silent_flac, png_header_only, video_bytes
 
 pytestmark = pytest.mark.xdist_group("local")
 
@@ -25,7 +23,9 @@ def test_too_many_items_are_refused_before_any_fetch(local_server, origin):
     assert e.value.code == "too_many_media_items" and sum(origin.hits[f"/many-{i}.mp4"] for i in range(3)) == 0
 
 
-def test_bombs_are_refused_within_a_second_and_memory_stays_bounded(local_server, origin):
+def test_bombs_are_refused_before_decoding_and_memory_stays_bounded(local_server, origin):
+    """Each bomb is refused from its header, so no decode runs into its time limit (that kills and
+    replaces the decoder process); how fast a refusal is belongs to `python -m bench.stress`."""
     bombs = [
         ("image_too_large", {"type": "image_url", "image_url": {"url": origin.add(
             "/bomb.png", png_header_only(10000, 10000))}}),
@@ -38,14 +38,13 @@ def test_bombs_are_refused_within_a_second_and_memory_stays_bounded(local_server
         ("video_too_long", {"type": "video_url", "video_url": {"url": data_url("video/mp4", video_bytes(
             num_frames=2, fps=2, width=4000, height=64))}}),
     ]
-    rss_before = local_server.rss_bytes()
+    rss_before, processes = local_server.rss_bytes(), local_server.descendants()
     with local_server.client() as client:
         for code, part in bombs * 2:
-            started = time.monotonic()
             with pytest.raises(openai.BadRequestError) as e:
                 client.chat.completions.create(model="tiny", max_tokens=1, messages=[{"role": "user", "content": [part]}])
             assert e.value.code == code
-            assert time.monotonic() - started < 1.0, code
         assert local_server.rss_bytes() - rss_before < 150 * 2**20
+        assert local_server.descendants() == processes
         ok = client.chat.completions.create(model="tiny", max_tokens=1, messages=[{"role": "user", "content": "hi"}])
         assert ok.choices[0].finish_reason in ("length", "stop")

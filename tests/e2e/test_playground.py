@@ -19,8 +19,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from testkit.media import image_bytes, video_bytes
 from tests.e2e.conftest import API_KEYS, ServerProcess
-from tests.media import image_bytes, video_bytes
 
 pytestmark = pytest.mark.xdist_group("strict")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import openai
 import pytest
 
+from testkit.media import assert_no_leak, image_bytes
+from testkit.origin import Origin
 from tests.e2e.conftest import API_KEYS
-from tests.media import assert_no_leak, image_bytes
-from tests.origin import Origin
 
 pytestmark = pytest.mark.xdist_group("strict")
 

@@ -11,7 +11,7 @@ from model_runtime import load_pretrained_model
 from model_runtime.checkpoint_tools import make_demo
 from server.app import create_app
 from server.config import ServerConfig
-from tests.media import data_url, video_bytes
+from testkit.media import data_url, video_bytes
 
 # grid newlines need image_newline, which a plain `spatial` merge does not have (spec 2.5)
 NO_VIDEO = {"mm_patch_merge_type": "spatial", "mm_newline_position": "grid"}

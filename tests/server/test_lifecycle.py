@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import ServerConfig
-from tests.faults import FaultInjection, inject
-from tests.media import assert_no_leak
+from testkit.faults import FaultInjection, inject
+from testkit.media import assert_no_leak
 
 CONFIG = ServerConfig(model="tiny", served_model_name="tiny", media_workers=1, ready_stall_seconds=5)
 

@@ -1,38 +1,19 @@
-"""Helpers for the checkpoint tools: logits of a loaded model (and their gap to transformers' own
-class on the same ids and pixels), checkpoints taken apart."""
+"""Helpers for the checkpoint tests: the logit gap to transformers' own class on the same ids and
+pixels, a language-model-only base, the `small` demo checkpoint (the rest is in testkit.checkpoints)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from model_runtime import ChatTurn, load_pretrained_model
-from model_runtime.checkpoint.folder import is_language_model_key, weight_files
-from model_runtime.checkpoint.safetensors_io import SafetensorsFile
+from model_runtime.checkpoint.folder import is_language_model_key
 from model_runtime.checkpoint_tools import make_demo
-from model_runtime.checkpoint_tools.safetensors_write import save_state_dict
 from model_runtime.constants import IMAGE_TOKEN_INDEX
-from tests.conftest import random_image
-
-SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
-
-
-def logits_of(loaded, with_image: bool = True) -> torch.Tensor:
-    """Float32 logits [L, V] of one fixed prompt (one image when `with_image`, so the tower and
-    projector take part)."""
-    p = loaded.processor
-    media = [p.process_image(random_image(100, 60, seed=5), single_crop=False)] if with_image else []
-    text = ("<image>\n" if with_image else "") + "Describe the picture in a few words, please."
-    prompt = p.build_prompt([ChatTurn("user", text)], media)
-    model = loaded.model
-    with torch.no_grad():
-        items = model.encode_media(media)
-        embeds, mask, positions = model.prepare_inputs_for_multimodal([prompt.token_ids], [items])
-        return model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[0].float()
+from testkit.checkpoints import read_all, write_checkpoint
+from testkit.media import random_image
 
 
 def load_both(hf_dir: Path, hf_model_cls):
@@ -76,23 +57,6 @@ def logit_gap(hf, ours, kind: str = "image", size: tuple[int, int] = (160, 90), 
     assert mine.shape[1] == theirs.shape[1] == len(hf_ids)  # the same token count
     width = min(mine.shape[-1], theirs.shape[-1])
     return (mine[..., :width] - theirs[..., :width]).abs().max().item()
-
-
-def read_all(path: Path) -> dict[str, torch.Tensor]:
-    return {name: t for file in weight_files(Path(path)) for name, t in SafetensorsFile(file)}
-
-
-def write_checkpoint(src: Path, out: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int = 1 << 40,
-                     config: dict | None = None) -> Path:
-    """`tensors` as a checkpoint at `out`, with `src`'s config (or `config`) and tokenizer files."""
-    out.mkdir(parents=True)
-    save_state_dict(tensors, out, max_shard_bytes)
-    for name in SIDE_FILES:
-        if (src / name).exists():
-            shutil.copyfile(src / name, out / name)
-    if config is not None:
-        (out / "config.json").write_text(json.dumps(config, indent=2))
-    return out
 
 
 def language_model_only(src: Path, out: Path, **kw) -> Path:

@@ -13,7 +13,7 @@ import torch
 from model_runtime import ConfigError, load_pretrained_model
 from model_runtime.checkpoint_tools import make_demo
 from server.cli import main as cli
-from tests.model_runtime.checkpoint.conftest import logits_of, read_all
+from testkit.checkpoints import logits_of, read_all
 
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 

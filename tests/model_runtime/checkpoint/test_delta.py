@@ -15,7 +15,8 @@ from model_runtime.checkpoint.folder import is_language_model_key
 from model_runtime.checkpoint_tools import make_demo
 from model_runtime.checkpoint_tools.delta import _add, _subtract
 from server.cli import main as cli
-from tests.model_runtime.checkpoint.conftest import language_model_only, logits_of, read_all, write_checkpoint
+from testkit.checkpoints import PEAK_SCRIPT, logits_of, read_all, write_checkpoint
+from tests.model_runtime.checkpoint.conftest import language_model_only
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +130,6 @@ def test_refusals_write_nothing(bf16_pair, tiny_checkpoint, tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err and not (tmp_path / "o5").exists()
 
 
-PEAK_SCRIPT = """
-import json, re, sys
-from model_runtime.checkpoint_tools import apply_delta
-
-def status(key):
-    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
-
-open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
-before = status("VmRSS")
-apply_delta(sys.argv[1], sys.argv[2], sys.argv[3])
-print(json.dumps({"before": before, "peak": status("VmHWM")}))
-"""
 MiB = 1 << 20
 OVERHEAD = 32 * MiB  # imports touched on first use, allocator slack: measured 16-18 MiB with any shard size
 

@@ -18,8 +18,9 @@ from model_runtime import ConfigError, LlavaConfig, load_pretrained_model
 from model_runtime.checkpoint.hf_layout import llava_aspect_ratio, orig_config
 from model_runtime.checkpoint_tools import make_demo
 from model_runtime.checkpoint_tools.hf_export import export_hf
+from testkit.checkpoints import logits_of
 from tests.conftest import random_image
-from tests.model_runtime.checkpoint.conftest import load_both, logit_gap, logits_of
+from tests.model_runtime.checkpoint.conftest import load_both, logit_gap
 
 TOLERANCE = 1e-4  # float32, eager attention on both sides
 SIZES = ((160, 90), (37, 120))  # (w, h): wide, tall

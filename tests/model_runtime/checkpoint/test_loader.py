@@ -14,7 +14,7 @@ from model_runtime import ConfigError, load_pretrained_model
 from model_runtime.checkpoint.loader import context_length
 from model_runtime.checkpoint.tokens import IM_END_TOKEN, IM_PATCH_TOKEN, IM_START_TOKEN
 from model_runtime.checkpoint_tools import make_demo
-from tests.model_runtime.checkpoint.conftest import logits_of, read_all, write_checkpoint
+from testkit.checkpoints import logits_of, read_all, write_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from model_runtime import ConfigError, load_pretrained_model
 from model_runtime.checkpoint_tools import make_demo
 from server.cli import main as cli
-from tests.model_runtime.checkpoint.conftest import logits_of
+from testkit.checkpoints import logits_of
 
 TOLERANCE = 1e-5
 

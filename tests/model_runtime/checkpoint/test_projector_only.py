@@ -13,7 +13,8 @@ from model_runtime.checkpoint.folder import is_language_model_key
 from model_runtime.checkpoint.tower_source import TOWER_PREFIX
 from model_runtime.checkpoint_tools import make_demo
 from model_runtime.checkpoint_tools.safetensors_write import save_tensors
-from tests.model_runtime.checkpoint.conftest import language_model_only, logits_of, read_all
+from testkit.checkpoints import logits_of, read_all
+from tests.model_runtime.checkpoint.conftest import language_model_only
 
 
 def split_checkpoint(full: Path, root: Path) -> tuple[Path, Path, Path]:

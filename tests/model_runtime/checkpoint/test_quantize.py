@@ -9,8 +9,8 @@ from torch import nn
 
 from model_runtime import ChatTurn, Engine, Request, SamplingParams, load_pretrained_model
 from model_runtime.checkpoint.quantize import quantized_module_names, weight_bytes
+from testkit.checkpoints import logits_of
 from tests.conftest import random_image
-from tests.model_runtime.checkpoint.conftest import logits_of
 
 # Measured on `small` (seeds 0-2; bench/checkpoint_tools.py), bf16 reference, text prompt: 8-bit max |diff|
 # 0.039-0.043, relative RMS 0.025-0.027; 4-bit max |diff| 0.32-0.44, relative RMS 0.24-0.30 (random weights,

@@ -8,7 +8,7 @@ import pytest
 from server.config import MediaLimits
 from server.media import MediaError
 from server.media.audio import TARGET_RATE, decode_audio
-from tests.media import audio_bytes, long_silent_flac
+from testkit.media import audio_bytes, long_silent_flac
 
 LIMITS = MediaLimits()
 

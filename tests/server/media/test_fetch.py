@@ -11,7 +11,7 @@ import pytest
 from server.config import FetchPolicy
 from server.media import MediaError
 from server.media.fetch import MediaFetcher, is_refused_address, parse_host
-from tests.origin import Origin
+from testkit.origin import Origin
 
 
 @pytest.fixture(scope="module")

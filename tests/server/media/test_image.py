@@ -10,7 +10,7 @@ from PIL import Image
 from server.config import MediaLimits
 from server.media import MediaError
 from server.media.image import decode_image
-from tests.media import image_bytes, png_header_only
+from testkit.media import image_bytes, png_header_only
 
 LIMITS = MediaLimits()
 

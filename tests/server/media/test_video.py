@@ -8,7 +8,7 @@ import pytest
 from server.config import MediaLimits
 from server.media import MediaError
 from server.media.video import decode_video, probe_video
-from tests.media import image_bytes, video_bytes
+from testkit.media import image_bytes, video_bytes
 
 LIMITS = MediaLimits()
 
