@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
 BUSY_TIMEOUT_S = 30.0  # SQLite: how long a writer waits for another's lock before failing
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: a database server that does not answer fails start-up, not hangs it
 POOL_SIZE = 8  # connections (and store threads): enough for the routes and a batch runner at once
 _IS_WRITE = "llava_is_write"  # the execution option that marks a write transaction
 
@@ -87,4 +88,5 @@ def _sqlite_engine(url: URL) -> Engine:
 
 
 def _postgres_engine(url: URL) -> Engine:
-    return create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_pre_ping=True)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_pre_ping=True,
+                         connect_args={"connect_timeout": CONNECT_TIMEOUT_S})

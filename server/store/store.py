@@ -17,9 +17,12 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from server.config import StoreConfig
 from server.store import batches, files, responses
 from server.store.database import POOL_SIZE, Database
+from server.store.errors import StoreError
 from server.store.migrations import migrate
 from server.store.records import (
     Batch,
@@ -53,6 +56,9 @@ class StateStore:
         store = cls(Database(config.url()), config, clock)
         try:
             applied = await store._run(migrate, store.db)
+        except SQLAlchemyError as e:  # the driver's own words, without SQLAlchemy's statement and link
+            await store.close()
+            raise StoreError(f"{store.db.shown_url}: {' '.join(str(getattr(e, 'orig', None) or e).split())}") from e
         except BaseException:
             await store.close()
             raise
