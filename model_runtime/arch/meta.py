@@ -23,21 +23,21 @@ from model_runtime.arch import layout, merge
 from model_runtime.arch.audio import WhisperAudioTower, build_audio_tower
 from model_runtime.arch.encoding import VISUAL_MODALITIES, EncodingJob
 from model_runtime.arch.projector import SpeechProjector, build_vision_projector
+from model_runtime.arch.segments import MediaMismatchError, TextRun, split_prompt
 from model_runtime.arch.vision import build_vision_tower
 from model_runtime.config import LlavaConfig
 from model_runtime.constants import IGNORE_INDEX
 from model_runtime.inputs import EncodedItem, MediaInput
 
 
-class MediaMismatchError(ValueError):
-    """Placeholders and media items of a row disagree (ORIG reused or dropped items silently)."""
-
-
 class LlavaMetaModel(nn.Module):
     """Mixin placed before the transformers base model class (ORIG LlavaMetaModel); its
     `nn.Module` base comes after that class in the MRO, so `super().__init__` reaches the model."""
 
-    embed_tokens: nn.Embedding  # the base model's
+    embed_tokens: nn.Embedding  # the base model's, as are the three below
+    layers: nn.ModuleList
+    rotary_emb: Any  # each family's own rotary embedding and RMSNorm classes
+    norm: Any
     image_newline: nn.Parameter  # [D], with `has_image_newline`
     faster_token: nn.Parameter  # [D], with `add_faster_video`
     speech_encoder: WhisperAudioTower  # with an audio tower
@@ -64,11 +64,49 @@ class LlavaMetaForCausalLM:
 
     # set by the transformers causal LM this mixin is combined with
     model: LlavaMetaModel
+    config: Any  # the language model's transformers config
+    lm_head: nn.Linear
     training: bool
 
     @property
     def llava_config(self) -> LlavaConfig:
         return self.model.llava_config
+
+    # -- what the serving engine reads (engine/served_model.py) ------------------------------
+    @property
+    def text_config(self) -> Any:
+        """The language model's transformers config (layers, heads, sizes, attention implementation)."""
+        return self.config
+
+    @property
+    def compute_device(self) -> torch.device:
+        """Where the language model's inputs go (the token embeddings' device)."""
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the language model's activations and of its KV cache (quantized linears included)."""
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def logits_size(self) -> int:
+        """Width of the output head's logits (can exceed the tokenizer's vocabulary)."""
+        return self.lm_head.out_features
+
+    @property
+    def decoder_layers(self) -> Sequence[nn.Module]:
+        """The decoder layers the forward runs, in order."""
+        return list(self.model.layers)[: self.text_config.num_hidden_layers]
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(ids)
+
+    def rotary_embeddings(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.rotary_emb(hidden, position_ids)
+
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last decoder layer's hidden states [R, D] -> float32 logits [R, V]."""
+        return self.lm_head(self.model.norm(hidden)).float()
 
     # -- encoding ---------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -254,28 +292,11 @@ class LlavaMetaForCausalLM:
         if labels is not None and (len(labels) != len(ids) or span is not None):
             raise ValueError(f"row {b}: {len(labels)} labels for {len(ids)} ids" if span is None
                              else f"row {b}: labels need the whole row")
-        queues: dict[int, list] = {}
-        for item in items:
-            queues.setdefault(item.sentinel, []).append(item)
-        wanted: dict[int, int] = {}
-        for t in ids:
-            if t < 0:
-                wanted[t] = wanted.get(t, 0) + 1
-        have = {s: len(q) for s, q in queues.items()}
-        if wanted != have:
-            raise MediaMismatchError(f"row {b}: placeholders by sentinel {wanted} but items {have}")
-        taken = dict.fromkeys(queues, 0)
-        # segments of the spliced row: ("text", first index into ids, count) or ("media", item)
-        segments: list[tuple] = []
-        run_start = 0
-        for i, t in enumerate(ids):
-            if t < 0:
-                segments.append(("text", run_start, i - run_start))
-                segments.append(("media", queues[t][taken[t]]))
-                taken[t] += 1
-                run_start = i + 1
-        segments.append(("text", run_start, len(ids) - run_start))
-        total = sum(seg[2] if seg[0] == "text" else seg[1].num_tokens for seg in segments)
+        try:  # the one pairing of sentinels with items (segments.py): the engine's block hashes use it too
+            segments = split_prompt(ids, [it.sentinel for it in items], [it.num_tokens for it in items])
+        except MediaMismatchError as e:
+            raise MediaMismatchError(f"row {b}: {e}") from None
+        total = sum(seg.num_tokens for seg in segments)
         first, end = span if span is not None else (0, total)
         if not 0 <= first < end <= total:
             raise ValueError(f"row {b}: span {span} outside its {total} positions")
@@ -284,11 +305,10 @@ class LlavaMetaForCausalLM:
         picked: list[tuple[int | EncodedItem | MediaInput, int, int]] = []
         pos = 0
         for seg in segments:
-            n = seg[2] if seg[0] == "text" else seg[1].num_tokens
-            lo, hi = max(first, pos) - pos, min(end, pos + n) - pos
+            lo, hi = max(first, pos) - pos, min(end, pos + seg.num_tokens) - pos
             if lo < hi:
-                picked.append((seg[1], lo, hi))
-            pos += n
+                picked.append((seg.start if isinstance(seg, TextRun) else items[seg.item], lo, hi))
+            pos += seg.num_tokens
             if pos >= end:
                 break
         text_ids = [t for start, lo, hi in picked if isinstance(start, int)

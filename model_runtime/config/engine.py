@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+GPU_STEP_TOKENS = 4096  # max_num_batched_tokens when none is given, off the CPU
+IDLE_STEP_FACTOR = 4  # a step in which no sequence decodes gets this many times the budget (no stream waits)
+KV_AUTO_CPU_BYTES = 4 * 2**30  # kv_cache_memory "auto" on the CPU: at most this, and at most half of what is available
+KV_AUTO_CUDA_SHARE = 0.8  # kv_cache_memory "auto" on a GPU: this share of its free memory once the model is loaded
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -13,12 +18,12 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the checkpoint's context length (and at most what the KV cache holds)
     seed: int = 0  # seeds the choice of seeds for requests that give none
     # KV cache size: bytes (int), a share of the memory available at start-up (float in (0, 1]), or None:
-    # auto (CUDA: 0.8 of free device memory; CPU: min(4 GiB, half of the available memory))
+    # auto (KV_AUTO_CUDA_SHARE of free device memory; CPU: at most KV_AUTO_CPU_BYTES and half of what is available)
     kv_cache_memory: int | float | None = None
     block_size: int = 16  # token positions per KV block
     # work per step, in prompt tokens at zero context (decode rows count one each and always run; a later
-    # prompt token and a slice of encoder work count what their FLOPs are worth). None: 4096 on a GPU; on
-    # the CPU paced by time, see step_seconds
+    # prompt token and a slice of encoder work count what their FLOPs are worth). None: GPU_STEP_TOKENS on a
+    # GPU; on the CPU paced by time, see step_seconds
     max_num_batched_tokens: int | None = None
     # CPU, no max_num_batched_tokens: each step in which some sequence decodes is sized to last about this
     # long, from the engine's own step timings (engine/pacing.py); the longest token gap of a stream while

@@ -22,8 +22,11 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+from model_runtime.arch.segments import ItemRun, split_prompt
 
 BlockHash = bytes
 NULL_BLOCK = 0  # all zeros, never allocated: pads the block tables of a padded attention read
@@ -53,6 +56,16 @@ class MediaSegment:
 
     key: str
     num_tokens: int
+    item: int = 0  # its index among the request's media items
+
+
+class MediaSpan(NamedTuple):
+    """Positions [start, stop) of a prompt hold the rows of media item `item` (content key `key`)."""
+
+    start: int
+    stop: int
+    key: str
+    item: int
 
 
 Segment = TextSegment | MediaSegment
@@ -69,27 +82,23 @@ class PromptLayout:
             total += s.num_tokens
         self.starts = tuple(starts)
         self.num_tokens = total
-        self.media_spans = tuple((start, start + s.num_tokens, s.key) for start, s in zip(starts, self.segments,
-                                 strict=True) if isinstance(s, MediaSegment))  # (first, end, key) per item
+        self.media_spans = tuple(MediaSpan(start, start + s.num_tokens, s.key, s.item)
+                                 for start, s in zip(starts, self.segments, strict=True)
+                                 if isinstance(s, MediaSegment))  # in position order
 
     @classmethod
-    def from_ids(cls, token_ids: Sequence[int], media: Sequence[tuple[str, int]]) -> PromptLayout:
-        """Token ids with one negative sentinel per media item; `media[i]` = (key, rows) of item i."""
-        segments: list[Segment] = []
-        run: list[int] = []
-        items = iter(media)
-        for t in token_ids:
-            if t >= 0:
-                run.append(t)
-                continue
-            segments.append(TextSegment(tuple(run)))
-            run = []
-            key, rows = next(items)
-            segments.append(MediaSegment(key, rows))
-        segments.append(TextSegment(tuple(run)))
-        if next(items, None) is not None:
-            raise ValueError("more media items than sentinels")
-        return cls(segments)
+    def from_ids(cls, token_ids: Sequence[int], keys: Sequence[str], sentinels: Sequence[int],
+                 num_tokens: Sequence[int]) -> PromptLayout:
+        """Token ids with one negative sentinel per media item; item i has content key `keys[i]`,
+        sentinel `sentinels[i]` and `num_tokens[i]` rows. Sentinels take items by the model's own
+        rule (arch/segments.py), so the layout hashed here is the one the model splices."""
+        if len(keys) != len(sentinels):
+            raise ValueError(f"{len(keys)} keys for {len(sentinels)} items")
+        return cls([
+            MediaSegment(keys[seg.item], seg.num_tokens, seg.item) if isinstance(seg, ItemRun)
+            else TextSegment(tuple(token_ids[seg.start : seg.stop]))
+            for seg in split_prompt(token_ids, sentinels, num_tokens)
+        ])
 
     def describe(self, start: int, end: int) -> bytes:
         """Bytes naming what fills positions [start, end) (<= num_tokens): 4 bytes per token id, and

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from model_runtime.arch.attention import DecodeGroup, PagedAttentionInputs, PromptChunk
+from model_runtime.config.engine import KV_AUTO_CPU_BYTES, KV_AUTO_CUDA_SHARE
 from model_runtime.engine.blocks import NULL_BLOCK
+from model_runtime.engine.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 
-GiB = 2**30
-CPU_AUTO_BYTES = 4 * GiB  # "auto" on the CPU: at most this, and at most half of the available memory
-CUDA_AUTO_FRACTION = 0.8  # "auto" on a GPU: this share of its free memory once the model is loaded
 DECODE_GROUP_SLACK = 1.25  # a decode group's padded reads stay within this x its real keys (+ a block per row)
 IN_PLACE_MIN_POSITIONS = 2048  # a decode row this long whose blocks form few runs is read alone, in place
 IN_PLACE_MAX_RUNS = 4
@@ -60,28 +59,28 @@ def available_memory(device: torch.device) -> int:
 
 def kv_cache_bytes(setting: int | float | None, device: torch.device) -> int:
     """The cache's size from `EngineConfig.kv_cache_memory`: bytes (int), a share of what is
-    available now (float in (0, 1]), or None for auto (see the constants above)."""
+    available now (float in (0, 1]), or None for auto (config/engine.py's KV_AUTO_*)."""
     if isinstance(setting, int) and not isinstance(setting, bool):
         return setting
     free = available_memory(device)
     if setting is not None:
         return int(free * setting)
     if device.type == "cuda":
-        return int(free * CUDA_AUTO_FRACTION)
-    return min(CPU_AUTO_BYTES, free // 2)
+        return int(free * KV_AUTO_CUDA_SHARE)
+    return min(KV_AUTO_CPU_BYTES, free // 2)
 
 
 class KVCache:
-    def __init__(self, model, num_blocks: int, block_size: int) -> None:
-        layers, kv_heads, head_dim = kv_dims(model.config)
-        dtype = model.model.embed_tokens.weight.dtype
+    def __init__(self, model: ServedModel, num_blocks: int, block_size: int) -> None:
+        _, kv_heads, head_dim = kv_dims(model.text_config)
+        dtype = model.compute_dtype
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.dtype = dtype
         self.key_cache: list[torch.Tensor] = []
         self.value_cache: list[torch.Tensor] = []
-        for layer in model.model.layers[:layers]:
-            device = layer.input_layernorm.weight.device
+        for layer in model.decoder_layers:
+            device = next(layer.parameters()).device  # each layer's cache beside its weights
             for store in (self.key_cache, self.value_cache):
                 t = torch.empty(kv_heads, num_blocks, block_size, head_dim, dtype=dtype, device=device)
                 t[:, NULL_BLOCK].zero_()

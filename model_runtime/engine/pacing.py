@@ -20,13 +20,23 @@ budget for a step with decode rows = (step_seconds - decode_seconds) / token_sec
 `min_tokens` so prompts always move. Steps where nothing decodes stall no stream and get
 `idle_factor` x step_seconds. Estimates are exponential moving averages, each observation clamped
 to a factor of the current estimate, so one step slowed by a neighbour on the machine moves the
-budget only a little. The first estimate of both rates comes from a timed matmul (the engine's
-start-up measurement), so the first steps are sized before any has run.
+budget only a little. The first estimate of both rates comes from a matmul of the model's own
+shape timed at start-up (`cpu_token_rate`), so the first steps are sized before any has run.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
+
+import torch
+
+from model_runtime.arch.cost import LanguageCost
+from model_runtime.config.engine import IDLE_STEP_FACTOR
+from model_runtime.engine.served_model import ServedModel
+
+log = logging.getLogger(__name__)
 
 SMOOTHING = 0.3  # weight of a new observation
 MAX_JUMP = 2.0  # one observation moves an estimate by at most this factor
@@ -40,7 +50,7 @@ class StepPacer:
     encoder_seconds: float = 0.0  # seconds per budget token of encoder work (0: token_seconds at first)
     min_tokens: int = 32
     max_tokens: int = 8192
-    idle_factor: int = 4
+    idle_factor: int = IDLE_STEP_FACTOR
     decode_seconds: dict[int, float] = field(default_factory=dict)  # decode rows -> seconds of such a step
 
     def __post_init__(self) -> None:
@@ -94,3 +104,33 @@ def _blend(old: float, new: float, share: float = 1.0) -> float:
     new = min(max(new, old / MAX_JUMP), old * MAX_JUMP)
     weight = SMOOTHING * share
     return (1 - weight) * old + weight * new
+
+
+def cpu_token_rate(model: ServedModel, cost: LanguageCost) -> float:
+    """Budget tokens per second this CPU's matmul promises: the pacer's first estimate, before any
+    step has run (the CPU's speed varies a hundredfold between machines and dtypes). Timed on the
+    model's own matmul shape, on 256 rows where it runs at its full rate, unless 16 rows already
+    show it is slow."""
+    device, dtype = model.compute_device, model.compute_dtype
+    inner, outer = model.text_config.hidden_size, model.text_config.intermediate_size
+    flops = _matmul_flops(device, dtype, 16, inner, outer)
+    if flops > 5e9:
+        flops = _matmul_flops(device, dtype, 256, inner, outer)
+    if dtype != torch.float32:
+        fp32 = _matmul_flops(device, torch.float32, 16, inner, outer)
+        if fp32 > 4 * flops:
+            log.warning("this CPU multiplies %s matrices %.0fx slower than float32 (%.1f against %.1f GFLOP/s): "
+                        "serve with --dtype float32", str(dtype).removeprefix("torch."), fp32 / flops,
+                        flops / 1e9, fp32 / 1e9)
+    return flops / cost.token_flops
+
+
+def _matmul_flops(device: torch.device, dtype: torch.dtype, rows: int, inner: int, outer: int) -> float:
+    a = torch.randn(rows, inner, dtype=dtype, device=device)
+    b = torch.randn(inner, outer, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * rows * inner * outer / best

@@ -53,6 +53,10 @@ class SamplingParamsError(RequestInputError):
         self.param = param
 
 
+class PromptTooLongError(RequestInputError):
+    """A prompt that leaves no room for one generated token in the engine's context."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to choose tokens for one request. Ranges follow the OpenAI API (and vLLM for extensions)."""

@@ -6,12 +6,15 @@ rows' single tokens are embedded directly, prompt chunks are spliced by
 the decoder layers run over the packed tokens with paged attention (arch/attention.py), which
 writes each token's keys and values into its sequence's blocks. Logits come back only for rows
 that sample. A failed forward changes nothing the scheduler relies on: only positions not yet
-counted as computed were written. `run_encoder(key, units)` advances one media item's encoding
-(arch/encoding.py). The runner never touches scheduler state and knows nothing of sampling or text.
+counted as computed were written. `run_encoder(job, units)` runs the units of one media item's
+encoding that the step's plan names (arch/encoding.py; which jobs exist is media_work.py's). The
+runner never touches scheduler state and knows nothing of sampling or text. It reads the model
+only through `ServedModel` (served_model.py).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +24,11 @@ import torch
 from model_runtime.arch.attention import ATTN_IMPLEMENTATION
 from model_runtime.arch.encoding import EncodingJob
 from model_runtime.config import EngineConfig
-from model_runtime.engine.encoder_cache import EncoderCache
 from model_runtime.engine.kv import KVCache, StepRow, paged_inputs
+from model_runtime.engine.served_model import ServedModel
 from model_runtime.inputs import EncodedItem, MediaInput
+
+log = logging.getLogger(__name__)
 
 # Messages of accelerator errors after which the device state cannot be trusted.
 _FATAL_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "unspecified launch failure",
@@ -59,13 +64,22 @@ class ForwardRow:
 ForwardHook = Callable[[int, Sequence[ForwardRow]], None]
 
 
+@dataclass
+class IsolatedForward:
+    """A forward retried in parts until only the rows that fail on their own are left out."""
+
+    groups: list[tuple[list[int], torch.Tensor]]  # indices of rows computed together, and their logits
+    failed: list[tuple[int, str]]  # index of each row whose forward failed alone, and why
+
+
 class ModelRunner:
-    def __init__(self, model, config: EngineConfig, num_blocks: int) -> None:
+    def __init__(self, model: ServedModel, config: EngineConfig, num_blocks: int) -> None:
         self.model = model
-        self.device = model.model.embed_tokens.weight.device
+        self.max_rows = config.max_num_seqs  # rows in one forward; halved after an out-of-memory error
+        self.num_out_of_memory = 0  # out-of-memory errors recovered by splitting a forward
+        self.device = model.compute_device
+        self.layers = model.decoder_layers
         self.kv = KVCache(model, num_blocks, config.block_size)
-        self.encoder_cache = EncoderCache(config.encoder_cache_bytes)
-        self.jobs: dict[str, EncodingJob] = {}  # media key -> encoding under way
         self.forward_seconds = 0.0  # LM forwards, cumulative
         self.encoder_seconds = 0.0  # media encoder work, cumulative
         self.step_index = 0  # the engine step (from 1) this forward belongs to; set by the engine
@@ -74,44 +88,26 @@ class ModelRunner:
         self.forward_hook: ForwardHook | None = None
 
     # -- encoders ---------------------------------------------------------------------------
-    def start_job(self, key: str, item: MediaInput, max_crops: int) -> EncodingJob:
-        job = self.jobs.get(key)
-        if job is None:
-            job = self.jobs[key] = self.model.start_encoding(item, max_crops)
-        return job
-
-    def cancel_job(self, key: str) -> None:
-        self.jobs.pop(key, None)
-
     @torch.inference_mode()
-    def run_encoder(self, key: str, num_units: int) -> EncodedItem | None:
-        """Advance `key`'s job by `num_units`; its rows once it is done (then also in the encoder cache)."""
-        job = self.jobs[key]
+    def run_encoder(self, job: EncodingJob, num_units: int) -> EncodedItem | None:
+        """Advance `job` by `num_units`; its rows once it is done."""
         start = time.perf_counter()
         try:
             job.run(num_units)
-        except BaseException:
-            del self.jobs[key]
-            raise
         finally:
             seconds = self._elapsed(start)
             job.seconds += seconds
             self.encoder_seconds += seconds
-        if not job.is_done:
-            return None
-        del self.jobs[key]
-        item = job.result()
-        self.encoder_cache.put(key, item)
-        return item
+        return job.result() if job.is_done else None
 
     # -- the language model -----------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, rows: Sequence[ForwardRow]) -> torch.Tensor:
         """Compute every row's positions; next-token logits [rows wanting them, V] float32."""
         lm = self.model
-        if lm.config._attn_implementation != ATTN_IMPLEMENTATION:
-            raise RuntimeError(f"the engine needs attn_implementation={ATTN_IMPLEMENTATION!r}, "
-                               f"not {lm.config._attn_implementation!r}")
+        attn = lm.text_config._attn_implementation
+        if attn != ATTN_IMPLEMENTATION:
+            raise RuntimeError(f"the engine needs attn_implementation={ATTN_IMPLEMENTATION!r}, not {attn!r}")
         embeds, positions = self._inputs(rows)
         step_rows, query_start = [], 0
         for row in rows:
@@ -122,21 +118,51 @@ class ModelRunner:
                              if row.wants_logits], dtype=torch.long, device=self.device)
         start = time.perf_counter()
         try:
-            base = lm.model
             hidden = embeds[None]  # [1, T, D]
             position_ids = positions[None]
-            position_embeddings = base.rotary_emb(hidden, position_ids)
-            layers = base.layers[: lm.config.num_hidden_layers]
-            for i, layer in enumerate(layers):
-                if self.forward_hook is not None and i == len(layers) - 1:
+            position_embeddings = lm.rotary_embeddings(hidden, position_ids)
+            for i, layer in enumerate(self.layers):
+                if self.forward_hook is not None and i == len(self.layers) - 1:
                     self.forward_hook(self.step_index, rows)
                 hidden = layer(hidden, attention_mask=None, position_ids=position_ids,
                                position_embeddings=position_embeddings, paged=paged)
-            hidden = base.norm(hidden[0].index_select(0, ends.to(hidden.device)))
-            logits = lm.lm_head(hidden).float()  # [R, V]
+            logits = lm.next_token_logits(hidden[0].index_select(0, ends.to(hidden.device)))  # [R, V]
         finally:
             self.forward_seconds += self._elapsed(start)
         return logits
+
+    def forward_isolated(self, rows: Sequence[ForwardRow]) -> IsolatedForward:
+        """`forward` over at most `max_rows` rows at a time; a failing forward is retried in halves (out
+        of memory: `max_rows` shrinks too) or row by row, so only the rows that fail alone fail. A fatal
+        device error propagates (`is_fatal`)."""
+        result = IsolatedForward([], [])
+        indices = list(range(len(rows)))
+        for start in range(0, len(rows), self.max_rows):
+            self._forward_part(rows, indices[start : start + self.max_rows], result)
+        return result
+
+    def _forward_part(self, rows: Sequence[ForwardRow], part: list[int], result: IsolatedForward) -> None:
+        try:
+            result.groups.append((part, self.forward([rows[i] for i in part])))
+            return
+        except Exception as error:
+            if is_fatal(error):
+                raise
+            if len(part) == 1:
+                log.error("the forward failed for %s", rows[part[0]].row_id, exc_info=error)
+                result.failed.append((part[0], f"{type(error).__name__}: {error}"[:500]))
+                return
+            if is_out_of_memory(error):
+                self.num_out_of_memory += 1
+                half = len(part) // 2
+                self.max_rows = max(1, min(self.max_rows, half))
+                pieces = [part[:half], part[half:]]
+            else:
+                pieces = [[i] for i in part]
+            log.warning("a forward of %d sequences failed (%s); retrying in %d parts",
+                        len(part), type(error).__name__, len(pieces))
+        for piece in pieces:
+            self._forward_part(rows, piece, result)
 
     def _inputs(self, rows: Sequence[ForwardRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed embeddings [T, D] and positions [T] of every row's positions, in row order (decode
@@ -147,7 +173,7 @@ class ModelRunner:
         embeds, positions = [], []
         if num_decode:
             ids = torch.tensor([r.token_ids[-1] for r in rows[:num_decode]], dtype=torch.long, device=self.device)
-            embeds.append(self.model.model.embed_tokens(ids))
+            embeds.append(self.model.embed_ids(ids))
             positions.append(torch.tensor([r.start for r in rows[:num_decode]], dtype=torch.long, device=self.device))
         chunks = rows[num_decode:]
         if chunks:

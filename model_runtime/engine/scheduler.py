@@ -17,18 +17,20 @@ work for its FLOPs; arch/cost.py). Each step:
 When a running sequence needs a block and none is free, the newest running sequence is preempted:
 its blocks go back (full ones stay in the prefix cache) and it waits at the head of the queue to
 be recomputed, prompt and generated tokens, before it continues. Sees no tensors: KV blocks are
-ids from `BlockPool`, encoder work is a list of unit costs per media key (`encoder_work`), and
-`resolve_media` (the engine's) finds or starts the encoding of a sequence's media.
+ids from `BlockPool`; media encodings are `MediaWork`'s (media_work.py), which finds or starts a
+prompt's encodings and says what their units left cost; the plan names the units to run, the
+runner runs them. What one `schedule()` call decides so far (the output, the budget left, the
+units planned, who has a chunk) is a `StepPlanner` made for that call, not scheduler state.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from model_runtime.arch.cost import LanguageCost
 from model_runtime.engine.blocks import BlockPool, extend_hashes
+from model_runtime.engine.media_work import MediaWork
 from model_runtime.engine.request import Request, RequestStatus
 from model_runtime.engine.state import SequenceState
 
@@ -69,9 +71,36 @@ class SchedulerOutput:
         return sum(c.num_tokens for c in self.chunks if not c.is_decode)
 
 
+@dataclass
+class StepPlanner:
+    """One `schedule()` call's decisions so far: the plan, the budget left, encoder units planned."""
+
+    out: SchedulerOutput
+    budget: float  # budget tokens left
+    start_budget: float
+    planned: dict[str, int] = field(default_factory=dict)  # media key -> units planned this step
+    scheduled: dict[int, ScheduledChunk] = field(default_factory=dict)  # id(seq) -> its chunk
+
+    @property
+    def has_prompt_work(self) -> bool:
+        return any(not c.is_decode for c in self.out.chunks)
+
+    def add_chunk(self, chunk: ScheduledChunk) -> None:
+        self.out.chunks.append(chunk)
+        self.scheduled[id(chunk.seq)] = chunk
+
+    def drop_chunk(self, seq: SequenceState) -> None:
+        chunk = self.scheduled.pop(id(seq), None)
+        if chunk is not None:
+            self.out.chunks.remove(chunk)
+
+    def has_encoder_work(self, seq: SequenceState) -> bool:
+        return any(self.planned.get(key) for key in seq.state.media_keys)
+
+
 class Scheduler:
     def __init__(self, max_num_seqs: int, step_tokens: int, pool: BlockPool, block_size: int, cost: LanguageCost,
-                 resolve_media: Callable[[SequenceState], None] | None = None, idle_step_factor: int = 1) -> None:
+                 media: MediaWork | None = None, idle_step_factor: int = 1) -> None:
         self.max_num_seqs = max_num_seqs  # lowered by the engine after an out-of-memory error
         self.step_tokens = step_tokens
         self.idle_step_factor = idle_step_factor  # the budget's multiple in steps where no sequence decodes
@@ -79,10 +108,9 @@ class Scheduler:
         self.pool = pool
         self.block_size = block_size
         self.cost = cost
-        self.resolve_media = resolve_media or (lambda seq: None)
+        self.media = media  # None: no request has media
         self.waiting: deque[SequenceState] = deque()
         self.running: list[SequenceState] = []  # hold blocks; admission order (the last is the newest)
-        self.encoder_work: dict[str, list[float]] = {}  # media key -> cost of each unit left, in tokens
         self.num_preemptions = 0
 
     # -- queue ------------------------------------------------------------------------------
@@ -105,7 +133,22 @@ class Scheduler:
     @property
     def num_rows(self) -> int:
         """Rows held: running sequences, plus the choices a running choice 0 will fork into."""
-        return sum(1 + self._reserved(s) for s in self.running)
+        return sum(1 + s.reserved_rows for s in self.running)
+
+    @property
+    def num_decoding(self) -> int:
+        return sum(1 for seq in self.running if seq.is_decoding)
+
+    def num_kv_tokens(self) -> int:
+        """Positions held in KV blocks by running sequences, each shared position once."""
+        filled: dict[int, int] = {}
+        bs = self.block_size
+        for seq in self.running:
+            for i, block in enumerate(seq.block_ids):
+                n = min(bs, max(0, seq.num_computed - i * bs))
+                if n > filled.get(block, 0):
+                    filled[block] = n
+        return sum(filled.values())
 
     def expired(self, now: float) -> list[Request]:
         out: dict[int, Request] = {}
@@ -117,42 +160,35 @@ class Scheduler:
 
     # -- one step ---------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
-        self._planned: dict[str, int] = {}  # media key -> units planned this step
-        self._scheduled: dict[int, ScheduledChunk] = {}  # id(seq) -> its chunk
-        decoding = any(seq.is_decoding for seq in self.running)
         # nobody waits for a token: a longer step stalls no stream and runs prompt work more efficiently
-        budget = start = float(self.step_tokens * (1 if decoding else self.idle_step_factor))
+        budget = float(self.step_tokens * (1 if self.num_decoding else self.idle_step_factor))
+        step = StepPlanner(SchedulerOutput(), budget, budget)
         for seq in list(self.running):
-            if seq.is_decoding and seq in self.running and self._grow(seq, seq.num_computed + 1, out):
-                self._add_chunk(out, ScheduledChunk(seq, seq.num_computed, 1))
-                budget -= 1
+            if seq.is_decoding and seq in self.running and self._grow(seq, seq.num_computed + 1, step):
+                step.add_chunk(ScheduledChunk(seq, seq.num_computed, 1))
+                step.budget -= 1
         for seq in list(self.running):
-            if seq in self.running and id(seq) not in self._scheduled:
-                budget = self._schedule_prompt(seq, budget, out)
-        while self.waiting and budget > 0:
+            if seq in self.running and id(seq) not in step.scheduled:
+                self._schedule_prompt(seq, step)
+        while self.waiting and step.budget > 0:
             seq = self.waiting[0]
-            if self.num_rows + 1 + self._reserved(seq) > self.max_num_seqs and self.running:
+            if self.num_rows + 1 + seq.reserved_rows > self.max_num_seqs and self.running:
                 break
-            if not self._admit(seq, budget, out):
+            if not self._admit(seq, step):
                 break
-            budget = self._budget_left
-        out.prompt_cost = start - budget - out.num_decode_tokens - out.encoder_cost * self.encoder_price
+        out = step.out
+        out.prompt_cost = step.start_budget - step.budget - out.num_decode_tokens - out.encoder_cost * self.encoder_price
         return out
 
-    def _reserved(self, seq: SequenceState) -> int:
-        """Rows a choice 0 keeps for the choices it will fork into."""
-        return seq.request.params.n - 1 if seq.index == 0 and not seq.state.is_forked else 0
-
-    def _admit(self, seq: SequenceState, budget: float, out: SchedulerOutput) -> bool:
-        """Try to start the head of the queue; on success it runs and holds blocks."""
+    def _admit(self, seq: SequenceState, step: StepPlanner) -> bool:
+        """Try to start the head of the queue; True if it runs (and holds blocks) now."""
         seq.block_ids = self._lookup_prefix(seq)
         seq.num_computed = num_hits = len(seq.block_ids) * self.block_size
         self.waiting.popleft()
         self.running.append(seq)
         seq.status = RequestStatus.RUNNING
-        left = self._schedule_prompt(seq, budget, out, may_preempt=False)
-        if id(seq) not in self._scheduled and not self._has_encoder_work(seq):
+        self._schedule_prompt(seq, step, may_preempt=False)
+        if id(seq) not in step.scheduled and not step.has_encoder_work(seq):
             # nothing could run (no free blocks for a first chunk): back to the head of the queue
             self.running.remove(seq)
             self._free(seq)
@@ -163,7 +199,6 @@ class Scheduler:
             self.pool.count_query(seq.num_tokens, num_hits)
         if seq.index == 0 and seq.state.scheduled_time is None:  # its first admission, not a recompute
             seq.state.num_cached_tokens = num_hits
-        self._budget_left = left
         return True
 
     def _lookup_prefix(self, seq: SequenceState) -> list[int]:
@@ -178,65 +213,51 @@ class Scheduler:
         seq.num_registered = len(hits)
         return hits
 
-    def _has_encoder_work(self, seq: SequenceState) -> bool:
-        return any(self._planned.get(key) for key in seq.state.media_keys)
-
-    def _schedule_prompt(self, seq: SequenceState, budget: float, out: SchedulerOutput, may_preempt: bool = True) -> float:
+    def _schedule_prompt(self, seq: SequenceState, step: StepPlanner, may_preempt: bool = True) -> None:
         """Encoder units and a chunk for a sequence whose prompt (or recompute) is not done."""
-        pos, end = seq.num_computed, seq.num_tokens
-        limit = end
-        state = seq.state
-        if state.media_keys:
-            self.resolve_media(seq)
-            for start, stop, key in state.layout.media_spans:
-                if stop <= pos or key in state.encoded:
-                    continue
-                budget = self._plan_encoder(key, budget, out)
-                if self.encoder_work.get(key) and len(self.encoder_work[key]) > self._planned.get(key, 0):
-                    limit = start  # not encoded by the end of this step
-                    break
-        is_first_prompt_work = not any(not c.is_decode for c in out.chunks)
-        n = self.cost.max_chunk(budget, pos, limit - pos)
-        if n == 0 and is_first_prompt_work and limit > pos:
+        pos = seq.num_computed
+        limit = self._plan_media(seq, step)
+        n = self.cost.max_chunk(step.budget, pos, limit - pos)
+        if n == 0 and not step.has_prompt_work and limit > pos:
             n = 1  # every step moves some prompt forward
-        if n == 0:
-            return budget
-        if not self._grow(seq, pos + n, out, may_preempt):
-            return budget
-        if seq not in self.running:  # preempted itself to make room
-            return budget
-        self._add_chunk(out, ScheduledChunk(seq, pos, n))
-        return budget - self.cost.chunk_tokens(n, pos)
+        if n == 0 or not self._grow(seq, pos + n, step, may_preempt) or seq not in self.running:
+            return  # no room, or it preempted itself to make some
+        step.add_chunk(ScheduledChunk(seq, pos, n))
+        step.budget -= self.cost.chunk_tokens(n, pos)
 
-    def _plan_encoder(self, key: str, budget: float, out: SchedulerOutput) -> float:
-        units = self.encoder_work.get(key)
-        if not units:
-            return budget
-        planned = self._planned.get(key, 0)
-        start = planned
-        nothing_yet = not out.encoder_work and not any(not c.is_decode for c in out.chunks)
-        while planned < len(units) and (units[planned] * self.encoder_price <= budget
+    def _plan_media(self, seq: SequenceState, step: StepPlanner) -> int:
+        """Plan the encoder units `seq`'s next items need; the position its chunk must stop before
+        (the first item not encoded by the end of this step), or its end."""
+        state = seq.state
+        if not state.media_keys or self.media is None:
+            return seq.num_tokens
+        self.media.resolve(state, seq.num_computed)
+        for span in state.layout.media_spans:
+            if span.stop <= seq.num_computed or span.key in state.encoded:
+                continue
+            self._plan_encoder(span.key, step)
+            if len(self.media.units_left(span.key)) > step.planned.get(span.key, 0):
+                return span.start  # not encoded by the end of this step
+        return seq.num_tokens
+
+    def _plan_encoder(self, key: str, step: StepPlanner) -> None:
+        assert self.media is not None
+        units = self.media.units_left(key)
+        planned = start = step.planned.get(key, 0)
+        out = step.out
+        nothing_yet = not out.encoder_work and not step.has_prompt_work
+        while planned < len(units) and (units[planned] * self.encoder_price <= step.budget
                                          or (nothing_yet and planned == start == 0)):
-            budget -= units[planned] * self.encoder_price
+            step.budget -= units[planned] * self.encoder_price
             out.encoder_cost += units[planned]
             planned += 1
             nothing_yet = False
         if planned > start:
-            self._planned[key] = planned
+            step.planned[key] = planned
             out.encoder_work.append((key, planned - start))
-        return budget
-
-    def commit_encoder_work(self, out: SchedulerOutput) -> None:
-        """The runner ran the planned units: drop them from what is left."""
-        for key, count in out.encoder_work:
-            units = self.encoder_work.get(key)
-            if units is not None:
-                del units[:count]
-                if not units:
-                    del self.encoder_work[key]
 
     # -- blocks -----------------------------------------------------------------------------
-    def _grow(self, seq: SequenceState, num_positions: int, out: SchedulerOutput, may_preempt: bool = True) -> bool:
+    def _grow(self, seq: SequenceState, num_positions: int, step: StepPlanner, may_preempt: bool = True) -> bool:
         """Make `seq` hold blocks for `num_positions` positions, preempting the newest running
         sequences if it must. False if `seq` itself had to go, or (may_preempt=False) no blocks."""
         need = -(-num_positions // self.block_size) - len(seq.block_ids)
@@ -246,25 +267,23 @@ class Scheduler:
             if not may_preempt:
                 return False
             victim = self.running[-1]
-            self._preempt(victim, out)
+            self._preempt(victim, step)
             if victim is seq:
                 return False
         expect = -(-seq.num_tokens // self.block_size) - len(seq.block_ids)  # what its known tokens need in all
         blocks, fresh = self.pool.allocate(need, after=seq.block_ids[-1] if seq.block_ids else None,
                                            chunk=num_positions - seq.num_computed > 1 or expect > need, expect=expect)
         seq.block_ids += blocks
-        out.fresh_blocks += fresh
+        step.out.fresh_blocks += fresh
         return True
 
-    def _preempt(self, seq: SequenceState, out: SchedulerOutput) -> None:
+    def _preempt(self, seq: SequenceState, step: StepPlanner) -> None:
         self.running.remove(seq)
-        chunk = self._scheduled.pop(id(seq), None)
-        if chunk is not None:
-            out.chunks.remove(chunk)
+        step.drop_chunk(seq)
         self._free(seq)
         seq.status = RequestStatus.WAITING
         self.waiting.appendleft(seq)
-        out.preempted.append(seq)
+        step.out.preempted.append(seq)
         self.num_preemptions += 1
 
     def _free(self, seq: SequenceState) -> None:
@@ -272,7 +291,3 @@ class Scheduler:
         seq.block_ids = []
         seq.num_computed = 0
         seq.num_registered = 0
-
-    def _add_chunk(self, out: SchedulerOutput, chunk: ScheduledChunk) -> None:
-        out.chunks.append(chunk)
-        self._scheduled[id(chunk.seq)] = chunk

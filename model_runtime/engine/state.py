@@ -34,6 +34,16 @@ class RequestState:
     num_cached_tokens: int = 0  # prompt positions whose KV came from the prefix cache
     is_forked: bool = False  # choices 1..n-1 exist (after choice 0 computed the prompt)
 
+    @property
+    def awaits_fork(self) -> bool:
+        """Choices 1..n-1 will start from choice 0's computed prompt and have not yet."""
+        return self.request.params.n > 1 and not self.is_forked
+
+    def note_media_reuse(self, item: int, reused: bool) -> None:
+        """The first time item `item`'s rows are found: reused (cache, or an encoding under way) or not."""
+        if self.media_cache_hits[item] is None:
+            self.media_cache_hits[item] = reused
+
     @functools.cached_property
     def prompt_text_ids(self) -> tuple[int, ...]:
         """The prompt's real token ids (sentinels left out)."""
@@ -60,6 +70,16 @@ class SequenceState:
     @property
     def request(self) -> Request:
         return self.state.request
+
+    @property
+    def awaits_fork(self) -> bool:
+        """Choice 0 of a request whose other choices will start from its computed prompt, and have not yet."""
+        return self.index == 0 and self.state.awaits_fork
+
+    @property
+    def reserved_rows(self) -> int:
+        """Rows this sequence keeps for others: a choice 0 that will fork keeps its n-1 choices'."""
+        return self.request.params.n - 1 if self.awaits_fork else 0
 
     @property
     def row_id(self) -> str:

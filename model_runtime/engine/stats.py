@@ -7,7 +7,7 @@ The worker takes a snapshot after every step; metrics and health probes read it 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STEP_TOKEN_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # tokens-per-step buckets
 
@@ -29,6 +29,37 @@ class TokenHistogram:
         first = bisect.bisect_left(self.bounds, value)
         counts = tuple(c + (i >= first) for i, c in enumerate(self.counts))
         return TokenHistogram(self.bounds, counts, self.total + value, self.num + 1)
+
+
+@dataclass
+class EngineCounters:
+    """The engine's cumulative counts and per-step histograms (engine thread; copied into each snapshot)."""
+
+    num_steps: int = 0
+    num_prefill_steps: int = 0  # steps that computed prompt positions
+    num_decode_steps: int = 0  # steps that only decoded
+    num_prefill_tokens: int = 0  # prompt positions computed (prefix-cache hits excluded)
+    num_generation_tokens: int = 0  # tokens sampled
+    num_errors: int = 0  # choices finished with "error"
+    step_prompt_tokens: TokenHistogram = field(default_factory=lambda: TokenHistogram.empty(STEP_TOKEN_BOUNDS))
+    step_decode_tokens: TokenHistogram = field(default_factory=lambda: TokenHistogram.empty(STEP_TOKEN_BOUNDS))
+    step_seconds: float = 0.0  # time in step()
+    last_step_seconds: float = 0.0
+    last_step_time: float = 0.0  # time.time() when the last step ended; 0 before the first
+
+    def count_step(self, num_prompt_tokens: int, num_decode_rows: int) -> None:
+        """A step's forward ran `num_prompt_tokens` prompt positions and `num_decode_rows` decode rows."""
+        self.num_prefill_steps += num_prompt_tokens > 0
+        self.num_decode_steps += num_prompt_tokens == 0
+        if num_prompt_tokens:
+            self.step_prompt_tokens = self.step_prompt_tokens.observe(num_prompt_tokens)
+        if num_decode_rows:
+            self.step_decode_tokens = self.step_decode_tokens.observe(num_decode_rows)
+
+    def end_step(self, seconds: float, now: float) -> None:
+        self.last_step_seconds = seconds
+        self.step_seconds += seconds
+        self.last_step_time = now
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from model_runtime.engine.engine import Engine, EngineDeadError
-from model_runtime.engine.request import Request, RequestOutput, SamplingParamsError
+from model_runtime.engine.request import Request, RequestOutput
 from model_runtime.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ class EngineWorker:
             raise EngineDeadError("the engine worker is not running")
         if not self._is_admitting:
             raise EngineDrainingError("the server is shutting down")
-        if request.params.n > self.engine.config.max_num_seqs:
-            raise SamplingParamsError("n", f"{request.params.n}: at most {self.engine.config.max_num_seqs} here")
+        self.engine.check_request(request)  # the engine's own limits, raised to the caller before it waits
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[RequestOutput] = asyncio.Queue()
         with self._lock:

@@ -10,8 +10,11 @@ from torch import nn
 
 from model_runtime import Engine, EngineConfig, load_pretrained_model
 from model_runtime.arch.cpu_linear import PackedLinear, pack_linears
+from tests.model_runtime.engine import conftest as engine_conftest
 from tests.model_runtime.engine.conftest import run
 from tests.model_runtime.engine.test_engine import staggered_requests
+
+make_request = engine_conftest.make_request  # the engine tests' request fixture, here too
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from model_runtime import (
     SamplingParams,
     TokenLogprobs,
 )
+from testkit.faults import FaultInjection, inject
 from tests.conftest import random_image
-from tests.faults import FaultInjection, inject
 
 
 @dataclass
@@ -61,9 +61,11 @@ def make_request(tiny_model):
 
 @pytest.fixture
 def new_engine(tiny_model):
-    def build(faults: FaultInjection | None = None, **config) -> Engine:
+    def build(faults: FaultInjection | None = None, clock=None, **config) -> Engine:
         config.setdefault("kv_cache_memory", 16 * 2**20)
-        engine = Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids, EngineConfig(**config))
+        extra = {"clock": clock} if clock is not None else {}
+        engine = Engine(tiny_model.model, tiny_model.tokenizer, tiny_model.eos_token_ids, EngineConfig(**config),
+                        **extra)
         return inject(engine, faults) if faults is not None else engine
 
     return build

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from model_runtime import MediaMismatchError
 from model_runtime.engine.blocks import (
     NULL_BLOCK,
     BlockPool,
@@ -111,20 +112,34 @@ def test_hashes_chain_over_content_and_name_media_rows_by_key_and_row():
     assert hashes(text, 8) == hashes(split, 8)  # the same tokens, however the runs were cut
     other_head = PromptLayout([TextSegment((9, 2, 3, 4, 5, 6, 7, 8))])
     assert hashes(other_head, 8)[1] != hashes(text, 8)[1]  # block 1 differs through its parent
-    image = PromptLayout.from_ids([1, 2, -200, 3], [("key-a", 5)])
-    assert image.num_tokens == 8 and image.media_spans == ((2, 7, "key-a"),)
-    same = PromptLayout.from_ids([1, 2, -200, 3], [("key-a", 5)])
-    other = PromptLayout.from_ids([1, 2, -200, 3], [("key-b", 5)])
+    image = PromptLayout.from_ids([1, 2, -200, 3], ["key-a"], [-200], [5])
+    assert image.num_tokens == 8 and image.media_spans == ((2, 7, "key-a", 0),)
+    same = PromptLayout.from_ids([1, 2, -200, 3], ["key-a"], [-200], [5])
+    other = PromptLayout.from_ids([1, 2, -200, 3], ["key-b"], [-200], [5])
     assert hashes(image, 8) == hashes(same, 8)
     assert hashes(image, 8)[0] != hashes(other, 8)[0]
     # generated tokens hash like the same tokens in a later prompt
-    turn = PromptLayout.from_ids([1, 2, -200, 3, 40, 41], [("key-a", 5)])
+    turn = PromptLayout.from_ids([1, 2, -200, 3, 40, 41], ["key-a"], [-200], [5])
     assert hashes(image, 8, outputs=[40, 41]) == hashes(turn, 8)[:2]
     with pytest.raises(ValueError):
-        PromptLayout.from_ids([1, 2], [("key-a", 5)])
+        PromptLayout.from_ids([1, 2], ["key-a"], [-200], [5])
 
 
 def test_media_segments_are_named_by_their_rows():
     layout = PromptLayout([MediaSegment("k", 6), TextSegment((5, 6))])
     assert layout.describe(0, 4) != layout.describe(2, 6)
     assert layout.describe(4, 8).endswith((5).to_bytes(4, "little") + (6).to_bytes(4, "little"))
+
+
+def test_sentinels_take_items_by_the_models_rule_whatever_their_order():
+    """The k-th <image> takes the k-th image item and the k-th <audio> the k-th audio item (arch/segments.py),
+    so items given audio first lay out as the model splices them."""
+    ids = [1, -200, 2, -300, 3]
+    ordered = PromptLayout.from_ids(ids, ["img", "aud"], [-200, -300], [4, 2])
+    swapped = PromptLayout.from_ids(ids, ["aud", "img"], [-300, -200], [2, 4])
+    assert [(s.start, s.stop, s.key) for s in ordered.media_spans] == [(1, 5, "img"), (6, 8, "aud")]
+    assert [(s.start, s.stop, s.key) for s in swapped.media_spans] == [(1, 5, "img"), (6, 8, "aud")]
+    assert [s.item for s in ordered.media_spans] == [0, 1] and [s.item for s in swapped.media_spans] == [1, 0]
+    assert hashes(ordered, 8) == hashes(swapped, 8)  # the same content in the same positions
+    with pytest.raises(MediaMismatchError):
+        PromptLayout.from_ids(ids, ["img", "img2"], [-200, -200], [4, 4])  # two images for one <image>

@@ -180,6 +180,33 @@ def test_mixed_modalities_batched_equal_solo(tiny_audio_model):
     assert set(batched["video"].final.metrics.encoder_seconds) == {"video"}
 
 
+def test_items_out_of_sentinel_order_are_paired_as_the_model_pairs_them(tiny_audio_model):
+    """<image> then <audio> in the prompt, the items given audio first: the engine's layout (block
+    hashes, encoder planning, media reports) pairs each sentinel with the item the model splices there,
+    so the tokens equal those of the items in placeholder order, and each report stays with its item."""
+    p = tiny_audio_model.processor
+    image = p.process_image(random_image(70, 30), single_crop=False)
+    audio = p.process_audio(random_waveform(2.0, seed=3))
+    prompt = p.build_prompt([ChatTurn("user", "<image>\n<audio>\nBoth?")], [image, audio])
+
+    def engine():
+        return Engine(tiny_audio_model.model, tiny_audio_model.tokenizer, tiny_audio_model.eos_token_ids)
+
+    params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+    ordered = run(engine(), [Request("ordered", prompt, [image, audio], params)])["ordered"]
+    swapped_engine = engine()
+    swapped_engine.add_request(Request("swapped", prompt, [audio, image], params))
+    layout = swapped_engine.requests["swapped"].layout
+    assert [(s.key, s.item) for s in layout.media_spans] == [(swapped_engine.requests["swapped"].media_keys[1], 1),
+                                                             (swapped_engine.requests["swapped"].media_keys[0], 0)]
+    swapped = run(swapped_engine, [])["swapped"]
+    assert swapped.ids == ordered.ids
+    assert set(swapped.final.metrics.encoder_seconds) == {"image", "audio"}
+    # the same content in the same positions: a second request in the other order hits the prefix cache
+    again = run(swapped_engine, [Request("again", prompt, [image, audio], params)])["again"]
+    assert again.ids == ordered.ids and again.final.metrics.num_cached_tokens > prompt.num_tokens // 2
+
+
 def test_chunk_boundaries_do_not_change_tokens(new_engine, make_request):
     """Prompts computed in chunks of any size, boundaries inside images included: the same tokens."""
 
@@ -195,7 +222,7 @@ def test_chunk_boundaries_do_not_change_tokens(new_engine, make_request):
             nonlocal inside_image
             plan = schedule()
             for c in plan.chunks:
-                inside_image += any(start < c.start < stop for start, stop, _ in c.seq.state.layout.media_spans)
+                inside_image += any(s.start < c.start < s.stop for s in c.seq.state.layout.media_spans)
             return plan
 
         engine.scheduler.schedule = observed

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from model_runtime import EngineDeadError
-from tests.faults import FaultInjection
+from testkit.faults import FaultInjection
 from tests.model_runtime.engine.conftest import images, run
 
 
@@ -49,7 +49,7 @@ def test_out_of_memory_halves_the_batch(new_engine, make_request):
     assert all(r.final.finish_reason == "length" for r in results.values())
     stats = engine.stats()
     assert stats.num_out_of_memory >= 2 and stats.num_errors == 0
-    assert engine.scheduler.max_num_seqs <= 4 and engine.max_forward_rows <= 2
+    assert engine.scheduler.max_num_seqs <= 4 and engine.runner.max_rows <= 2
 
 
 def test_a_fatal_device_error_marks_the_engine_dead(new_engine, make_request):

@@ -23,12 +23,11 @@ HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
 
 
 def tiny_lm(num_layers: int = 1):
-    """Just what KVCache reads of a model: its config, layers' k_proj device and the embedding dtype."""
+    """Just what KVCache reads of a model (served_model.py): its text config, dtype and decoder layers' devices."""
     config = SimpleNamespace(num_hidden_layers=num_layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
                              hidden_size=HEADS * HEAD_DIM, head_dim=HEAD_DIM)
-    layer = SimpleNamespace(input_layernorm=torch.nn.LayerNorm(1))  # the layer's device: where its KV goes
-    model = SimpleNamespace(layers=[layer] * num_layers, embed_tokens=torch.nn.Embedding(1, 1))
-    return SimpleNamespace(config=config, model=model)
+    layers = [torch.nn.LayerNorm(1) for _ in range(num_layers)]  # a layer's parameters: where its KV goes
+    return SimpleNamespace(text_config=config, compute_dtype=torch.float32, decoder_layers=layers)
 
 
 def dense(q, k, v, positions):
@@ -87,7 +86,7 @@ def test_decode_rows_and_prompt_chunks_equal_dense_attention_per_sequence():
 
 def test_kv_cache_size_from_bytes_or_share_and_block_copies():
     lm = tiny_lm(num_layers=2)
-    per_block = bytes_per_block(lm.config, BLOCK, torch.float32)
+    per_block = bytes_per_block(lm.text_config, BLOCK, torch.float32)
     assert per_block == 2 * 2 * KV_HEADS * BLOCK * HEAD_DIM * 4
     assert kv_cache_bytes(10 * per_block, torch.device("cpu")) == 10 * per_block
     assert 0 < kv_cache_bytes(0.01, torch.device("cpu")) < kv_cache_bytes(0.02, torch.device("cpu")) * 1.01

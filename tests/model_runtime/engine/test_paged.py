@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from model_runtime import ChatTurn, Request, SamplingParams
-from model_runtime.engine.engine import IDLE_STEP_FACTOR
+from model_runtime.config.engine import IDLE_STEP_FACTOR
 from model_runtime.engine.kv import bytes_per_block
 from tests.conftest import random_image
 from tests.model_runtime.engine.conftest import collect, images, run
@@ -122,7 +124,7 @@ def test_a_long_video_is_encoded_over_steps_while_text_keeps_decoding(new_engine
         results = {}
         collect(engine.step(), results)
         text_tokens.append(len(results["text"].ids))
-        progress += [j.num_done for j in engine.runner.jobs.values()]
+        progress += [j.num_done for j in engine.media.jobs.values()]
     assert len(progress) >= 2 and progress == sorted(set(progress))  # the encoding advanced step by step
     assert all(n == 1 for n in text_tokens)  # and the text request got a token at every one of those steps
     rest = run(engine, [])
@@ -145,23 +147,43 @@ def test_the_cache_holds_about_the_tokens_it_has(new_engine, make_request):
     run(engine, [])
 
 
+class TickingClock:
+    """Each reading is `tick` seconds after the one before, so every engine step lasts exactly `tick`."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def test_the_cpu_step_budget_is_paced_by_the_engines_own_steps(new_engine, make_request):
     """No max_num_batched_tokens on the CPU: the first budget comes from a timed matmul, later ones
-    from the steps run (pacing.py); a given budget stays fixed."""
-    engine = new_engine(step_seconds=0.5)
+    from the steps run (pacing.py), here timed by a fake clock; a given budget stays fixed."""
+    engine = new_engine(step_seconds=0.5, clock=TickingClock(0.25))
     assert engine.pacer is not None and engine.pacer.step_seconds == 0.5
-    first = engine.pacer.token_seconds
     assert engine.scheduler.step_tokens == engine.pacer.budget(1)
+    plans = []
+    schedule = engine.scheduler.schedule
+    engine.scheduler.schedule = lambda: plans.append(schedule()) or plans[-1]  # records each real plan
     for request in (make_request("a", max_tokens=6), make_request("b", max_tokens=6)):
         engine.add_request(request)
     while engine.has_unfinished():
-        # each step is sized from what the pacer knew before it (the step then teaches it more)
-        before = copy.deepcopy(engine.pacer)
+        expected = copy.deepcopy(engine.pacer)
         engine.step()
-        assert engine.scheduler.step_tokens in (before.budget(1), before.budget(2),
-                                                before.budget(0) // IDLE_STEP_FACTOR)
+        plan = plans[-1]
+        decoding = plan.num_decode_tokens
+        # the step was sized from what the pacer knew before it ...
+        assert engine.scheduler.step_tokens == (expected.budget(decoding) if decoding
+                                                else expected.budget(0) // IDLE_STEP_FACTOR)
+        # ... and taught it exactly what a 0.25 s step with this work teaches
+        if plan.chunks or plan.encoder_work:
+            expected.observe(decoding, plan.prompt_cost, 0.25, plan.encoder_cost)
+        assert engine.pacer == expected
     assert set(engine.pacer.decode_seconds) <= {1, 2} and engine.pacer.decode_seconds  # decode-only steps seen
-    assert engine.pacer.token_seconds != first  # prompt steps seen
+    assert all(s == pytest.approx(0.25) for s in engine.pacer.decode_seconds.values())
+    assert engine.stats().step_seconds == pytest.approx(0.25 * engine.stats().num_steps)
     fixed = new_engine(max_num_batched_tokens=48)
     assert fixed.pacer is None
     run(fixed, [make_request("c", max_tokens=4)])

@@ -4,10 +4,14 @@ chunks that need it."""
 
 from __future__ import annotations
 
-from model_runtime import PromptInput, Request, SamplingParams
+import torch
+
+from model_runtime import MediaInput, PromptInput, Request, SamplingParams
 from model_runtime.arch.cost import LanguageCost
 from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
+from model_runtime.engine.encoder_cache import EncoderCache
+from model_runtime.engine.media_work import MediaWork
 from model_runtime.engine.scheduler import Scheduler, SchedulerOutput
 from model_runtime.engine.state import RequestState, SequenceState
 
@@ -22,14 +26,29 @@ def sequence(rid: str, num_tokens: int, n: int = 1, first_id: int = 0, media=(),
     for pos, _, _ in sorted(media, reverse=True):
         ids.insert(pos, -200)
     rows = sum(r for _, _, r in media)
-    request = Request(rid, PromptInput(ids, num_tokens, rows), [], SamplingParams(max_tokens=4, n=n),
+    items = [MediaInput("image", torch.zeros(1), r) for _, _, r in media]  # the scheduler reads no tensor
+    request = Request(rid, PromptInput(ids, num_tokens, rows), items, SamplingParams(max_tokens=4, n=n),
                       deadline=deadline)
-    state = RequestState(request, tuple(k for _, k, _ in media), PromptLayout.from_ids(ids, [(k, r) for _, k, r in media]))
+    keys = tuple(k for _, k, _ in media)
+    layout = PromptLayout.from_ids(ids, keys, [-200] * len(media), [r for _, _, r in media])
+    state = RequestState(request, keys, layout, media_cache_hits=[None] * len(media))
     return SequenceState(state, 0, IncrementalDetokenizer(None), None)
 
 
 def scheduler(num_blocks: int = 64, step_tokens: int = 16, max_num_seqs: int = 8, **kwargs) -> Scheduler:
+    """A step in which nothing decodes has the same budget as any other here (idle_step_factor=1)."""
+    kwargs.setdefault("idle_step_factor", 1)
     return Scheduler(max_num_seqs, step_tokens, BlockPool(num_blocks), BLOCK, FLAT, **kwargs)
+
+
+class UnitJob:
+    """Stands in for an `EncodingJob` (arch/encoding.py): units of given FLOPs, run in order."""
+
+    def __init__(self, unit_flops: list[float]) -> None:
+        self.unit_flops, self.num_done, self.seconds = unit_flops, 0, 0.0
+
+    def remaining_flops(self) -> list[float]:
+        return self.unit_flops[self.num_done :]
 
 
 def commit(plan: SchedulerOutput, sample: int = 7) -> None:
@@ -128,21 +147,27 @@ def test_admission_takes_the_prefix_cache_hits():
 
 
 def test_chunks_stop_before_media_that_are_not_encoded():
-    resolved = []
-    s = scheduler(step_tokens=30, resolve_media=resolved.append)
+    started = []
+
+    def start(item, max_crops):
+        started.append(item)
+        return UnitJob([12.0, 12.0, 12.0])  # three units of 12 tokens each (FLAT: a token is one FLOP)
+
+    media = MediaWork(EncoderCache(0), start, token_flops=1.0)
+    s = scheduler(step_tokens=30, media=media)
     seq = sequence("img", 6, media=[(3, "key", 20)])  # text 0-2, image rows 3-22, text 23-25
     s.add(seq)
-    s.encoder_work["key"] = [12.0, 12.0, 12.0]  # three units of 12 tokens each
     plan = s.schedule()
-    # two units fit with 6 tokens left; the image is not done, so the chunk stops at its first row
-    assert plan.encoder_work == [("key", 2)] and chunks(plan) == [("img", 0, 3)] and resolved == [seq]
-    s.commit_encoder_work(plan)
+    # the encoding starts; two units fit with 6 tokens left; the image is not done, so the chunk stops at its first row
+    assert media.waiters == {"key": [seq.state]} and len(started) == 1 and seq.state.media_cache_hits == [False]
+    assert plan.encoder_work == [("key", 2)] and chunks(plan) == [("img", 0, 3)]
+    media.jobs["key"].num_done += 2  # what the runner does with the plan
     commit(plan)
     plan = s.schedule()
     # the last unit runs this step, before the forward: the chunk may cover the image
-    assert plan.encoder_work == [("key", 1)] and chunks(plan) == [("img", 3, 18)]
-    s.commit_encoder_work(plan)
-    assert "key" not in s.encoder_work
+    assert plan.encoder_work == [("key", 1)] and chunks(plan) == [("img", 3, 18)] and len(started) == 1
+    media.release(seq.state)
+    assert media.jobs == {} and media.waiters == {}  # nobody waits: the job is dropped
 
 
 def test_expired_requests_come_out():

@@ -9,7 +9,7 @@ import pytest
 
 from model_runtime import EngineDeadError, EngineDrainingError, EngineWorker
 from model_runtime.engine.worker import Abort, AbortAll, Submit, Wake
-from tests.faults import FaultInjection
+from testkit.faults import FaultInjection
 
 
 async def consume(worker: EngineWorker, request) -> list:
