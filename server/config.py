@@ -17,13 +17,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model_runtime import QUANTIZATIONS, EngineConfig  # QUANTIZATIONS: load_pretrained_model's
+from model_runtime import DEFAULT_MAX_FRAMES, HF_BEHAVIOURS, QUANTIZATIONS, EngineConfig
 
 ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
 MODALITIES = ("image", "video", "audio")
-HF_BEHAVIOURS = ("original", "transformers")  # load_pretrained_model's hf_behaviour (llava-hf checkpoints)
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the checkpoint's
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: model_runtime/checkpoint/precision.py
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -171,7 +170,7 @@ class MediaLimits:
     max_video_seconds: float = field(default=600.0, metadata=flag("--max-video-seconds", "longest video", LIMITS))
     max_video_frames: int | None = field(default=None, metadata=flag(
         "--max-video-frames", "ceiling of frames sampled per video", LIMITS,
-        auto="the checkpoint's frames_upbound, else 32"))
+        auto=f"the checkpoint's frames_upbound, else {DEFAULT_MAX_FRAMES}"))
     video_decode_seconds: float = field(default=20.0, metadata=flag(
         "--video-decode-timeout", "wall-clock seconds to decode one video", LIMITS))
     image_decode_seconds: float = field(default=10.0, metadata=flag(
@@ -289,8 +288,8 @@ class StoreConfig:
         if self.state_db is not None:
             scheme = self.state_db.partition(":")[0].partition("+")[0].lower()
             if scheme not in STATE_DB_SCHEMES or "://" not in self.state_db:
-                raise ValueError(f"state_db: expected postgresql://USER:PASSWORD@HOST/DB or sqlite:///PATH, "
-                                 f"not a {scheme or 'bare'!r} URL")
+                raise ValueError("state_db: expected postgresql://USER:PASSWORD@HOST/DB or sqlite:///PATH (the "
+                                 "value given is not repeated: it may hold a password)")
         if self.retention_seconds < 1:
             raise ValueError(f"retention_seconds={self.retention_seconds}: must be >= 1")
         if self.max_response_bytes_per_key < 1:
@@ -337,7 +336,9 @@ class ServerConfig:
     served_model_name: str = field(metadata=flag(
         "--served-model-name", "name clients pass as `model`", MODEL, auto="the folder name"))
     dtype: str = field(default="auto", metadata=flag(
-        "--dtype", "weights dtype: auto (the checkpoint's), float32, bfloat16, float16", MODEL, choices=DTYPES))
+        "--dtype", "weights dtype: auto (what the hardware computes fast: a 16-bit checkpoint stays 16-bit on "
+        "the CPU only with native bf16/fp16 (AVX512-BF16, AMX), else float32; on CUDA bf16 where supported, "
+        "else fp16), float32, bfloat16, float16", MODEL, choices=DTYPES))
     device: str = field(default="cpu", metadata=flag("--device", "torch device for the model", MODEL))
     device_map: str | None = field(default=None, metadata=flag(
         "--device-map", "spread the model over devices: auto, or one device (wins over --device)", MODEL))
