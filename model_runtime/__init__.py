@@ -8,6 +8,7 @@ never imported by it (tests/test_import_graph.py).
 
 from model_runtime.arch.layout import ImageTokenParts, LayoutError, audio_token_count, image_token_count
 from model_runtime.arch.meta import MediaMismatchError
+from model_runtime.checkpoint.hf_layout import HF_BEHAVIOURS
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
 from model_runtime.checkpoint.quantize import QUANTIZATIONS
 from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, LlavaConfig
@@ -31,7 +32,13 @@ from model_runtime.engine.worker import EngineDrainingError, EngineWorker, Worke
 from model_runtime.errors import RequestInputError
 from model_runtime.inputs import EncodedItem, MediaInput
 from model_runtime.processing.conversation import ChatTurn, ToolCall
-from model_runtime.processing.processor import InvalidMediaError, InvalidPromptError, Processor, PromptInput
+from model_runtime.processing.processor import (
+    DEFAULT_MAX_FRAMES,
+    InvalidMediaError,
+    InvalidPromptError,
+    Processor,
+    PromptInput,
+)
 from model_runtime.processing.tool_prompt import CALL_CLOSE, CALL_OPEN, CALL_SEPARATOR, format_call
 from model_runtime.processing.video import FramePlan, plan_video_frames
 
@@ -42,11 +49,13 @@ __all__ = [
     "CALL_OPEN",
     "CALL_SEPARATOR",
     "CompiledGrammar",
+    "DEFAULT_MAX_FRAMES",
     "FINISH_REASONS",
     "FramePlan",
     "GrammarCompiler",
     "GrammarError",
     "GrammarSpec",
+    "HF_BEHAVIOURS",
     "MAX_TOP_LOGPROBS",
     "ChatTurn",
     "ConfigError",
