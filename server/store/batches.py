@@ -112,7 +112,7 @@ def count_lines(conn: Connection, batch_id: str) -> dict[str, int]:
     return counts
 
 
-def claim(conn: Connection, dialect: str, worker: str, limit: int, lease_seconds: float, now: float,
+def claim(conn: Connection, worker: str, limit: int, lease_seconds: float, now: float,
           batch_id: str | None) -> list[ClaimedLine]:
     if limit < 1 or not lease_seconds > 0:
         raise ValueError(f"claim_lines: limit={limit} must be >= 1 and lease_seconds={lease_seconds} > 0")
@@ -123,9 +123,10 @@ def claim(conn: Connection, dialect: str, worker: str, limit: int, lease_seconds
              .where(claimable, batches.c.status == "in_progress"))
     if batch_id is not None:
         query = query.where(lines.c.batch_id == batch_id)
-    query = query.order_by(batches.c.created_at, lines.c.batch_id, lines.c.line_no).limit(limit)
-    if dialect == "postgresql":  # rows another replica is claiming right now are skipped, not waited for
-        query = query.with_for_update(skip_locked=True, of=lines)
+    # PostgreSQL: rows another replica is claiming right now are skipped, not waited for; SQLite's
+    # compiler leaves the clause out (its write transaction is the only one)
+    query = (query.order_by(batches.c.created_at, lines.c.batch_id, lines.c.line_no).limit(limit)
+             .with_for_update(skip_locked=True, of=lines))
     rows = conn.execute(query).all()
     if not rows:
         return []

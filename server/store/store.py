@@ -218,7 +218,7 @@ class StateStore:
         """Lease up to `limit` lines of in_progress batches (of this batch only, if given) to `worker`:
         pending lines, and running ones whose lease expired (a dead replica's), in batch then line
         order. No line is leased to two workers at once (SKIP LOCKED on PostgreSQL; SQLite's one writer)."""
-        return await self._write(batches.claim, self.dialect, worker, limit, lease_seconds, self.clock(), batch_id)
+        return await self._write(batches.claim, worker, limit, lease_seconds, self.clock(), batch_id)
 
     async def extend_leases(self, worker: str, lease_seconds: float) -> int:
         """Push back the expiry of every lease `worker` holds (long lines stay its own); how many."""

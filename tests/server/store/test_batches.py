@@ -165,7 +165,7 @@ def test_a_claim_skips_the_lines_another_open_claim_holds(store):
     create(store, "batch_1", 6)
     with ThreadPoolExecutor(1) as pool:
         with store.db.write() as conn:
-            held = batch_queries.claim(conn, store.dialect, "replica-a", 3, LEASE_S, store.clock(), None)
+            held = batch_queries.claim(conn, "replica-a", 3, LEASE_S, store.clock(), None)
             other = pool.submit(run, store.claim_lines("replica-b", limit=3, lease_seconds=LEASE_S))
             if store.dialect == "postgresql":  # answered while the first claim is still open
                 assert [c.line_no for c in other.result(timeout=60)] == [4, 5, 6]
