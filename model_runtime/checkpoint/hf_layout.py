@@ -148,14 +148,7 @@ def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None,
     )
     tower = {"kind": kind, **{k: type(v)(vision.get(k, v)) for k, v in defaults.items() if k != "num_hidden_layers"}}
     tower["num_hidden_layers"] = reads + 1 if kind == "siglip" else num_layers
-    out: dict[str, Any] = {k: text[k] for k in _TEXT_KEYS if k in text}
-    rope = dict(text.get("rope_parameters") or {})  # transformers 5 keeps rope_theta/scaling here
-    if "rope_theta" in rope:
-        out["rope_theta"] = rope.pop("rope_theta")
-    if rope and rope.get("rope_type", "default") != "default":
-        out["rope_scaling"] = rope
-    out.setdefault("rope_theta", 1000000.0 if language == "qwen2" else 10000.0)  # where neither layout states it
-    out.setdefault("tokenizer_model_max_length", text.get("max_position_embeddings"))
+    out = _text_keys(text, language)
     out.update(
         architectures=[_ARCHITECTURE[language]],
         model_type="llava",
@@ -177,6 +170,19 @@ def orig_config(raw: dict[str, Any], preprocessor: dict[str, Any] | None = None,
     if raw.get("llava_serve_demo"):
         out["llava_serve_demo"] = raw["llava_serve_demo"]
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _text_keys(text: dict[str, Any], language: str) -> dict[str, Any]:
+    """ORIG's top-level language-model keys from llava-hf's `text_config`."""
+    out: dict[str, Any] = {k: text[k] for k in _TEXT_KEYS if k in text}
+    rope = dict(text.get("rope_parameters") or {})  # transformers 5 keeps rope_theta/scaling here
+    if "rope_theta" in rope:
+        out["rope_theta"] = rope.pop("rope_theta")
+    if rope and rope.get("rope_type", "default") != "default":
+        out["rope_scaling"] = rope
+    out.setdefault("rope_theta", 1000000.0 if language == "qwen2" else 10000.0)  # where neither layout states it
+    out.setdefault("tokenizer_model_max_length", text.get("max_position_embeddings"))
+    return out
 
 
 def _layout_keys(model_type: str, raw: dict[str, Any], preprocessor: dict[str, Any] | None,

@@ -24,10 +24,9 @@ from model_runtime.checkpoint.folder import weight_files
 from model_runtime.checkpoint.hf_layout import ORIG_TO_HF
 from model_runtime.checkpoint.safetensors_io import SafetensorsFile
 from model_runtime.config import ConfigError, LlavaConfig, read_config_dict
-from model_runtime.processing.image import CLIP_MEAN, CLIP_STD
+from model_runtime.processing.image import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 
 AUDIO_PREFIXES = ("model.speech_encoder.", "model.speech_projector.")
-SIGLIP_MEAN = SIGLIP_STD = [0.5, 0.5, 0.5]
 AUDIO_SIDE_FILE = "audio_tower.safetensors"
 ONEVISION, LLAVA = "LlavaOnevisionForConditionalGeneration", "LlavaForConditionalGeneration"
 
@@ -101,10 +100,7 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     (the demos do) and appended as special tokens otherwise (embedding rows are zero-padded only if
     a new id is past vocab_size).
     """
-    import torch
     from safetensors.torch import save_file
-
-    from model_runtime.checkpoint_tools.demo import CHAT_TEMPLATE
 
     src, out = Path(src_dir), Path(out_dir)
     raw = read_config_dict(src)
@@ -114,31 +110,9 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{out} is not empty: export-hf writes a new folder")
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"source": str(src), "out": str(out), "architecture": architecture}
-
-    # tokenizer: same vocabulary; placeholder ids
-    tok_json = json.loads((src / "tokenizer.json").read_text())
-    before = len(tok_json.get("added_tokens", []))
-    placeholders = {"<image>": _add_placeholder_token(tok_json, "<image>")}
-    if architecture == ONEVISION:
-        placeholders["<video>"] = _add_placeholder_token(tok_json, "<video>")
+    placeholders, report["added_tokens"] = _write_tokenizer(src, out, architecture)
     image_id, video_id = placeholders["<image>"], placeholders.get("<video>")
-    report["added_tokens"] = len(tok_json.get("added_tokens", [])) - before
-    (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
-    tok_config = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").exists() else {}
-    template = tok_config.get("chat_template")
-    if not template or "image" not in template:
-        template = CHAT_TEMPLATE  # the demos' ChatML template that knows image/video parts
-    tok_config["chat_template"] = template
-    decoder = tok_config.setdefault("added_tokens_decoder", {})
-    for token, tid in placeholders.items():
-        decoder.setdefault(str(tid), {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
-                                      "single_word": False, "special": True})
-    tok_config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
-    (out / "chat_template.jinja").write_text(template)  # the processor's template (transformers 5 layout)
 
-    # weights: ORIG names -> transformers names, nothing else changes
-    state = {name: tensor for file in weight_files(src) for name, tensor in SafetensorsFile(file)}
     vocab_size = max(int(raw["vocab_size"]), *(tid + 1 for tid in placeholders.values()))
     tied = bool(raw.get("tie_word_embeddings", False))
     dtype = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
@@ -152,10 +126,71 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     config.dtype = dtype
     if raw.get("llava_serve_demo"):
         config.llava_serve_demo = raw["llava_serve_demo"]
+
+    state = {name: tensor for file in weight_files(src) for name, tensor in SafetensorsFile(file)}
+    weights, left_out = _renamed_weights(state, _shapes(model_cls, config),
+                                         architecture, vocab_size, tied)
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if left_out:
+        save_file({k: state[k].contiguous() for k in left_out}, str(out / AUDIO_SIDE_FILE), metadata={"format": "pt"})
+    config.save_pretrained(str(out))
+    report["left_out"] = {"tensors": len(left_out), "prefixes": sorted({".".join(k.split(".")[:2]) for k in left_out})}
+    report["num_tensors"] = len(weights)
+    report["dtype"] = dtype
+
+    # generation config: the checkpoint's own (eos = <|im_end|>, <|endoftext|>)
+    if (src / "generation_config.json").exists():
+        shutil.copy(src / "generation_config.json", out / "generation_config.json")
+    for name, content in processor_files.items():
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
+    (out / "README.md").write_text(_readme(src, out, raw, cfg, architecture, left_out))
+    p = cfg.vision.num_patches_per_side
+    report.update(image_token_id=image_id, video_token_id=video_id, vocab_size=vocab_size,
+                  tie_word_embeddings=tied, num_image_tokens_per_crop=p * p)
+    return report
+
+
+def _write_tokenizer(src: Path, out: Path, architecture: str) -> tuple[dict[str, int], int]:
+    """The tokenizer files with the same vocabulary and the chat template; (placeholder ids, tokens added)."""
+    from model_runtime.checkpoint_tools.demo import CHAT_TEMPLATE
+
+    tok_json = json.loads((src / "tokenizer.json").read_text())
+    before = len(tok_json.get("added_tokens", []))
+    placeholders = {"<image>": _add_placeholder_token(tok_json, "<image>")}
+    if architecture == ONEVISION:
+        placeholders["<video>"] = _add_placeholder_token(tok_json, "<video>")
+    num_added = len(tok_json.get("added_tokens", [])) - before
+    (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
+    tok_config = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").exists() else {}
+    template = tok_config.get("chat_template")
+    if not template or "image" not in template:
+        template = CHAT_TEMPLATE  # the demos' ChatML template that knows image/video parts
+    tok_config["chat_template"] = template
+    decoder = tok_config.setdefault("added_tokens_decoder", {})
+    for token, tid in placeholders.items():
+        decoder.setdefault(str(tid), {"content": token, "lstrip": False, "rstrip": False, "normalized": False,
+                                      "single_word": False, "special": True})
+    tok_config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
+    (out / "chat_template.jinja").write_text(template)  # the processor's template (transformers 5 layout)
+    return placeholders, num_added
+
+
+def _shapes(model_cls, config) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of `model_cls(config)`, built on the meta device (no memory)."""
+    import torch
+
     with torch.device("meta"):
         skeleton = model_cls(config)
-    expected = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
-    del skeleton
+    return {k: tuple(t.shape) for k, t in skeleton.state_dict().items()}
+
+
+def _renamed_weights(state: dict, expected: dict[str, tuple[int, ...]], architecture: str, vocab_size: int,
+                     tied: bool) -> tuple[dict, list[str]]:
+    """ORIG names -> transformers names, nothing else changes (embedding rows zero-padded to
+    `vocab_size`); (weights, the ORIG keys with no counterpart)."""
+    import torch
+
     weights, left_out = {}, []
     for orig in sorted(state):
         name = hf_key(orig)
@@ -173,20 +208,11 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     missing = sorted(set(expected) - set(weights) - ({"lm_head.weight"} if tied else set()))
     if missing:
         raise ConfigError(f"no ORIG weights for {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    if left_out:
-        save_file({k: state[k].contiguous() for k in left_out}, str(out / AUDIO_SIDE_FILE), metadata={"format": "pt"})
-    config.save_pretrained(str(out))
-    report["left_out"] = {"tensors": len(left_out), "prefixes": sorted({".".join(k.split(".")[:2]) for k in left_out})}
-    report["num_tensors"] = len(weights)
-    report["dtype"] = dtype
+    return weights, left_out
 
-    # generation config: the checkpoint's own (eos = <|im_end|>, <|endoftext|>)
-    if (src / "generation_config.json").exists():
-        shutil.copy(src / "generation_config.json", out / "generation_config.json")
-    for name, content in processor_files.items():
-        (out / name).write_text(json.dumps(content, indent=2) + "\n")
 
+def _readme(src: Path, out: Path, raw: dict[str, Any], cfg: LlavaConfig, architecture: str,
+            left_out: list[str]) -> str:
     notes = [
         f"# llava-hf export of {src.name}",
         "",
@@ -202,11 +228,7 @@ def export_hf(src_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         notes.append("Videos differ from ORIG: transformers pools bilinearly with one trailing newline.")
     if architecture == LLAVA:
         notes.append("transformers' LlavaForConditionalGeneration takes no videos.")
-    (out / "README.md").write_text("\n".join(notes) + "\n")
-    p = cfg.vision.num_patches_per_side
-    report.update(image_token_id=image_id, video_token_id=video_id, vocab_size=vocab_size,
-                  tie_word_embeddings=tied, num_image_tokens_per_crop=p * p)
-    return report
+    return "\n".join(notes) + "\n"
 
 
 def _text_config(raw: dict[str, Any], language: str, vocab_size: int, tied: bool):
@@ -249,7 +271,7 @@ def _onevision(cfg: LlavaConfig, text_config, image_id: int, video_id: int, tied
     common = {"processor_class": "LlavaOnevisionProcessor", "do_convert_rgb": True, "do_resize": True, "size": size,
               "resample": 3,  # bicubic, as ORIG's PIL resizes
               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-              "image_mean": SIGLIP_MEAN, "image_std": SIGLIP_STD}
+              "image_mean": list(SIGLIP_MEAN), "image_std": list(SIGLIP_STD)}
     p = v.num_patches_per_side
     files = {
         "preprocessor_config.json": {"image_processor_type": "LlavaOnevisionImageProcessor", **common, "do_pad": True,
@@ -282,7 +304,7 @@ def _llava(cfg: LlavaConfig, text_config, image_id: int, tied: bool):
         size, crop = {"shortest_edge": v.image_size}, True
     else:
         vision_config, layer, strategy = _siglip_config(cfg), -1, "full"
-        mean, std = SIGLIP_MEAN, SIGLIP_STD
+        mean, std = list(SIGLIP_MEAN), list(SIGLIP_STD)
         size, crop = {"height": v.image_size, "width": v.image_size}, False
     config = HfLlavaConfig(
         text_config=text_config, vision_config=vision_config, image_token_index=image_id,
