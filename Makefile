@@ -42,7 +42,7 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # Debian's postgresql package: the real PostgreSQL server the state-store tests start themselves (as the
-# postgres user, on a temporary cluster and a free port of 127.0.0.1; tests/server/store/postgres.py).
+# postgres user, on a temporary cluster and a free port of 127.0.0.1; testkit/postgres.py).
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }

@@ -15,7 +15,7 @@ import pytest
 
 from server.config import StoreConfig
 from server.store import StateStore
-from tests.server.store.postgres import PostgresServer
+from testkit.postgres import PostgresServer
 
 T = TypeVar("T")
 DIALECTS = ("sqlite", "postgresql")

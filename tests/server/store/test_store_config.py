@@ -14,7 +14,7 @@ from server.cli import build_parser, config_from_args
 from server.config import DAY, MiB, ServerConfig, StoreConfig
 from server.lifecycle import Phase
 from server.store.database import database_url
-from tests.server.store.postgres import free_port
+from testkit.postgres import free_port
 
 
 def serve_args(*argv: str) -> ServerConfig:
