@@ -2,8 +2,8 @@
 
 `initdb` and `postgres` refuse to run as root, so under root they run as the `postgres` user (the
 package creates it) on a temporary folder it owns. The server listens on a free port of 127.0.0.1
-only, trusts local connections (no password: nothing else can reach it) and runs with fsync off
-(the tests restart the store, never the machine). Each test gets a database of its own.
+only, trusts local connections (no password: nothing else can reach it) and, for the tests, runs with
+fsync off (they restart the store, never the machine). Each test gets a database of its own.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
+        self.fsync = fsync  # off for the tests (they never crash the machine); on for benchmarks
         self.bin = postgres_bin()
         self.root = Path(tempfile.mkdtemp(prefix="llava-serve-pg-"))
         self.port = free_port()
@@ -59,7 +60,8 @@ class PostgresServer:
         with log.open("wb") as out:
             self.process = subprocess.Popen(
                 [self.bin / "postgres", "-D", data, "-p", str(self.port), "-k", self.root,
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"],
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if self.fsync else 'off'}",
+                 "-c", "max_connections=300"],
                 stdout=out, stderr=subprocess.STDOUT, **self._as_owner())
         deadline = time.monotonic() + _START_S
         while True:
