@@ -22,6 +22,7 @@ SENTINEL_BY_PLACEHOLDER = {
 # modality -> sentinel id
 SENTINEL_BY_MODALITY = {"image": IMAGE_TOKEN_INDEX, "video": IMAGE_TOKEN_INDEX, "audio": AUDIO_TOKEN_INDEX}
 PLACEHOLDER_BY_MODALITY = {"image": IMAGE_PLACEHOLDER, "video": VIDEO_PLACEHOLDER, "audio": AUDIO_PLACEHOLDER}
+MODALITY_BY_PLACEHOLDER = {p: m for m, p in PLACEHOLDER_BY_MODALITY.items()}
 
 # Whisper's audio front end: 16 kHz mono, 30 s chunks, 25 ms windows every 10 ms.
 AUDIO_SAMPLE_RATE = 16000  # Hz

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from model_runtime import MAX_TOP_LOGPROBS
+
 MAX_STOP_STRINGS = 16
-MAX_TOP_LOGPROBS = 20
 
 
 class _Lenient(BaseModel):

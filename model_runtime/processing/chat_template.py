@@ -19,16 +19,15 @@ from transformers import PreTrainedTokenizerBase
 
 from model_runtime.config import ConfigError
 from model_runtime.config.llava import read_json_object
-from model_runtime.constants import PLACEHOLDER_BY_MODALITY
+from model_runtime.constants import MODALITY_BY_PLACEHOLDER, PLACEHOLDER_BY_MODALITY
 from model_runtime.processing.conversation import ChatTurn
 from model_runtime.processing.processor import InvalidPromptError
+from model_runtime.processing.prompt import PLACEHOLDERS
 
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 PROCESSOR_CONFIG = "processor_config.json"
-_MODALITY_BY_PLACEHOLDER = {p: m for m, p in PLACEHOLDER_BY_MODALITY.items()}
 # chat.py writes each media part as its placeholder and a newline; the newline is ours, not the template's
-_PLACEHOLDERS = re.compile("|".join(re.escape(p) for p in _MODALITY_BY_PLACEHOLDER))
-_PART = re.compile("(" + _PLACEHOLDERS.pattern + ")\n?")
+_PART = re.compile("(" + PLACEHOLDERS.pattern + ")\n?")
 
 
 class ChatTemplateError(InvalidPromptError):
@@ -56,7 +55,7 @@ class CheckpointChatTemplate:
         for token, placeholder in self.media_tokens:
             text = text.replace(token, placeholder)
         wanted = [m for t in turns for m in _PART.findall(t.text)]
-        rendered = _PLACEHOLDERS.findall(text)
+        rendered = PLACEHOLDERS.findall(text)
         if rendered != wanted:
             raise ChatTemplateError(f"the checkpoint's chat template ({self.name}) rendered the media parts "
                                     f"{rendered} for {wanted}")
@@ -89,7 +88,7 @@ def content_parts(text: str) -> list[dict[str, str]]:
     pieces = _PART.split(text)
     for i, piece in enumerate(pieces):
         if i % 2:
-            parts.append({"type": _MODALITY_BY_PLACEHOLDER[piece]})
+            parts.append({"type": MODALITY_BY_PLACEHOLDER[piece]})
         elif piece:
             parts.append({"type": "text", "text": piece})
     return parts

@@ -19,13 +19,18 @@ from PIL import Image
 
 from model_runtime.arch import layout
 from model_runtime.config import LlavaConfig
-from model_runtime.constants import AUDIO_SAMPLE_RATE, PLACEHOLDER_BY_MODALITY, SENTINEL_BY_MODALITY
+from model_runtime.constants import (
+    AUDIO_SAMPLE_RATE,
+    MODALITY_BY_PLACEHOLDER,
+    PLACEHOLDER_BY_MODALITY,
+    SENTINEL_BY_MODALITY,
+)
 from model_runtime.errors import RequestInputError
 from model_runtime.inputs import MediaInput
 from model_runtime.processing.audio import log_mel_chunks
 from model_runtime.processing.conversation import ChatTurn, ConversationTemplate
 from model_runtime.processing.image import ImagePreprocessor
-from model_runtime.processing.prompt import contains_placeholder, tokenize_prompt
+from model_runtime.processing.prompt import PLACEHOLDERS, contains_placeholder, tokenize_prompt
 from model_runtime.processing.tool_prompt import has_tool_turns, hermes_turns
 from model_runtime.processing.video import FramePlan, plan_video_frames, time_instruction
 
@@ -33,8 +38,6 @@ if TYPE_CHECKING:
     from model_runtime.processing.chat_template import CheckpointChatTemplate
 
 DEFAULT_MAX_FRAMES = 32  # frames per video when the checkpoint states no frames_upbound (serving spec 4)
-_MODALITY_BY_PLACEHOLDER = {p: m for m, p in PLACEHOLDER_BY_MODALITY.items()}
-_PLACEHOLDERS = re.compile("|".join(re.escape(p) for p in _MODALITY_BY_PLACEHOLDER))
 _VIDEO_LINE = re.compile(re.escape(PLACEHOLDER_BY_MODALITY["video"]) + "\n?")
 
 
@@ -205,7 +208,7 @@ class Processor:
         )
 
     def _check_placeholders(self, turns: list[ChatTurn], media: list[MediaInput]) -> None:
-        found = [_MODALITY_BY_PLACEHOLDER[p] for t in turns for p in _PLACEHOLDERS.findall(t.text)]
+        found = [MODALITY_BY_PLACEHOLDER[p] for t in turns for p in PLACEHOLDERS.findall(t.text)]
         for modality in PLACEHOLDER_BY_MODALITY:
             wanted = found.count(modality)
             have = sum(1 for m in media if m.modality == modality)

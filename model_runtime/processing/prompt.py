@@ -11,7 +11,8 @@ import re
 
 from model_runtime.constants import SENTINEL_BY_PLACEHOLDER
 
-_SPLIT = re.compile("(" + "|".join(re.escape(p) for p in SENTINEL_BY_PLACEHOLDER) + ")")
+PLACEHOLDERS = re.compile("|".join(re.escape(p) for p in SENTINEL_BY_PLACEHOLDER))  # any media placeholder
+_SPLIT = re.compile("(" + PLACEHOLDERS.pattern + ")")
 
 
 def tokenize_prompt(prompt: str, tokenizer) -> list[int]:

@@ -15,12 +15,12 @@ import numpy as np
 import soundfile
 import soxr
 
+from model_runtime import AUDIO_SAMPLE_RATE  # Hz: what the Whisper audio tower takes
 from server.config import MediaLimits
 from server.media import MediaError
 
 log = logging.getLogger(__name__)
 
-TARGET_RATE = 16_000  # Hz: what the Whisper audio tower takes
 ALLOWED_FORMATS = {"WAV": "wav", "WAVEX": "wav", "RF64": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3"}
 
 
@@ -79,6 +79,6 @@ def too_long(seconds: float, limits: MediaLimits) -> MediaError:
 def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """[n, channels] float32 at `sample_rate` -> [m] float32 mono at 16 kHz (channel mean, then soxr)."""
     mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples.astype(np.float32)
-    if sample_rate == TARGET_RATE:
+    if sample_rate == AUDIO_SAMPLE_RATE:
         return np.ascontiguousarray(mono, dtype=np.float32)
-    return soxr.resample(mono, sample_rate, TARGET_RATE, quality="HQ").astype(np.float32, copy=False)
+    return soxr.resample(mono, sample_rate, AUDIO_SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)

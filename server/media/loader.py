@@ -17,12 +17,19 @@ from typing import Any
 
 from PIL import Image
 
-from model_runtime import ImageTokenParts, InvalidMediaError, LayoutError, MediaInput, Processor
+from model_runtime import (
+    AUDIO_SAMPLE_RATE,
+    ImageTokenParts,
+    InvalidMediaError,
+    LayoutError,
+    MediaInput,
+    Processor,
+)
 from server.chat import MediaRef
 from server.config import MediaLimits
 from server.errors import APIError, from_runtime, media_error
 from server.media import MediaError
-from server.media.audio import TARGET_RATE, decode_audio
+from server.media.audio import decode_audio
 from server.media.fetch import MediaFetcher, too_large
 from server.media.image import decode_image
 from server.media.pool import DecodePool
@@ -147,7 +154,7 @@ class MediaLoader:
         assert decoded.audio is not None
         track = await self._process("audio", self.processor.process_audio, decoded.audio, None)
         audio_track = {"sample_rate": decoded.audio_sample_rate, "channels": decoded.audio_channels,
-                       "seconds": round(len(decoded.audio) / TARGET_RATE, 3), "resampled_to": TARGET_RATE,
+                       "seconds": round(len(decoded.audio) / AUDIO_SAMPLE_RATE, 3), "resampled_to": AUDIO_SAMPLE_RATE,
                        "tokens": track.num_tokens}
         report = MediaReport(index, "video", ref.param, source, processing, video.num_tokens, audio_track)
         return [LoadedInput(video, report), LoadedInput(track, report)]
@@ -160,7 +167,7 @@ class MediaLoader:
         item = await self._process("audio", self.processor.process_audio, decoded.waveform, decoded.duration)
         source.update(format=decoded.format, sample_rate=decoded.sample_rate, channels=decoded.num_channels,
                       seconds=round(decoded.duration, 3))
-        processing = {"resampled_to": TARGET_RATE, "mono": True, "samples": int(len(decoded.waveform))}
+        processing = {"resampled_to": AUDIO_SAMPLE_RATE, "mono": True, "samples": int(len(decoded.waveform))}
         return [LoadedInput(item, MediaReport(index, "audio", ref.param, source, processing, item.num_tokens))]
 
 

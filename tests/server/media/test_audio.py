@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model_runtime import AUDIO_SAMPLE_RATE
 from server.config import MediaLimits
 from server.media import MediaError
-from server.media.audio import TARGET_RATE, decode_audio
+from server.media.audio import decode_audio
 from testkit.media import audio_bytes, long_silent_flac
 
 LIMITS = MediaLimits()
@@ -24,7 +25,7 @@ def test_formats_resample_to_16k_mono(fmt):
     decoded = decode_audio(audio_bytes(0.5, rate=22050, channels=2, fmt=fmt), LIMITS)
     assert decoded.waveform.dtype == np.float32 and decoded.waveform.ndim == 1
     assert decoded.format == fmt.lower() and decoded.sample_rate == 22050 and decoded.num_channels == 2
-    assert abs(len(decoded.waveform) - TARGET_RATE * 0.5) < TARGET_RATE * 0.06  # mp3 pads a little
+    assert abs(len(decoded.waveform) - AUDIO_SAMPLE_RATE * 0.5) < AUDIO_SAMPLE_RATE * 0.06  # mp3 pads a little
 
 
 def test_resampling_keeps_a_tone():
@@ -38,7 +39,7 @@ def test_resampling_keeps_a_tone():
     soundfile.write(buf, np.sin(2 * np.pi * 1000 * t).astype(np.float32), rate, format="WAV", subtype="FLOAT")
     wave = decode_audio(buf.getvalue(), LIMITS).waveform
     spectrum = np.abs(np.fft.rfft(wave))
-    assert abs(np.argmax(spectrum) * TARGET_RATE / len(wave) - 1000) < 5
+    assert abs(np.argmax(spectrum) * AUDIO_SAMPLE_RATE / len(wave) - 1000) < 5
 
 
 def test_an_hour_of_silence_is_refused_from_the_header():
