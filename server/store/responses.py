@@ -9,12 +9,12 @@ takes its references away and deletes the blobs no response names any more. Rows
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -61,6 +61,9 @@ def put(conn: Connection, dialect: str, response: StoredResponse, blobs: Sequenc
 
 
 def _add_reference(conn: Connection, dialect: str, blob: MediaBlob) -> None:
+    # a blob stored already (the next turn resends the same image) costs a counter, not its bytes again
+    if conn.execute(update(media).where(media.c.hash == blob.hash).values(refs=media.c.refs + 1)).rowcount:
+        return
     make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = make_insert(media).values(hash=blob.hash, mime_type=blob.mime_type, data=blob.data,
                                           size_bytes=len(blob.data), refs=1)
@@ -100,35 +103,49 @@ def _visible(response_id: str, owner: str, oldest: float) -> Any:
     return and_(responses.c.id == response_id, responses.c.owner == owner, responses.c.created_at >= oldest)
 
 
-def get(conn: Connection, response_id: str, owner: str, oldest: float) -> StoredResponse | None:
-    row = conn.execute(select(responses).where(_visible(response_id, owner, oldest))).one_or_none()
-    if row is None:
-        return None
-    items = conn.execute(select(response_items.c.item_json).where(response_items.c.response_id == response_id)
-                         .order_by(response_items.c.position)).scalars()
-    hashes = conn.execute(select(response_media.c.hash).where(response_media.c.response_id == response_id)
-                          .order_by(response_media.c.position)).scalars()
-    return StoredResponse(
+def _records(conn: Connection, ids: list[str]) -> dict[str, StoredResponse]:
+    """These responses with their items and media, by id (three queries however many)."""
+    items: dict[str, list[Any]] = defaultdict(list)
+    for row in conn.execute(select(response_items.c.response_id, response_items.c.item_json)
+                            .where(response_items.c.response_id.in_(ids)).order_by(response_items.c.position)):
+        items[row.response_id].append(json.loads(row.item_json))
+    hashes: dict[str, list[str]] = defaultdict(list)
+    for row in conn.execute(select(response_media.c.response_id, response_media.c.hash)
+                            .where(response_media.c.response_id.in_(ids)).order_by(response_media.c.position)):
+        hashes[row.response_id].append(row.hash)
+    return {row.id: StoredResponse(
         id=row.id, owner=row.owner, created_at=row.created_at, model=row.model, status=row.status,
-        request=json.loads(row.request_json), input_items=[json.loads(item) for item in items],
-        output=json.loads(row.output_json), previous_response_id=row.previous_response_id,
-        media_hashes=tuple(hashes), size_bytes=row.size_bytes)
+        request=json.loads(row.request_json), input_items=items[row.id], output=json.loads(row.output_json),
+        previous_response_id=row.previous_response_id, media_hashes=tuple(hashes[row.id]), size_bytes=row.size_bytes)
+        for row in conn.execute(select(responses).where(responses.c.id.in_(ids)))}
+
+
+def get(conn: Connection, response_id: str, owner: str, oldest: float) -> StoredResponse | None:
+    if conn.execute(select(responses.c.id).where(_visible(response_id, owner, oldest))).one_or_none() is None:
+        return None
+    return _records(conn, [response_id])[response_id]
 
 
 def conversation(conn: Connection, response_id: str, owner: str, oldest: float,
                  max_turns: int) -> list[StoredResponse] | None:
-    """The turns that end with this response, oldest first; None when any of them is gone."""
-    turns: list[StoredResponse] = []
-    next_id: str | None = response_id
-    while next_id is not None:
-        if len(turns) == max_turns:
-            raise ValueError(f"the conversation is longer than {max_turns} turns")
-        turn = get(conn, next_id, owner, oldest)
-        if turn is None:
-            return None
-        turns.append(turn)
-        next_id = turn.previous_response_id
-    return turns[::-1]
+    """The turns that end with this response, oldest first; None when any of them is gone.
+
+    One recursive query walks previous_response_id back through this owner's visible responses.
+    """
+    first = select(responses.c.id, responses.c.previous_response_id, literal(1).label("depth")).where(
+        _visible(response_id, owner, oldest))
+    chain = first.cte("chain", recursive=True)
+    earlier = (select(responses.c.id, responses.c.previous_response_id, chain.c.depth + 1)
+               .join(chain, responses.c.id == chain.c.previous_response_id)
+               .where(responses.c.owner == owner, responses.c.created_at >= oldest, chain.c.depth <= max_turns))
+    chain = chain.union_all(earlier)
+    links = conn.execute(select(chain.c.id, chain.c.previous_response_id, chain.c.depth).order_by(chain.c.depth)).all()
+    if len(links) > max_turns:  # the walk stops one turn past the limit
+        raise ValueError(f"the conversation is longer than {max_turns} turns")
+    if not links or links[-1].previous_response_id is not None:  # gone, or an earlier turn is
+        return None
+    found = _records(conn, [link.id for link in links])
+    return [found[link.id] for link in reversed(links)]
 
 
 def input_items(conn: Connection, response_id: str, owner: str, oldest: float, after: str | None,

@@ -13,6 +13,7 @@ from server.store import (
     UnknownCursor,
     owner_hash,
 )
+from server.store import responses as response_queries
 from server.store.schema import media, response_media
 from tests.server.store.conftest import run
 
@@ -165,3 +166,12 @@ def test_media_is_kept_once_by_content_and_deleted_with_its_last_reference(store
     assert run(store.get_media([IMAGE.hash], BOB)) == {IMAGE.hash: IMAGE}
     assert run(store.delete_response("resp_bob", BOB))
     assert blob_rows(store) == {}
+
+
+def test_a_conversation_longer_than_the_turn_limit_is_refused(store):
+    for n in range(4):
+        put(store, response(store, f"resp_{n}", previous=f"resp_{n - 1}" if n else None))
+    with store.db.read() as conn:
+        assert len(response_queries.conversation(conn, "resp_3", ALICE, 0.0, max_turns=4)) == 4
+        with pytest.raises(ValueError, match="longer than 3 turns"):
+            response_queries.conversation(conn, "resp_3", ALICE, 0.0, max_turns=3)
