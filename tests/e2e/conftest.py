@@ -107,7 +107,8 @@ def server(tiny_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
 def api_server(tiny_checkpoint, tmp_path_factory) -> Iterator[ServerProcess]:
     """One server for the API-surface modules (completions, tokenize, messages, responses): their
     modules share the xdist group "api", so it starts once."""
-    s = start_server(tiny_checkpoint, tmp_path_factory.mktemp("api"), "--max-n", "4")
+    folder = tmp_path_factory.mktemp("api")
+    s = start_server(tiny_checkpoint, folder, "--max-n", "4", "--data-dir", str(folder / "data"))
     yield s
     stop_server(s)
 
