@@ -12,6 +12,12 @@ from model_runtime.checkpoint.hf_layout import HF_BEHAVIOURS
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
 from model_runtime.checkpoint.quantize import QUANTIZATIONS
 from model_runtime.config import AudioTowerConfig, ConfigError, EngineConfig, LlavaConfig
+from model_runtime.config.engine import (
+    GPU_STEP_TOKENS,
+    IDLE_STEP_FACTOR,
+    KV_AUTO_CPU_BYTES,
+    KV_AUTO_CUDA_SHARE,
+)
 from model_runtime.constants import AUDIO_SAMPLE_RATE, PLACEHOLDER_BY_MODALITY
 from model_runtime.engine.engine import Engine, EngineDeadError
 from model_runtime.engine.grammar import CompiledGrammar, GrammarCompiler, GrammarError, GrammarSpec
@@ -54,6 +60,7 @@ __all__ = [
     "FramePlan",
     "GrammarCompiler",
     "GrammarError",
+    "GPU_STEP_TOKENS",
     "GrammarSpec",
     "HF_BEHAVIOURS",
     "MAX_TOP_LOGPROBS",
@@ -66,9 +73,12 @@ __all__ = [
     "EngineDrainingError",
     "EngineStats",
     "EngineWorker",
+    "IDLE_STEP_FACTOR",
     "ImageTokenParts",
     "InvalidMediaError",
     "InvalidPromptError",
+    "KV_AUTO_CPU_BYTES",
+    "KV_AUTO_CUDA_SHARE",
     "LayoutError",
     "LlavaConfig",
     "LoadedModel",

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from model_runtime import DEFAULT_MAX_FRAMES, HF_BEHAVIOURS, QUANTIZATIONS, EngineConfig
+from model_runtime import (
+    DEFAULT_MAX_FRAMES,
+    GPU_STEP_TOKENS,
+    HF_BEHAVIOURS,
+    IDLE_STEP_FACTOR,
+    KV_AUTO_CPU_BYTES,
+    KV_AUTO_CUDA_SHARE,
+    QUANTIZATIONS,
+    EngineConfig,
+)
 
 ENV_PREFIX = "LLAVA_SERVE_"
 MiB = 2**20
@@ -312,13 +321,15 @@ ENGINE_FLAGS = {
     "seed": Flag("--seed", "seeds the choice of seeds for requests that give none", ENGINE),
     "kv_cache_memory": Flag(
         "--kv-cache-memory", "KV cache size: a size (`4GiB`, `512MiB`), a share of the memory available at "
-        "start-up (`0.5`), or auto (GPU: 0.8 of free memory; CPU: min(4 GiB, half the available memory))", ENGINE,
+        f"start-up (`0.5`), or auto (GPU: {KV_AUTO_CUDA_SHARE} of free memory; CPU: min({KV_AUTO_CPU_BYTES // 2**30} "
+        "GiB, half the available memory))", ENGINE,
         parse=parse_memory, auto="auto"),
     "block_size": Flag("--block-size", "token positions per KV cache block (a power of two)", ENGINE),
     "max_num_batched_tokens": Flag(
         "--max-num-batched-tokens", "work per engine step in prompt tokens: decode rows always run, prompts and "
-        "media encoding are cut into chunks to fit; auto: 4096 on a GPU, on the CPU paced by time "
-        "(`--step-seconds`); steps in which nothing decodes take 4 times as much", ENGINE, auto="auto"),
+        f"media encoding are cut into chunks to fit; auto: {GPU_STEP_TOKENS} on a GPU, on the CPU paced by time "
+        f"(`--step-seconds`); steps in which nothing decodes take {IDLE_STEP_FACTOR} times as much", ENGINE,
+        auto="auto"),
     "step_seconds": Flag(
         "--step-seconds", "CPU without `--max-num-batched-tokens`: each step in which some stream decodes is "
         "sized, from the engine's own step timings, to last about this long: the longest token gap while other "
