@@ -299,6 +299,8 @@ class StoreConfig:
             if scheme not in STATE_DB_SCHEMES or "://" not in self.state_db:
                 raise ValueError("state_db: expected postgresql://USER:PASSWORD@HOST/DB or sqlite:///PATH (the "
                                  "value given is not repeated: it may hold a password)")
+            if scheme == "sqlite" and self.state_db.partition("://")[2].strip("/") in ("", ":memory:"):
+                raise ValueError("state_db: an in-memory SQLite database keeps nothing; give sqlite:///PATH")
         if self.retention_seconds < 1:
             raise ValueError(f"retention_seconds={self.retention_seconds}: must be >= 1")
         if self.max_response_bytes_per_key < 1:

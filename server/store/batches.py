@@ -83,6 +83,11 @@ def page(conn: Connection, owner: str, after: str | None, limit: int) -> Page[Ba
     return Page([_record(row) for row in rows[:limit]], has_more=len(rows) > limit)
 
 
+def count(conn: Connection, owner: str, statuses: list[str]) -> int:
+    return conn.execute(select(func.count()).select_from(batches)
+                        .where(batches.c.owner == owner, batches.c.status.in_(statuses))).scalar_one()
+
+
 def in_statuses(conn: Connection, statuses: list[str]) -> list[Batch]:
     rows = conn.execute(select(batches).where(batches.c.status.in_(statuses)).order_by(*order_keys(batches, "asc")))
     return [_record(row) for row in rows]

@@ -198,6 +198,10 @@ class StateStore:
             raise ValueError(f"limit={limit}: must be 1..{MAX_PAGE}")
         return await self._read(batches.page, owner, after, limit)
 
+    async def count_batches(self, owner: str, statuses: Collection[str]) -> int:
+        """The owner's batches in these statuses (a per-key limit on active batches)."""
+        return await self._read(batches.count, owner, list(statuses))
+
     async def batches_in(self, statuses: Collection[str]) -> list[Batch]:
         """Every owner's batches in these statuses, oldest first (what the batch runner works on)."""
         return await self._read(batches.in_statuses, list(statuses))

@@ -68,6 +68,10 @@ def test_status_moves_only_from_what_the_caller_expects(store, clock):
     with pytest.raises(ValueError, match="owner"):
         run(store.set_batch_status("batch_1", "failed", expected=["completed"], owner=BOB))
     assert [b.id for b in run(store.batches_in(["completed"]))] == ["batch_1"]
+    create(store, "batch_2", 1)
+    create(store, "batch_bob", 1, owner=BOB)
+    assert run(store.count_batches(ALICE, ["in_progress", "validating"])) == 1
+    assert run(store.count_batches(ALICE, ["in_progress", "completed"])) == 2
 
 
 def test_a_line_is_leased_to_one_worker_and_answered_once(store, clock):

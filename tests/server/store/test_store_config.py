@@ -56,6 +56,12 @@ def test_a_state_db_that_is_no_database_url_is_refused_without_echoing_it(url):
     assert "secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_database_is_refused(url):
+    with pytest.raises(ValueError, match="in-memory SQLite database keeps nothing"):
+        StoreConfig(state_db=url)
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"retention_seconds": 0}, "retention_seconds=0: must be >= 1"),
     ({"max_response_bytes_per_key": 0}, "max_response_bytes_per_key=0: must be >= 1"),
