@@ -97,6 +97,7 @@ async def start_runtime(state: ServerState, load: Loader) -> None:
     config = state.config
     try:
         model = await asyncio.to_thread(load)
+        log_precision(model)
         context_len = min(config.engine.max_model_len or model.context_len, model.context_len)
         engine = Engine(model.model, model.tokenizer, model.eos_token_ids, config.engine_config(context_len))
         context_len = engine.max_model_len  # at most what the KV cache holds
@@ -121,6 +122,15 @@ async def start_runtime(state: ServerState, load: Loader) -> None:
     })
     state.lifecycle.mark_ready(worker)
     log.info("serving %s on http://%s:%d", config.served_model_name, config.host, config.port)
+
+
+def log_precision(model: LoadedModel) -> None:
+    """One line for what the model computes in and why (`--dtype auto` decides by the hardware); a
+    warning where its quantization is known to be slower than float32 on this CPU."""
+    log.info("dtype %s: %s", str(model.dtype).removeprefix("torch."), model.dtype_reason or "as loaded")
+    if model.quantization_slowdown:
+        log.warning("--quantization %s is slower than float32 on this CPU: %s", model.quantization,
+                    model.quantization_slowdown)
 
 
 async def watchdog(state: ServerState) -> None:

@@ -33,7 +33,13 @@ from model_runtime.checkpoint.hf_layout import (
 )
 from model_runtime.checkpoint.hf_layout import orig_config as hf_orig_config
 from model_runtime.checkpoint.lora import merge_adapter, read_non_lora_trainables
-from model_runtime.checkpoint.quantize import QUANTIZATIONS, bitsandbytes_config, default_compute_dtype
+from model_runtime.checkpoint.precision import DtypeChoice, choose_dtype, detect_capabilities, device_kind
+from model_runtime.checkpoint.quantize import (
+    QUANTIZATIONS,
+    bitsandbytes_config,
+    cpu_slowdown,
+    default_compute_dtype,
+)
 from model_runtime.checkpoint.safetensors_io import SafetensorsFile
 from model_runtime.checkpoint.tensors import load_tensors
 from model_runtime.checkpoint.tokens import add_special_tokens
@@ -66,17 +72,38 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
     quantization: str = "none"  # one of quantize.QUANTIZATIONS
     kind: str = "full"  # "full" | "lora" | "projector": how the checkpoint was assembled
+    dtype_reason: str = ""  # why `dtype` was chosen (precision.DtypeChoice.reason), for the log and /version
+    device_kind: str = "cpu"  # "cpu" | "cuda" | ...: where the language model computes
+    quantization_slowdown: str | None = None  # why `quantization` is slower than float32 here (quantize.py)
 
 
-def resolve_dtype(name: str, raw_config: dict, quantization: str = "none") -> torch.dtype:
+def resolve_dtype(name: str, raw_config: dict, quantization: str = "none", device_kind: str = "cpu",
+                  capabilities: frozenset[str] = frozenset()) -> DtypeChoice:
+    """`--dtype` (auto or a name) for a checkpoint whose config.json is `raw_config`, on a device of
+    `device_kind` with `capabilities` (precision.detect_capabilities)."""
     if name == "auto":
-        checkpoint = str(raw_config.get("torch_dtype") or raw_config.get("dtype") or "float32")
+        stored = str(raw_config.get("torch_dtype") or raw_config.get("dtype") or "float32")
+        hardware = choose_dtype(DTYPES.get(stored, torch.float32), device_kind, capabilities)
         if quantization != "none":
-            return default_compute_dtype(quantization, DTYPES.get(checkpoint, torch.float32))
-        name = checkpoint
+            return default_compute_dtype(quantization, device_kind, hardware)
+        return hardware
     if name not in DTYPES:
         raise ConfigError(f"dtype {name!r}: expected auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return DtypeChoice(DTYPES[name], f"--dtype {name}")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A checkpoint's files and the config it is built from."""
+
+    files: CheckpointFiles
+    base: Path | None  # the model under a LoRA or projector-only checkpoint
+    raw: dict[str, Any]  # config.json in ORIG's layout (a llava-hf config translated)
+    hf_layout: bool
+
+    @property
+    def weights_path(self) -> Path:
+        return self.files.path if self.files.kind == "full" or self.base is None else self.base
 
 
 def load_pretrained_model(
@@ -96,6 +123,51 @@ def load_pretrained_model(
         raise ConfigError(f"quantization={quantization!r}: expected one of {QUANTIZATIONS}")
     if hf_behaviour not in HF_BEHAVIOURS:
         raise ConfigError(f"hf_behaviour={hf_behaviour!r}: expected one of {', '.join(HF_BEHAVIOURS)}")
+    source = _read_source(model_path, model_base, hf_behaviour)
+    files, base, raw = source.files, source.base, source.raw
+    cfg = LlavaConfig.from_dict(raw)
+    if base is not None:
+        check_compatible_base(raw, read_config_dict(base), base)
+    if cfg.language not in LANGUAGE_MODELS:
+        raise ConfigError(f"language model {cfg.language!r} is not supported (have {sorted(LANGUAGE_MODELS)})")
+    config_cls, model_cls = LANGUAGE_MODELS[cfg.language]
+    kind = device_kind(device, device_map)
+    capabilities = detect_capabilities(kind)
+    choice = resolve_dtype(dtype, raw, quantization, kind, capabilities)
+    hf_config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
+    model = _load_weights(source, cfg, model_cls, hf_config, choice.dtype,
+                          device_map if device_map is not None else device, quantization)
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(files.path, base), config=hf_config)
+    add_special_tokens(tokenizer, model, cfg)
+    model.eval()
+    template: ConversationTemplate | CheckpointChatTemplate
+    if hf_behaviour == "transformers":
+        template = read_chat_template(files.path, tokenizer)
+    else:
+        template = template_for(cfg.language, cfg.conversation_template, tokenizer)
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos |= _generation_eos(files.path) or (_generation_eos(base) if base is not None else set())
+    log.info("loaded %s checkpoint %s%s (%s, quantization %s)", files.kind, files.path,
+             f" on base {base}" if base else "", str(choice.dtype).removeprefix("torch."), quantization)
+    return LoadedModel(
+        tokenizer=tokenizer,
+        model=model,
+        config=cfg,
+        processor=Processor(cfg, tokenizer, template),
+        context_len=context_length(raw),
+        dtype=choice.dtype,
+        is_demo="llava_serve_demo" in raw,
+        eos_token_ids=tuple(sorted(eos)),
+        quantization=quantization,
+        kind=files.kind,
+        dtype_reason=choice.reason,
+        device_kind=kind,
+        quantization_slowdown=cpu_slowdown(quantization, kind, capabilities),
+    )
+
+
+def _read_source(model_path: str | Path, model_base: str | Path | None, hf_behaviour: str) -> _Source:
+    """The checkpoint's files, its base if it needs one, and its config, refused where they do not fit."""
     files = inspect_checkpoint(resolve_checkpoint(model_path))
     base = resolve_checkpoint(model_base) if model_base else None
     if files.kind == "full" and base is not None:
@@ -118,33 +190,32 @@ def load_pretrained_model(
         raise ConfigError(f"{files.path} is not a llava-hf checkpoint (config.json model_type "
                           f"{raw.get('model_type')!r} without text_config): hf_behaviour={hf_behaviour!r} "
                           "applies to llava-hf checkpoints only")
-    cfg = LlavaConfig.from_dict(raw)
-    if base is not None:
-        check_compatible_base(raw, read_config_dict(base), base)
-    if cfg.language not in LANGUAGE_MODELS:
-        raise ConfigError(f"language model {cfg.language!r} is not supported (have {sorted(LANGUAGE_MODELS)})")
-    config_cls, model_cls = LANGUAGE_MODELS[cfg.language]
-    torch_dtype = resolve_dtype(dtype, raw, quantization)
-    hf_config = config_cls(**{k: v for k, v in raw.items() if k != "model_type"})
+    return _Source(files, base, raw, hf_layout)
 
-    weights_path = files.path if files.kind == "full" else base
+
+def _load_weights(source: _Source, cfg: LlavaConfig, model_cls: Any, hf_config: Any, dtype: torch.dtype,
+                  device_map: str | dict, quantization: str) -> PreTrainedModel:
+    """The model with every weight from the checkpoint (its base, its extra tensors, a tower source);
+    a LoRA adapter merged in."""
+    weights_path = source.weights_path
     model: PreTrainedModel
     info: dict[str, Any]  # missing, unexpected and mismatched keys
     with _transformers_quiet():  # its load report calls the weights we fill below "newly initialized"
         # transformers annotates the return as the model alone; with output_loading_info it is
         # (model, info)
-        model, info = model_cls.from_pretrained(  # type: ignore[misc]
+        model, info = model_cls.from_pretrained(
             weights_path,
             config=hf_config,
-            dtype=torch_dtype,
-            device_map=device_map if device_map is not None else device,
-            quantization_config=bitsandbytes_config(quantization, torch_dtype),
+            dtype=dtype,
+            device_map=device_map,
+            quantization_config=bitsandbytes_config(quantization, dtype),
             attn_implementation=ATTN_IMPLEMENTATION,
             use_safetensors=True,
             output_loading_info=True,
             ignore_mismatched_sizes=True,  # reported below as a ConfigError
             # EgoGPT/Ola store the Whisper encoder under openai-whisper names; llava-hf, transformers' names
-            key_mapping=HF_KEY_MAPPING if hf_layout else OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
+            key_mapping=HF_KEY_MAPPING if source.hf_layout
+            else OPENAI_WHISPER_KEY_MAPPING if cfg.audio is not None else None,
         )
     if info["mismatched_keys"]:
         raise ConfigError(f"{weights_path}: tensor shapes differ from what its config describes: "
@@ -152,37 +223,13 @@ def load_pretrained_model(
     if info["unexpected_keys"]:
         log.warning("%s: tensors this model does not use: %s", weights_path, _names(info["unexpected_keys"]))
     missing = set(info["missing_keys"])
-    missing -= load_tensors(model, _extra_tensors(files))
-    if files.kind == "lora":
-        model = merge_adapter(model, files.path)
+    missing -= load_tensors(model, _extra_tensors(source.files))
+    if source.files.kind == "lora":
+        model = merge_adapter(model, source.files.path)
     missing -= fill_vision_tower(model, cfg, missing)
     if missing:
         raise ConfigError(f"weights missing from {weights_path} (and every other source): {_names(missing)}")
-
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(files.path, base), config=hf_config)
-    add_special_tokens(tokenizer, model, cfg)
-    model.eval()
-    template: ConversationTemplate | CheckpointChatTemplate
-    if hf_behaviour == "transformers":
-        template = read_chat_template(files.path, tokenizer)
-    else:
-        template = template_for(cfg.language, cfg.conversation_template, tokenizer)
-    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    eos |= _generation_eos(files.path) or (_generation_eos(base) if base is not None else set())
-    log.info("loaded %s checkpoint %s%s (%s, quantization %s)", files.kind, files.path,
-             f" on base {base}" if base else "", str(torch_dtype).removeprefix("torch."), quantization)
-    return LoadedModel(
-        tokenizer=tokenizer,
-        model=model,
-        config=cfg,
-        processor=Processor(cfg, tokenizer, template),
-        context_len=context_length(raw),
-        dtype=torch_dtype,
-        is_demo="llava_serve_demo" in raw,
-        eos_token_ids=tuple(sorted(eos)),
-        quantization=quantization,
-        kind=files.kind,
-    )
+    return model
 
 
 def context_length(raw: dict[str, Any]) -> int:

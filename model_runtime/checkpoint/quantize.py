@@ -9,14 +9,31 @@ bitsandbytes supports, the CPU included.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from transformers import BitsAndBytesConfig
+
+from model_runtime.checkpoint.precision import DtypeChoice
 
 QUANTIZATIONS = ("none", "bitsandbytes-8bit", "bitsandbytes-4bit")
 # transformers matches each pattern from the start of a module's full name (or as a suffix), so
 # this keeps every `model.*` child other than the decoder layers, and lm_head, unquantized.
 KEEP_UNQUANTIZED = ("lm_head", r"model\.(?!layers\.)[^.]+")
+INT8_LOGGER = "bitsandbytes.autograd._functions"
+
+
+class _CastNotice(logging.Filter):
+    """LLM.int8 logs on every call whose input is not float16 that the input is cast to float16 to be
+    quantized (the product comes back in the input's dtype): a line per layer per step. Dropped; the
+    start-up log states what 8-bit costs on the CPU (`cpu_slowdown`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "during quantization" not in record.getMessage()
+
+
+CAST_NOTICE = _CastNotice()
 
 
 def bitsandbytes_config(quantization: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
@@ -25,6 +42,7 @@ def bitsandbytes_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
     if quantization == "none":
         return None
     if quantization == "bitsandbytes-8bit":
+        logging.getLogger(INT8_LOGGER).addFilter(CAST_NOTICE)  # once: a logger keeps one of each filter
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(KEEP_UNQUANTIZED))
     # ORIG builder.py: nf4 with double quantization
     return BitsAndBytesConfig(
@@ -36,12 +54,31 @@ def bitsandbytes_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
     )
 
 
-def default_compute_dtype(quantization: str, checkpoint_dtype: torch.dtype) -> torch.dtype:
-    """`dtype="auto"` with quantization: LLM.int8 multiplies in float16 whatever it is given, so the
-    8-bit model computes in float16 (ORIG's choice too); 4-bit keeps the checkpoint's dtype."""
+def default_compute_dtype(quantization: str, device_kind: str, hardware: DtypeChoice) -> DtypeChoice:
+    """`dtype="auto"` with quantization. On CUDA, LLM.int8 multiplies in float16 whatever it is given,
+    so the 8-bit model computes in float16 there (ORIG's choice too). On the CPU LLM.int8 casts only
+    the input it quantizes to float16 and returns the product in the input's dtype, and 4-bit
+    computes in `bnb_4bit_compute_dtype`: the rest of the model (towers, head) computes in the dtype
+    chosen here, so both take what the hardware computes fast (`hardware`)."""
+    if quantization == "bitsandbytes-8bit" and device_kind == "cuda":
+        return DtypeChoice(torch.float16, "LLM.int8 (bitsandbytes-8bit) computes in float16 on CUDA")
+    return hardware
+
+
+def cpu_slowdown(quantization: str, device_kind: str, capabilities: frozenset[str]) -> str | None:
+    """Why `quantization` computes slower than float32 on a CPU with `capabilities` (CPU flags,
+    precision.detect_capabilities); None where it does not, or off the CPU. The rule follows
+    bitsandbytes 0.50's CPU code and bench/quant_bench.py (docs/PERFORMANCE.md, "Quantized paths on
+    the CPU"): TODO numbers."""
+    if device_kind != "cpu" or quantization == "none":
+        return None
     if quantization == "bitsandbytes-8bit":
-        return torch.float16
-    return checkpoint_dtype
+        return ("bitsandbytes has no fast 8-bit kernels on the CPU: LLM.int8 casts every input to float16, "
+                "quantizes it to int8 and dequantizes the product on every call")
+    if "avx512_bf16" not in capabilities:
+        return ("without AVX512-BF16 bitsandbytes has no fused 4-bit kernel on the CPU: every NF4 weight is "
+                "dequantized on every call")
+    return None
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -41,6 +41,8 @@ async def version(state: State) -> Response:
         "version": metadata.version("llava-serve"),
         "model": state.config.served_model_name,
         "dtype": str(rt.loaded.dtype).removeprefix("torch.") if rt else None,
+        "dtype_reason": rt.loaded.dtype_reason if rt else None,
+        "device": rt.loaded.device_kind if rt else None,
         "quantization": rt.loaded.quantization if rt else None,
         "is_demo": rt.loaded.is_demo if rt else None,
         "phase": state.lifecycle.phase.value,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
+from fastapi.testclient import TestClient
 
-from tests.conftest import png_data_url, random_image
+from model_runtime import load_pretrained_model
+from server.app import create_app
+from server.config import ServerConfig
+from tests.conftest import png_data_url, random_image, wait_until_ready
 
 LEAK = re.compile(r"0x[0-9a-fA-F]{6,}|Traceback|/site-packages/|\.py\b")
 
@@ -128,6 +133,7 @@ def test_audio_on_a_model_without_an_audio_tower(client):
 def test_version_and_model_card(client):
     version = client.get("/version").json()
     assert version["model"] == "tiny" and version["dtype"] == "float32" and version["quantization"] == "none"
+    assert version["dtype_reason"] == "--dtype float32" and version["device"] == "cpu"
     assert version["version"]
     card = client.get("/v1/models/tiny").json()
     assert card["modalities"] == ["text", "image", "video"]
@@ -144,3 +150,25 @@ def test_an_internal_value_error_is_a_500_that_does_not_leak(client, tiny_model,
     assert_error(r, 500, "internal_error", None)
     assert "secret" not in r.text and r.json()["error"]["type"] == "server_error"
     assert r.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize("quantization", ["none", "bitsandbytes-8bit"])
+def test_start_up_log_says_the_dtype_and_what_quantization_costs(tiny_checkpoint, caplog, quantization):
+    loaded = load_pretrained_model(tiny_checkpoint, quantization=quantization)  # --dtype auto
+    app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=loaded)
+    with caplog.at_level(logging.INFO, logger="llava_serve"), TestClient(app) as c:
+        wait_until_ready(c)
+        version = c.get("/version").json()
+        assert chat(c, [{"role": "user", "content": "hello"}], max_tokens=2).status_code == 200
+    ours = [r for r in caplog.records if r.name == "llava_serve"]
+    assert [r.getMessage() for r in ours if r.getMessage().startswith("dtype ")] == [
+        f"dtype {version['dtype']}: {version['dtype_reason']}"]
+    assert version["dtype_reason"] == loaded.dtype_reason and "float32" in version["dtype_reason"]
+    assert version["quantization"] == quantization
+    slower = [r for r in ours if r.levelno == logging.WARNING and "slower than float32" in r.getMessage()]
+    if quantization == "none":
+        assert not slower and loaded.quantization_slowdown is None
+    else:
+        assert len(slower) == 1 and slower[0].getMessage().startswith("--quantization bitsandbytes-8bit")
+    # LLM.int8's note that it casts each input to float16 would come once per layer per step
+    assert not [r for r in caplog.records if "during quantization" in r.getMessage()]

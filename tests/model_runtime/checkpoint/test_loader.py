@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model_runtime import ConfigError, load_pretrained_model
+from model_runtime.checkpoint import precision
 from model_runtime.checkpoint.loader import context_length
 from model_runtime.checkpoint.tokens import IM_END_TOKEN, IM_PATCH_TOKEN, IM_START_TOKEN
 from model_runtime.checkpoint_tools import make_demo
@@ -53,6 +54,20 @@ def test_auto_dtype_and_bad_dtype(tiny_checkpoint, reference):
     assert load_pretrained_model(tiny_checkpoint).dtype == torch.float32  # the config's torch_dtype
     with pytest.raises(ConfigError, match="dtype 'float8'"):
         load_pretrained_model(tiny_checkpoint, dtype="float8")
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("avx2 fma", torch.float32), ("avx2 avx512f amx_bf16", torch.bfloat16)])
+def test_auto_dtype_follows_the_cpu_flags(tmp_path, monkeypatch, flags, expected):
+    """A bfloat16 checkpoint is served in bfloat16 only where the CPU multiplies it natively."""
+    folder = make_demo("tiny", tmp_path / "bf16", seed=0, overrides={"torch_dtype": "bfloat16"})
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse4_2 {flags}\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    loaded = load_pretrained_model(folder)
+    assert loaded.dtype == expected and {p.dtype for p in loaded.model.parameters()} == {expected}
+    assert loaded.dtype_reason == precision.choose_dtype(torch.bfloat16, "cpu", frozenset(flags.split())).reason
+    assert loaded.device_kind == "cpu"
+    assert load_pretrained_model(folder, dtype="bfloat16").dtype_reason == "--dtype bfloat16"
 
 
 def test_device_map_auto_and_single_device(tiny_checkpoint, reference):
