@@ -31,6 +31,7 @@ class MediaRef:
     num_frames: int | None = None  # video_url
     fps: float | None = None  # video_url
     use_audio: bool = False  # video_url: its audio track becomes an audio item right after it
+    detail: str | None = None  # image_url: "low" (the base view only) | "high" | "auto" (the checkpoint's way)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _media_ref(part: ContentPart, param: str) -> MediaRef:
     if value is None:
         raise InvalidRequest(f"a {part.type} part needs `{part.type}`", param=param)
     if part.type == "image_url":
-        return MediaRef("image", param, url=value.url)
+        return MediaRef("image", param, url=value.url, detail=value.detail)
     if part.type == "video_url":
         return MediaRef("video", param, url=value.url, num_frames=value.num_frames, fps=value.fps,
                         use_audio=value.use_audio)

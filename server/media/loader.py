@@ -120,11 +120,15 @@ class MediaLoader:
         decoded = await self.pool.run(decode_image, data, self.limits,
                                       timeout=self.limits.image_decode_seconds + _KILL_MARGIN_S)
         self.metrics.media_decode.labels(modality="image").observe(time.perf_counter() - started)
+        # detail "low": the base view alone (one crop at the tower's size), where the checkpoint has more
+        is_base_view = ref.detail == "low" and self.processor.cfg.is_anyres and not single_crop
+        single_crop = single_crop or is_base_view
         item = await self._process("image", self.processor.process_image, decoded.image, single_crop)
         source.update(format=decoded.format, width=decoded.width, height=decoded.height)
         if decoded.num_frames > 1:
             source["frames"] = decoded.num_frames
-        processing = {"mode": "single_crop" if single_crop else "anyres", "crops": int(item.data.shape[0]),
+        mode = "base_view" if is_base_view else "single_crop" if single_crop else "anyres"
+        processing = {"mode": mode, "detail": ref.detail or "auto", "crops": int(item.data.shape[0]),
                       "size": list(decoded.image.size), "exif_transposed": decoded.is_transposed,
                       "alpha_flattened": decoded.has_alpha,
                       **_layout(self.processor.image_token_parts(decoded.image.size, single_crop))}
