@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from model_runtime import Engine, EngineConfig, load_pretrained_model
-from model_runtime.arch.cpu_linear import PackedLinear, pack_linears
+from model_runtime.arch.cpu_linear import FusedPart, PackedLinear, pack_linears
 from tests.model_runtime.engine import conftest as engine_conftest
 from tests.model_runtime.engine.conftest import run
 from tests.model_runtime.engine.test_engine import staggered_requests
@@ -41,6 +41,24 @@ def test_packed_linear_equals_linear_and_rows_do_not_depend_on_the_batch(bias):
             if rows > 5:
                 assert torch.equal(batch[5:6], alone[1]), rows
         assert torch.equal(packed(x)[69:70], alone[2])
+
+
+def test_fused_projections_give_the_bits_of_separate_ones(tiny_checkpoint):
+    """q/k/v and gate/up as one packed matmul each: the same logits, bit for bit, as packing each linear
+    alone (each output column is the same dot product); nothing is held between forwards."""
+    fused = load_pretrained_model(tiny_checkpoint, dtype="float32").model
+    separate = load_pretrained_model(tiny_checkpoint, dtype="float32").model
+    assert pack_linears(fused) == pack_linears(separate, fuse=False)
+    attn, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
+    assert all(isinstance(getattr(attn, n), FusedPart) for n in ("q_proj", "k_proj", "v_proj"))
+    assert attn.q_proj.fused is attn.v_proj.fused and isinstance(attn.o_proj, PackedLinear)
+    assert mlp.gate_proj.fused is mlp.up_proj.fused and isinstance(mlp.down_proj, PackedLinear)
+    assert (attn.q_proj.out_features, attn.k_proj.out_features) == (separate.model.layers[0].self_attn.q_proj.out_features,
+                                                                    separate.model.layers[0].self_attn.k_proj.out_features)
+    for ids in (torch.tensor([[1, 5, 9, 23, 7]]), torch.tensor([[4]])):
+        with torch.inference_mode():
+            assert torch.equal(fused(input_ids=ids).logits, separate(input_ids=ids).logits)
+    assert attn.q_proj.fused._output is None and mlp.up_proj.fused._input is None
 
 
 def test_only_the_language_models_linears_are_packed(packed_model):
