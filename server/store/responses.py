@@ -88,8 +88,10 @@ def delete_ids(conn: Connection, ids: Sequence[str]) -> int:
     """Delete these responses, their items and their media references; blobs left unnamed go too."""
     if not ids:
         return 0
-    refs = Counter(conn.execute(select(response_media.c.hash).where(response_media.c.response_id.in_(ids))).scalars())
-    conn.execute(delete(response_media).where(response_media.c.response_id.in_(ids)))
+    # NOTE: the references this transaction itself deleted (RETURNING), not those it saw before: two
+    # transactions deleting one response at once (a client's DELETE and an eviction) decrement once
+    refs = Counter(conn.execute(delete(response_media).where(response_media.c.response_id.in_(ids))
+                                .returning(response_media.c.hash)).scalars())
     conn.execute(delete(response_items).where(response_items.c.response_id.in_(ids)))
     count = conn.execute(delete(responses).where(responses.c.id.in_(ids))).rowcount
     for digest in sorted(refs):

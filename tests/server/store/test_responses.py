@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from server.store import (
     DuplicateId,
@@ -175,3 +178,32 @@ def test_a_conversation_longer_than_the_turn_limit_is_refused(store):
         assert len(response_queries.conversation(conn, "resp_3", ALICE, 0.0, max_turns=4)) == 4
         with pytest.raises(ValueError, match="longer than 3 turns"):
             response_queries.conversation(conn, "resp_3", ALICE, 0.0, max_turns=3)
+
+
+def wait_for_a_lock_wait(store) -> None:
+    """PostgreSQL: until another session of this database waits on a row lock (a hang guard of 60 s)."""
+    deadline = time.monotonic() + 60
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                 "AND datname = current_database()")
+    while time.monotonic() < deadline:
+        with store.db.read() as conn:
+            if conn.execute(query).scalar_one():
+                return
+        time.sleep(0.02)
+    raise AssertionError("the second delete never waited for the first")
+
+
+def test_two_deletes_of_one_response_at_once_take_its_references_once(store):
+    """A client's DELETE racing an eviction of the same response: the blob another response still
+    names keeps its one reference (the second delete took nothing it did not delete itself)."""
+    put(store, response(store, "resp_x"), [IMAGE])
+    put(store, response(store, "resp_y"), [IMAGE])
+    with ThreadPoolExecutor(1) as pool:
+        with store.db.write() as conn:
+            assert response_queries.delete_ids(conn, ["resp_x"]) == 1
+            second = pool.submit(run, store.delete_response("resp_x", ALICE))
+            if store.dialect == "postgresql":  # SQLite's second writer waits before it reads anything
+                wait_for_a_lock_wait(store)
+        assert second.result(timeout=60) is False
+    assert blob_rows(store) == {IMAGE.hash: 1}
+    assert run(store.get_media([IMAGE.hash], ALICE)) == {IMAGE.hash: IMAGE}
