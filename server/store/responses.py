@@ -33,6 +33,8 @@ def put(conn: Connection, dialect: str, response: StoredResponse, blobs: Sequenc
     if any(not isinstance(i, str) or not i for i in ids) or len(set(ids)) != len(ids):
         raise ValueError("every input item needs a unique string `id`")
     unique = {blob.hash: blob for blob in blobs}
+    if response.media_hashes and set(response.media_hashes) != set(unique):
+        raise ValueError("media_hashes are the store's to fill in: pass the blobs themselves")
     request_json, output_json = dumps(response.request), dumps(response.output)
     size = (sum(len(text.encode()) for text in (request_json, output_json, *items))
             + sum(len(blob.data) for blob in unique.values()))

@@ -101,7 +101,8 @@ class StateStore:
     async def put_response(self, response: StoredResponse, media: Sequence[MediaBlob] = ()) -> StoredResponse:
         """Store a response with the media blobs its input items refer to (by `MediaBlob.hash`).
 
-        Returns it with `media_hashes` and `size_bytes` filled in. The owner's oldest responses are
+        Returns it with `media_hashes` and `size_bytes` filled in (leave them unset: a blob stored
+        already is sent again, the store keeps its bytes once). The owner's oldest responses are
         deleted while the owner holds more than --max-stored-response-mb. Raises DuplicateId,
         StoredBytesExceeded (this one alone is over the cap), ValueError (items without unique ids).
         """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select, text
@@ -74,6 +75,9 @@ def test_ids_are_unique_and_items_need_ids(store):
     with pytest.raises(ValueError, match="unique string `id`"):
         put(store, nameless)
     assert run(store.get_response("resp_2", ALICE)) is None  # nothing of it was kept
+    with pytest.raises(ValueError, match="pass the blobs themselves"):  # a hash alone would lose its bytes
+        put(store, replace(response(store, "resp_3"), media_hashes=(IMAGE.hash,)))
+    assert run(store.get_response("resp_3", ALICE)) is None
 
 
 def item_ids(page) -> list[str]:
