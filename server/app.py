@@ -70,7 +70,7 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return render(request, InvalidRequest("the request body is not valid JSON"))
-    loc = [p for p in first.get("loc", ()) if p != "body"]
+    loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     param = _param(loc) or None
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return render(request, InvalidRequest(f"{param or 'body'}: {message}", param=param))
