@@ -22,7 +22,9 @@ CPUINFO = Path("/proc/cpuinfo")
 # torch's own CPU probes (torch.cpu, private in 2.x), for where /proc/cpuinfo is absent (macOS, Windows);
 # AMX tiles have come with AMX-BF16 on every CPU that has them
 _TORCH_CPU_PROBES = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported",
-                     "amx_fp16": "_is_amx_fp16_supported"}
+                     "amx_fp16": "_is_amx_fp16_supported",
+                     # torch's AVX512 level: f, bw, vl and dq together
+                     **dict.fromkeys(("avx512f", "avx512bw", "avx512vl", "avx512dq"), "_is_avx512_supported")}
 _NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 

@@ -22,6 +22,8 @@ QUANTIZATIONS = ("none", "bitsandbytes-8bit", "bitsandbytes-4bit")
 # this keeps every `model.*` child other than the decoder layers, and lm_head, unquantized.
 KEEP_UNQUANTIZED = ("lm_head", r"model\.(?!layers\.)[^.]+")
 INT8_LOGGER = "bitsandbytes.autograd._functions"
+# bitsandbytes uses torch._int_mm for LLM.int8 on the CPU only where torch reports AVX512 (f, bw, vl, dq)
+INT8_CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
 
 
 class _CastNotice(logging.Filter):
@@ -67,18 +69,30 @@ def default_compute_dtype(quantization: str, device_kind: str, hardware: DtypeCh
 
 def cpu_slowdown(quantization: str, device_kind: str, capabilities: frozenset[str]) -> str | None:
     """Why `quantization` computes slower than float32 on a CPU with `capabilities` (CPU flags,
-    precision.detect_capabilities); None where it does not, or off the CPU. The rule follows
-    bitsandbytes 0.50's CPU code and bench/quant_bench.py (docs/PERFORMANCE.md, "Quantized paths on
-    the CPU"): TODO numbers."""
+    precision.detect_capabilities); None where it does not, or off the CPU.
+
+    From bitsandbytes 0.50's CPU code and bench/quant_bench.py on the realistic demo (2-core AMX
+    Xeon, 2 threads, shared; CPU time of the process against float32 with packed linears, best of 2
+    rounds; docs/PERFORMANCE.md, "Quantized paths on the CPU"):
+    - 8-bit with AVX-512 (torch._int_mm): prefill 0.65-0.69x, decode steps 0.94-1.18x: not slower.
+      Without AVX-512 bitsandbytes' int8 product converts both operands to float32 on every call
+      (backends/default/ops.py) and then multiplies in float32: more work than float32 itself.
+    - 4-bit with AVX512-BF16 (its fused NF4 kernel): decode steps 0.57-1.04x, prefill 1.95-1.98x.
+    - 4-bit without it (measured by switching the kernel off): each weight dequantized on every
+      call, decode steps 2.36-2.78x, prefill 1.10x.
+    """
     if device_kind != "cpu" or quantization == "none":
         return None
     if quantization == "bitsandbytes-8bit":
-        return ("bitsandbytes has no fast 8-bit kernels on the CPU: LLM.int8 casts every input to float16, "
-                "quantizes it to int8 and dequantizes the product on every call")
-    if "avx512_bf16" not in capabilities:
-        return ("without AVX512-BF16 bitsandbytes has no fused 4-bit kernel on the CPU: every NF4 weight is "
-                "dequantized on every call")
-    return None
+        if INT8_CPU_FLAGS.issubset(capabilities):
+            return None
+        return ("without AVX-512 bitsandbytes multiplies int8 on the CPU by converting both operands to float32 on "
+                "every call, more work than float32 itself")
+    if "avx512_bf16" in capabilities:
+        return ("bitsandbytes' fused 4-bit CPU kernel (AVX512-BF16) decodes about as fast as float32 but computes "
+                "prompts at about half its speed (prefill 1.95-1.98x the CPU time, measured)")
+    return ("without AVX512-BF16 bitsandbytes has no fused 4-bit CPU kernel: every NF4 weight is dequantized on "
+            "every call (decode steps 2.4-2.8x the CPU time of float32, measured)")
 
 
 def weight_bytes(module: nn.Module) -> int:

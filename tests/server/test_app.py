@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model_runtime import load_pretrained_model
+from model_runtime.checkpoint.precision import detect_capabilities
+from model_runtime.checkpoint.quantize import cpu_slowdown
 from server.app import create_app
 from server.config import ServerConfig
 from tests.conftest import png_data_url, random_image, wait_until_ready
@@ -152,7 +154,7 @@ def test_an_internal_value_error_is_a_500_that_does_not_leak(client, tiny_model,
     assert r.headers["x-should-retry"] == "false"
 
 
-@pytest.mark.parametrize("quantization", ["none", "bitsandbytes-8bit"])
+@pytest.mark.parametrize("quantization", ["none", "bitsandbytes-8bit", "bitsandbytes-4bit"])
 def test_start_up_log_says_the_dtype_and_what_quantization_costs(tiny_checkpoint, caplog, quantization):
     loaded = load_pretrained_model(tiny_checkpoint, quantization=quantization)  # --dtype auto
     app = create_app(ServerConfig(model="tiny", served_model_name="tiny", media_workers=1), loaded=loaded)
@@ -165,10 +167,13 @@ def test_start_up_log_says_the_dtype_and_what_quantization_costs(tiny_checkpoint
         f"dtype {version['dtype']}: {version['dtype_reason']}"]
     assert version["dtype_reason"] == loaded.dtype_reason and "float32" in version["dtype_reason"]
     assert version["quantization"] == quantization
-    slower = [r for r in ours if r.levelno == logging.WARNING and "slower than float32" in r.getMessage()]
-    if quantization == "none":
-        assert not slower and loaded.quantization_slowdown is None
+    slower = [r.getMessage() for r in ours if r.levelno == logging.WARNING and "slower than float32" in r.getMessage()]
+    expected = cpu_slowdown(quantization, "cpu", detect_capabilities("cpu"))
+    assert loaded.quantization_slowdown == expected
+    assert (expected is not None) == (quantization != "none") or quantization == "bitsandbytes-8bit"  # 4-bit: every CPU
+    if expected is None:
+        assert not slower
     else:
-        assert len(slower) == 1 and slower[0].getMessage().startswith("--quantization bitsandbytes-8bit")
+        assert slower == [f"--quantization {quantization} is slower than float32 on this CPU: {expected}"]
     # LLM.int8's note that it casts each input to float16 would come once per layer per step
     assert not [r for r in caplog.records if "during quantization" in r.getMessage()]

@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from model_runtime import ChatTurn, Engine, Request, SamplingParams, load_pretrained_model
-from model_runtime.checkpoint.quantize import quantized_module_names, weight_bytes
+from model_runtime.checkpoint.quantize import cpu_slowdown, quantized_module_names, weight_bytes
 from testkit.checkpoints import logits_of
 from tests.conftest import random_image
 
@@ -68,3 +68,14 @@ def test_unknown_quantization_is_refused(tiny_checkpoint):
     with pytest.raises(ValueError, match="quantization='int3'"):
         load_pretrained_model(tiny_checkpoint, quantization="int3")
     assert weight_bytes(nn.Linear(4, 2, bias=False)) == 4 * 2 * 4
+
+
+def test_cpu_slowdown_rule_for_each_flag_set():
+    avx2 = frozenset({"avx", "avx2", "fma"})
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+    assert cpu_slowdown("none", "cpu", avx2) is None
+    assert cpu_slowdown("bitsandbytes-4bit", "cuda", avx2) is None
+    assert "converting both operands to float32" in cpu_slowdown("bitsandbytes-8bit", "cpu", avx2)
+    assert cpu_slowdown("bitsandbytes-8bit", "cpu", avx512) is None  # torch._int_mm: about float32's speed
+    assert "dequantized on every call" in cpu_slowdown("bitsandbytes-4bit", "cpu", avx512)
+    assert "prefill" in cpu_slowdown("bitsandbytes-4bit", "cpu", avx512 | {"avx512_bf16"})
