@@ -7,7 +7,7 @@ never imported by it (tests/test_import_graph.py).
 """
 
 from model_runtime.arch.layout import ImageTokenParts, LayoutError, audio_token_count, image_token_count
-from model_runtime.arch.meta import MediaMismatchError
+from model_runtime.arch.segments import MediaMismatchError
 from model_runtime.checkpoint.hf_layout import HF_BEHAVIOURS
 from model_runtime.checkpoint.loader import LoadedModel, load_pretrained_model
 from model_runtime.checkpoint.quantize import QUANTIZATIONS
@@ -25,6 +25,7 @@ from model_runtime.engine.request import (
     FINISH_REASONS,
     MAX_TOP_LOGPROBS,
     Logprob,
+    Priority,
     Request,
     RequestMetrics,
     RequestOutput,
@@ -85,6 +86,7 @@ __all__ = [
     "Logprob",
     "MediaInput",
     "MediaMismatchError",
+    "Priority",
     "PLACEHOLDER_BY_MODALITY",
     "Processor",
     "PromptInput",

@@ -37,6 +37,13 @@ class RequestStatus(enum.Enum):
         return self not in (RequestStatus.WAITING, RequestStatus.RUNNING)
 
 
+class Priority(enum.IntEnum):
+    """A request's class: a lower value is served first (rows, KV blocks, the step budget)."""
+
+    INTERACTIVE = 0  # a caller waits for it
+    BATCH = 1  # bulk work: runs in the capacity interactive requests leave, preempted when they need it
+
+
 FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: "stop",
     RequestStatus.FINISHED_LENGTH: "length",
@@ -141,6 +148,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)  # time.monotonic()
     deadline: float | None = None  # time.monotonic() after which the engine aborts it
     grammar: CompiledGrammar | None = None  # the output must match it (each choice gets its own matcher)
+    priority: Priority = Priority.INTERACTIVE
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -115,7 +115,7 @@ class Scheduler:
 
     # -- queue ------------------------------------------------------------------------------
     def add(self, seq: SequenceState) -> None:
-        self.waiting.append(seq)
+        self._enqueue(seq)
 
     def add_running(self, seq: SequenceState) -> None:
         """A sequence that starts out holding blocks (choices 1..n-1 sharing choice 0's prompt)."""
@@ -167,18 +167,47 @@ class Scheduler:
             if seq.is_decoding and seq in self.running and self._grow(seq, seq.num_computed + 1, step):
                 step.add_chunk(ScheduledChunk(seq, seq.num_computed, 1))
                 step.budget -= 1
-        for seq in list(self.running):
-            if seq in self.running and id(seq) not in step.scheduled:
-                self._schedule_prompt(seq, step)
-        while self.waiting and step.budget > 0:
-            seq = self.waiting[0]
-            if self.num_rows + 1 + seq.reserved_rows > self.max_num_seqs and self.running:
-                break
-            if not self._admit(seq, step):
-                break
+        # prompt work class by class: a class's running prompts, then its waiting requests, then the next class
+        for priority in sorted({s.request.priority for s in (*self.running, *self.waiting)}):
+            for seq in [s for s in self.running if s.request.priority == priority]:
+                if seq in self.running and id(seq) not in step.scheduled:
+                    self._schedule_prompt(seq, step)
+            if not self._admit_waiting(priority, step):
+                break  # the head of a higher class waits: no lower class is admitted before it
         out = step.out
         out.prompt_cost = step.start_budget - step.budget - out.num_decode_tokens - out.encoder_cost * self.encoder_price
         return out
+
+    def _admit_waiting(self, priority: int, step: StepPlanner) -> bool:
+        """Admit waiting sequences of `priority` while budget is left; False if its head could not start."""
+        while self.waiting and self.waiting[0].request.priority == priority:
+            seq = self.waiting[0]
+            if step.budget <= 0 or not self._make_rows(seq, step) or not self._admit(seq, step):
+                return False
+        return True
+
+    def _make_rows(self, seq: SequenceState, step: StepPlanner) -> bool:
+        """Rows for `seq` and the choices it will fork into, preempting running sequences of lower classes
+        if it must; a sequence that finds nothing running starts whatever its `n`."""
+        while self.running and self.num_rows + 1 + seq.reserved_rows > self.max_num_seqs:
+            victim = self._victim(seq, admitting=True)
+            if victim is None:
+                return False
+            self._preempt(victim, step)
+        return True
+
+    def _victim(self, seq: SequenceState, admitting: bool) -> SequenceState | None:
+        """Whom to preempt for `seq`: the newest running sequence of the lowest class, never of a class
+        above `seq`'s; one being admitted preempts only lower classes, a running one its own class too
+        (itself included)."""
+        victim = None
+        for other in reversed(self.running):  # newest first
+            priority = other.request.priority
+            if priority < seq.request.priority or (admitting and priority == seq.request.priority):
+                continue
+            if victim is None or priority > victim.request.priority:
+                victim = other
+        return victim
 
     def _admit(self, seq: SequenceState, step: StepPlanner) -> bool:
         """Try to start the head of the queue; True if it runs (and holds blocks) now."""
@@ -187,19 +216,28 @@ class Scheduler:
         self.waiting.popleft()
         self.running.append(seq)
         seq.status = RequestStatus.RUNNING
-        self._schedule_prompt(seq, step, may_preempt=False)
+        self._schedule_prompt(seq, step, admitting=True)
         if id(seq) not in step.scheduled and not step.has_encoder_work(seq):
             # nothing could run (no free blocks for a first chunk): back to the head of the queue
             self.running.remove(seq)
             self._free(seq)
-            seq.status = RequestStatus.WAITING
-            self.waiting.appendleft(seq)
+            self._enqueue(seq, first=True)
             return False
         if self.pool.enable_prefix_caching:
             self.pool.count_query(seq.num_tokens, num_hits)
         if seq.index == 0 and seq.state.scheduled_time is None:  # its first admission, not a recompute
             seq.state.num_cached_tokens = num_hits
         return True
+
+    def _enqueue(self, seq: SequenceState, first: bool = False) -> None:
+        """Into the queue in class order: at the end of its class, or (`first`: preempted, or refused at
+        admission) at its head."""
+        seq.status = RequestStatus.WAITING
+        priority = seq.request.priority
+        position = next((i for i, w in enumerate(self.waiting)
+                         if w.request.priority > priority or (first and w.request.priority == priority)),
+                        len(self.waiting))
+        self.waiting.insert(position, seq)
 
     def _lookup_prefix(self, seq: SequenceState) -> list[int]:
         if not self.pool.enable_prefix_caching:
@@ -213,14 +251,14 @@ class Scheduler:
         seq.num_registered = len(hits)
         return hits
 
-    def _schedule_prompt(self, seq: SequenceState, step: StepPlanner, may_preempt: bool = True) -> None:
+    def _schedule_prompt(self, seq: SequenceState, step: StepPlanner, admitting: bool = False) -> None:
         """Encoder units and a chunk for a sequence whose prompt (or recompute) is not done."""
         pos = seq.num_computed
         limit = self._plan_media(seq, step)
         n = self.cost.max_chunk(step.budget, pos, limit - pos)
         if n == 0 and not step.has_prompt_work and limit > pos:
             n = 1  # every step moves some prompt forward
-        if n == 0 or not self._grow(seq, pos + n, step, may_preempt) or seq not in self.running:
+        if n == 0 or not self._grow(seq, pos + n, step, admitting) or seq not in self.running:
             return  # no room, or it preempted itself to make some
         step.add_chunk(ScheduledChunk(seq, pos, n))
         step.budget -= self.cost.chunk_tokens(n, pos)
@@ -257,16 +295,17 @@ class Scheduler:
             out.encoder_work.append((key, planned - start))
 
     # -- blocks -----------------------------------------------------------------------------
-    def _grow(self, seq: SequenceState, num_positions: int, step: StepPlanner, may_preempt: bool = True) -> bool:
-        """Make `seq` hold blocks for `num_positions` positions, preempting the newest running
-        sequences if it must. False if `seq` itself had to go, or (may_preempt=False) no blocks."""
+    def _grow(self, seq: SequenceState, num_positions: int, step: StepPlanner, admitting: bool = False) -> bool:
+        """Make `seq` hold blocks for `num_positions` positions, preempting running sequences if it must
+        (`_victim`: the newest of the lowest class; a sequence being admitted preempts only lower classes).
+        False if `seq` itself had to go, or no blocks could be had."""
         need = -(-num_positions // self.block_size) - len(seq.block_ids)
         if need <= 0:
             return True
         while self.pool.num_free < need:
-            if not may_preempt:
+            victim = self._victim(seq, admitting)
+            if victim is None:
                 return False
-            victim = self.running[-1]
             self._preempt(victim, step)
             if victim is seq:
                 return False
@@ -281,8 +320,7 @@ class Scheduler:
         self.running.remove(seq)
         step.drop_chunk(seq)
         self._free(seq)
-        seq.status = RequestStatus.WAITING
-        self.waiting.appendleft(seq)
+        self._enqueue(seq, first=True)
         step.out.preempted.append(seq)
         self.num_preemptions += 1
 

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from model_runtime import ChatTurn, Engine, Request, SamplingParams
+from model_runtime.engine.request import Priority
 from tests.conftest import random_image, random_waveform
 from tests.model_runtime.engine.conftest import collect, images, run
 
@@ -231,3 +232,27 @@ def test_chunk_boundaries_do_not_change_tokens(new_engine, make_request):
     assert results[16] == results[37] == results[10**5]
     for request in requests():
         assert run(new_engine(), [request])[request.request_id].ids == results[16][request.request_id]
+
+
+def test_batch_rows_give_way_to_an_interactive_request_and_resume_with_the_same_tokens(new_engine, make_request):
+    """Batch requests hold every row; an interactive one arriving takes a row at the next step (the newest
+    batch row is preempted), and the preempted row resumes later (recomputed) with its solo tokens."""
+    def batch(rid, text):
+        return dataclasses.replace(make_request(rid, text, max_tokens=12), priority=Priority.BATCH)
+
+    engine = new_engine(max_num_seqs=2)
+    for request in (batch("b1", "One batch line."), batch("b2", "Another batch line.")):
+        engine.add_request(request)
+    results: dict = {}
+    for _ in range(4):
+        collect(engine.step(), results)
+    engine.add_request(make_request("i", "An interactive question.", max_tokens=5))
+    collect(engine.step(), results)
+    assert len(results["i"].ids) == 1  # its prompt ran at once, beside the older batch row
+    assert engine.scheduler.num_preemptions == 1 and [s.request.request_id for s in engine.scheduler.waiting] == ["b2"]
+    for request_id, out in run(engine, []).items():
+        results[request_id].token_ids[0] += out.token_ids.get(0, [])
+    for rid, text, priority in (("b1", "One batch line.", True), ("b2", "Another batch line.", True),
+                                ("i", "An interactive question.", False)):
+        solo = run(new_engine(), [batch(rid, text) if priority else make_request(rid, text, max_tokens=5)])
+        assert results[rid].ids == solo[rid].ids, rid

@@ -12,6 +12,7 @@ from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.detokenizer import IncrementalDetokenizer
 from model_runtime.engine.encoder_cache import EncoderCache
 from model_runtime.engine.media_work import MediaWork
+from model_runtime.engine.request import Priority
 from model_runtime.engine.scheduler import Scheduler, SchedulerOutput
 from model_runtime.engine.state import RequestState, SequenceState
 
@@ -20,7 +21,7 @@ FLAT = LanguageCost(token_flops=1.0, pair_flops=0.0)  # a token costs one token,
 
 
 def sequence(rid: str, num_tokens: int, n: int = 1, first_id: int = 0, media=(),
-             deadline: float | None = None) -> SequenceState:
+             deadline: float | None = None, priority: Priority = Priority.INTERACTIVE) -> SequenceState:
     """`media`: (position in the ids, key, rows) of image items."""
     ids = list(range(first_id, first_id + num_tokens))
     for pos, _, _ in sorted(media, reverse=True):
@@ -28,7 +29,7 @@ def sequence(rid: str, num_tokens: int, n: int = 1, first_id: int = 0, media=(),
     rows = sum(r for _, _, r in media)
     items = [MediaInput("image", torch.zeros(1), r) for _, _, r in media]  # the scheduler reads no tensor
     request = Request(rid, PromptInput(ids, num_tokens, rows), items, SamplingParams(max_tokens=4, n=n),
-                      deadline=deadline)
+                      deadline=deadline, priority=priority)
     keys = tuple(k for _, k, _ in media)
     layout = PromptLayout.from_ids(ids, keys, [-200] * len(media), [r for _, _, r in media])
     state = RequestState(request, keys, layout, media_cache_hits=[None] * len(media))
@@ -176,3 +177,68 @@ def test_expired_requests_come_out():
     s.add(a)
     s.add(b)
     assert s.expired(now=4.0) == [] and s.expired(now=5.0) == [b.request]
+
+
+def batch(rid: str, num_tokens: int, **kwargs) -> SequenceState:
+    return sequence(rid, num_tokens, priority=Priority.BATCH, **kwargs)
+
+
+def ids(seqs) -> list[str]:
+    return [q.request.request_id for q in seqs]
+
+
+def test_interactive_requests_are_admitted_before_batch_ones_that_came_first():
+    s = scheduler(step_tokens=100)
+    s.add(batch("b1", 4))
+    s.add(batch("b2", 4))
+    s.add(sequence("i1", 4))
+    s.add(batch("b3", 4))
+    s.add(sequence("i2", 4))
+    assert ids(s.waiting) == ["i1", "i2", "b1", "b2", "b3"]  # class order, first come first served within it
+    assert chunks(s.schedule()) == [("i1", 0, 4), ("i2", 0, 4), ("b1", 0, 4), ("b2", 0, 4), ("b3", 0, 4)]
+
+
+def test_batch_prompts_take_only_the_budget_interactive_ones_leave():
+    s = scheduler(step_tokens=20)
+    s.add(batch("b", 40))
+    commit(s.schedule())  # alone, the batch prompt takes the whole budget
+    s.add(sequence("i", 12))
+    plan = s.schedule()
+    assert chunks(plan) == [("i", 0, 12), ("b", 20, 8)]  # the interactive prompt first, although it came later
+
+
+def test_an_interactive_request_takes_the_rows_of_batch_ones():
+    s = scheduler(max_num_seqs=2, step_tokens=100)
+    older, newer = batch("older", 4), batch("newer", 4)
+    s.add(older)
+    s.add(newer)
+    commit(s.schedule())
+    s.add(sequence("i", 4))
+    plan = s.schedule()
+    # every row is held by batch rows: the newest one goes back to the head of the batch queue
+    assert plan.preempted == [newer] and chunks(plan) == [("older", 4, 1), ("i", 0, 4)]
+    assert ids(s.running) == ["older", "i"] and ids(s.waiting) == ["newer"]
+    commit(plan)
+    s.remove(s.running[1])  # the interactive request finishes
+    assert chunks(s.schedule()) == [("older", 5, 1), ("newer", 0, 5)]  # the batch row resumes: prompt + token
+
+
+def test_an_interactive_request_takes_the_blocks_of_batch_ones_never_the_reverse():
+    s = scheduler(num_blocks=7, step_tokens=100)  # 6 usable blocks = 24 positions
+    b = batch("b", 20)
+    s.add(b)
+    commit(s.schedule())  # 5 blocks held by the batch row
+    s.add(sequence("i", 8))
+    plan = s.schedule()  # 2 blocks wanted, 1 free: the batch row is preempted for the interactive admission
+    assert plan.preempted == [b] and chunks(plan) == [("i", 0, 8)]
+    # a running batch row that needs a block preempts itself, not a newer interactive row
+    s = scheduler(num_blocks=7, step_tokens=100)
+    older, newer = batch("older", 11), sequence("newer", 11)
+    s.add(older)
+    commit(s.schedule())
+    s.add(newer)
+    commit(s.schedule())  # the older decodes at position 11 (its 12th slot), the newer's prompt: 3 blocks each
+    assert s.pool.num_free == 0
+    plan = s.schedule()  # the older's position 12 needs a 4th block: the batch row goes, not the newer row
+    assert plan.preempted == [older] and chunks(plan) == [("newer", 11, 1)]
+    assert ids(s.waiting) == ["older"]
