@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 
 from model_runtime import EngineStats, EngineWorker, GrammarCompiler, LoadedModel
 from server.config import ServerConfig
-from server.errors import APIError, ShuttingDown
+from server.errors import APIError, NotReady, ShuttingDown
 from server.lifecycle import Lifecycle, Phase
 from server.media.fetch import MediaFetcher
 from server.media.loader import MediaLoader
@@ -71,6 +71,12 @@ class ServerState:
             raise
         assert self.runtime is not None  # check_serving passes only once the worker runs
         return self.runtime
+
+    def state_store(self) -> StateStore:
+        """The state database, or the 503 while it is not open (start-up has not reached it, or failed)."""
+        if self.store is None:
+            raise NotReady("the state database is not open")
+        return self.store
 
     def check_queue(self) -> None:
         """Before a chat request's body is read: the 429 while the admission queue is full."""

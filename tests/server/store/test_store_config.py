@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.cli import build_parser, config_from_args
 from server.config import DAY, MiB, ServerConfig, StoreConfig
+from server.errors import NotReady
 from server.lifecycle import Phase
 from server.store.database import database_url
 from testkit.postgres import free_port
@@ -79,9 +80,11 @@ def test_the_lifespan_opens_the_store_in_a_new_folder_and_closes_it(tmp_path):
     folder = tmp_path / "new" / "data"
     app = create_app(ServerConfig(model="m", served_model_name="m", media_workers=1,
                                   store=StoreConfig(data_dir=str(folder))), load=no_model)
+    with pytest.raises(NotReady, match="state database is not open"):  # before start-up
+        app.state.server.state_store()
     with TestClient(app):
-        store = app.state.server.store
-        assert store is not None and store.dialect == "sqlite"
+        store = app.state.server.state_store()
+        assert store is app.state.server.store and store.dialect == "sqlite"
         assert (folder / "state.db").is_file()
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # key hashes and users' content
         with store.db.read() as conn:
@@ -104,5 +107,7 @@ def test_a_database_that_cannot_be_reached_fails_start_up_with_status_2(tmp_path
                                  "postgresql+psycopg://llava:***@127.0.0.1")
         assert "hunter2" not in reason
         assert state.store is None
+        with pytest.raises(NotReady):
+            state.state_store()
     assert loaded == []  # the model is not loaded for a server that cannot start
     assert not Path(tmp_path / "llava-serve").exists()
