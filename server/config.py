@@ -113,8 +113,8 @@ def parse_memory(value: str | None) -> int | float | None:
 
 
 MODEL, ENGINE, HTTP, FETCH, LIMITS = "model", "engine (docs/ENGINE.md)", "HTTP", "media fetching", "media limits"
-STATE = "state database"
-GROUPS = (MODEL, ENGINE, HTTP, FETCH, LIMITS, STATE)  # the --help sections, in order (docs/OPERATIONS.md follows them)
+STATE, BATCH = "state database", "batches"
+GROUPS = (MODEL, ENGINE, HTTP, FETCH, LIMITS, STATE, BATCH)  # the --help sections, in order (docs/OPERATIONS.md follows them)
 
 
 @dataclass(frozen=True)
@@ -314,6 +314,31 @@ class StoreConfig:
         return self.state_db or f"sqlite:///{self.folder() / STATE_DB_FILE}"
 
 
+@dataclass(frozen=True)
+class BatchConfig:
+    """Files and batches (/v1/files, /v1/batches) and the batch runner (server/batch/)."""
+
+    max_file_bytes: int = field(default=32 * MiB, metadata=flag(
+        "--max-file-mb", "largest uploaded file in MiB (413 beyond; --max-request-body-mb bounds the upload too)",
+        BATCH, unit=MiB))
+    max_file_bytes_per_key: int = field(default=1024 * MiB, metadata=flag(
+        "--max-stored-file-mb", "uploaded and batch output files per API key in MiB (413 beyond)", BATCH, unit=MiB))
+    max_active_batches_per_key: int = field(default=8, metadata=flag(
+        "--max-active-batches", "batches per API key not yet finished (429 beyond)", BATCH))
+    max_lines_in_flight: int = field(default=8, metadata=flag(
+        "--max-batch-lines-in-flight", "batch lines this server runs at once (their media fetched only then)", BATCH))
+    lease_seconds: float = field(default=60.0, metadata=flag(
+        "--batch-lease-seconds", "a claimed batch line returns to the queue this long after its server stops "
+        "renewing it (a replica that died)", BATCH))
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_bytes", "max_file_bytes_per_key", "max_active_batches_per_key", "max_lines_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if not self.lease_seconds >= 1:
+            raise ValueError(f"lease_seconds={self.lease_seconds}: must be >= 1")
+
+
 # EngineConfig's flags: model_runtime knows no command line, so they are listed here, by field.
 ENGINE_FLAGS = {
     "max_num_seqs": Flag("--max-num-seqs", "sequences decoding at once (each of a request's `n` choices is one)",
@@ -391,6 +416,7 @@ class ServerConfig:
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     limits: MediaLimits = field(default_factory=MediaLimits)
     store: StoreConfig = field(default_factory=StoreConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     media_workers: int = field(default=2, metadata=flag(
         "--media-workers", "decoder processes (isolated from the server)", LIMITS))
     media_worker_memory_mb: int = field(default=4096, metadata=flag(

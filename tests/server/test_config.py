@@ -19,6 +19,7 @@ from server.cli import build_parser, config_flags, config_from_args, default_tex
 from server.config import (
     ENGINE_FLAGS,
     GROUPS,
+    BatchConfig,
     FetchPolicy,
     MediaLimits,
     MiB,
@@ -52,11 +53,11 @@ def test_every_engine_knob_has_a_flag():
     assert set(ENGINE_SAMPLES) == set(ENGINE_FLAGS)
 
 
-@pytest.mark.parametrize("cls", [ServerConfig, MediaLimits, FetchPolicy, StoreConfig])
+@pytest.mark.parametrize("cls", [ServerConfig, MediaLimits, FetchPolicy, StoreConfig, BatchConfig])
 def test_every_server_setting_has_a_flag(cls):
     flags = field_flags(cls)
     covered = {name for spec in flags.values() for name in spec.covers}
-    chained = {"engine", "fetch", "limits", "store"}  # ServerConfig's configs, whose fields have their own flags
+    chained = {"engine", "fetch", "limits", "store", "batch"}  # ServerConfig's configs, whose fields have their own flags
     assert {f.name for f in fields(cls)} - chained == set(flags) | covered
 
 
