@@ -27,7 +27,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from model_runtime import PromptInput, RequestInputError, SamplingParams
+from model_runtime import Priority, PromptInput, RequestInputError, SamplingParams
 from model_runtime import Request as EngineRequest
 from server import chat, structured
 from server.completion import ChoiceResult, Generation, Piece, collect, pieces
@@ -129,6 +129,25 @@ async def run(state: ServerState, adapter: Adapter, body: ChatCompletionRequest,
             state.engine_ids.discard(request_id)
 
 
+async def run_detached(state: ServerState, adapter: Adapter, body: ChatCompletionRequest, request_id: str,
+                       raw_prompt: str | list[int] | None = None, priority: Priority = Priority.BATCH) -> dict:
+    """One request without an HTTP request (a batch line): the same stages as `run`, whole (never streamed),
+    its engine request in class `priority`. Returns the adapter's answer; raises the APIError a client would get."""
+    arrival = time.monotonic()
+    rt = state.serving_runtime()
+    check_model(state.config, body.model)
+    ticket = admit(state)
+    state.engine_ids.add(request_id)
+    try:
+        prepared = await prepare(rt, state.config, body, request_id, raw_prompt=raw_prompt, priority=priority)
+        gen = Generation(prepared.request, prepared.media, state.config.served_model_name, arrival, state.metrics,
+                         ticket, prepared.tool_plan.names)
+        return adapter.answer(gen, await collect(gen, rt.worker))
+    finally:
+        ticket.close()
+        state.engine_ids.discard(request_id)
+
+
 @dataclass(frozen=True)
 class Counted:
     """A prompt rendered and counted exactly as generation would, with nothing generated."""
@@ -195,7 +214,7 @@ async def translated(gen: Generation, source: AsyncIterator[Piece]) -> AsyncIter
 
 
 async def prepare(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest, request_id: str,
-                  raw_prompt: str | list[int] | None = None) -> Prepared:
+                  raw_prompt: str | list[int] | None = None, priority: Priority = Priority.INTERACTIVE) -> Prepared:
     """Everything before the engine: the answer's grammar, the media, the prompt, the checks.
     `raw_prompt` (completions): the prompt as given, text or token ids, instead of the messages."""
     structured.check_unsupported(body)
@@ -211,8 +230,8 @@ async def prepare(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest
     if body.n > max_n:
         raise InvalidRequest(f"n={body.n}: at most {max_n} here", param="n")
     params = sampling_params(body, rt.context_len - prompt.num_tokens, logit_bias)
-    return Prepared(EngineRequest(request_id, prompt, loaded_media.inputs, params, grammar=grammar), loaded_media,
-                    tool_plan)
+    return Prepared(EngineRequest(request_id, prompt, loaded_media.inputs, params, grammar=grammar,
+                                  priority=priority), loaded_media, tool_plan)
 
 
 async def chat_prompt(rt: Runtime, config: ServerConfig, body: ChatCompletionRequest,
