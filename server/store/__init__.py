@@ -5,7 +5,14 @@ owners are `owner_hash(api_key)`. SQLite under --data-dir by default, PostgreSQL
 (docs/OPERATIONS.md, "State database"). The engine never sees it.
 """
 
-from server.store.errors import DuplicateId, SchemaTooNew, StoredBytesExceeded, StoreError, UnknownCursor
+from server.store.errors import (
+    DuplicateId,
+    SchemaTooNew,
+    StoredBytesExceeded,
+    StoreError,
+    StoreUnavailable,
+    UnknownCursor,
+)
 from server.store.records import (
     ANONYMOUS,
     LINE_STATUSES,
@@ -24,6 +31,6 @@ from server.store.store import StateStore
 
 __all__ = [
     "ANONYMOUS", "LINE_STATUSES", "Batch", "BatchLine", "ClaimedLine", "DuplicateId", "LineResult", "MediaBlob",
-    "Page", "SchemaTooNew", "StateStore", "StoreError", "StoredBytesExceeded", "StoredFile", "StoredResponse",
-    "UnknownCursor", "content_hash", "owner_hash",
+    "Page", "SchemaTooNew", "StateStore", "StoreError", "StoreUnavailable", "StoredBytesExceeded", "StoredFile",
+    "StoredResponse", "UnknownCursor", "content_hash", "owner_hash",
 ]

@@ -166,6 +166,20 @@ def release(conn: Connection, worker: str) -> int:
     return conn.execute(update(batch_lines).where(_held_by(worker)).values(status="pending", **_CLEARED)).rowcount
 
 
+def release_one(conn: Connection, batch_id: str, line_no: int, worker: str) -> bool:
+    line = and_(batch_lines.c.batch_id == batch_id, batch_lines.c.line_no == line_no, _held_by(worker))
+    return conn.execute(update(batch_lines).where(line).values(status="pending", **_CLEARED)).rowcount == 1
+
+
+def status_counts(conn: Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """Every batch by status, and every line by status (of every batch)."""
+    batch_rows = conn.execute(select(batches.c.status, func.count()).group_by(batches.c.status)).all()
+    line_rows = conn.execute(select(batch_lines.c.status, func.count()).group_by(batch_lines.c.status)).all()
+    lines = dict.fromkeys(LINE_STATUSES, 0)
+    lines.update({status: count for status, count in line_rows})
+    return {status: count for status, count in batch_rows}, lines
+
+
 def expire_leases(conn: Connection, now: float) -> int:
     lapsed = and_(batch_lines.c.status == "running", batch_lines.c.lease_expires < now)
     return conn.execute(update(batch_lines).where(lapsed).values(status="pending", **_CLEARED)).rowcount

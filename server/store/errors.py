@@ -21,3 +21,8 @@ class StoredBytesExceeded(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer llava-serve than this one (a replica left behind)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer or refused the work (down, unreachable, locked past the busy
+    timeout): the request may be retried, nothing of this call was committed."""

@@ -4,7 +4,9 @@ Stored responses (owner-scoped, paged input items, retention by age and by bytes
 kept by content hash), uploaded files with their bytes, batches and their lines claimed with
 leases by any replica. Every method is a coroutine: the blocking database work runs on the
 store's own threads (as many as the connection pool holds), never on the event loop. Another
-owner's rows are invisible (None / False / absent from lists). Knows no HTTP and no engine.
+owner's rows are invisible (None / False / absent from lists). A database that fails under a call
+(down, unreachable, locked past the busy timeout) raises StoreUnavailable: retryable, nothing of
+that call committed. Knows no HTTP and no engine.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from server.config import StoreConfig
 from server.store import batches, files, responses
 from server.store.database import POOL_SIZE, Database
-from server.store.errors import StoreError
+from server.store.errors import StoreError, StoreUnavailable
 from server.store.migrations import migrate
 from server.store.records import (
     Batch,
@@ -43,6 +45,13 @@ MAX_PAGE = 100  # the largest `limit` of a list (OpenAI's)
 R = TypeVar("R")
 
 
+def _driver_words(error: BaseException) -> str:
+    """The driver's own message on one line, without SQLAlchemy's statement and link."""
+    while isinstance(error, StoreUnavailable) and error.__cause__ is not None:
+        error = error.__cause__
+    return " ".join(str(getattr(error, "orig", None) or error).split())
+
+
 class StateStore:
     def __init__(self, db: Database, config: StoreConfig, clock: Callable[[], float] = time.time) -> None:
         self.db = db
@@ -56,9 +65,9 @@ class StateStore:
         store = cls(Database(config.url()), config, clock)
         try:
             applied = await store._run(migrate, store.db)
-        except SQLAlchemyError as e:  # the driver's own words, without SQLAlchemy's statement and link
+        except (SQLAlchemyError, StoreUnavailable) as e:
             await store.close()
-            raise StoreError(f"{store.db.shown_url}: {' '.join(str(getattr(e, 'orig', None) or e).split())}") from e
+            raise StoreError(f"{store.db.shown_url}: {_driver_words(e)}") from e
         except BaseException:
             await store.close()
             raise
@@ -78,7 +87,10 @@ class StateStore:
         return self.db.dialect
 
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args))
+        except (OperationalError, InterfaceError) as e:
+            raise StoreUnavailable(f"the state database failed: {_driver_words(e)}") from e
 
     def _oldest(self) -> float:
         """Responses created before this are past retention: gone, whether or not swept yet."""
@@ -239,6 +251,14 @@ class StateStore:
     async def release_lines(self, worker: str) -> int:
         """Give back every line `worker` holds (pending again, attempts kept): a draining replica."""
         return await self._write(batches.release, worker)
+
+    async def release_line(self, batch_id: str, line_no: int, worker: str) -> bool:
+        """Give back one line `worker` holds (pending again): the server could not take it now."""
+        return await self._write(batches.release_one, batch_id, line_no, worker)
+
+    async def batch_status_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every owner's batches by status, and their lines by status (records.LINE_STATUSES): the metrics."""
+        return await self._read(batches.status_counts)
 
     async def expire_leases(self) -> int:
         """Put lines whose lease expired back to pending; how many (claims take them anyway)."""

@@ -8,7 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.store import Batch, BatchLine, MediaBlob, StoredFile, StoredResponse, owner_hash
+import psycopg
+import pytest
+
+from server.config import StoreConfig
+from server.store import (
+    Batch,
+    BatchLine,
+    MediaBlob,
+    StateStore,
+    StoredFile,
+    StoredResponse,
+    StoreUnavailable,
+    owner_hash,
+)
 from tests.server.store.conftest import run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,3 +90,16 @@ def test_what_a_killed_process_stored_is_there(open_store, database_url, clock):
     assert [r.result for r in run(store.line_results("batch_killed", "succeeded"))] == [{"n": 1}]
     [running] = run(store.claim_lines("next", limit=5, lease_seconds=60))
     assert running.custom_id == "b"  # the line the dead writer never claimed; its finished one stays done
+
+
+def test_a_database_that_goes_away_is_a_typed_retryable_error(postgres, clock):
+    url = postgres.new_database()
+    store = run(StateStore.open(StoreConfig(state_db=url), clock))
+    try:
+        assert run(store.get_response("resp_1", ALICE)) is None
+        with psycopg.connect(postgres.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')  # its sessions are ended
+        with pytest.raises(StoreUnavailable, match="the state database failed: .*does not exist"):
+            run(store.get_response("resp_1", ALICE))
+    finally:
+        run(store.close())
