@@ -103,3 +103,18 @@ def test_a_database_that_goes_away_is_a_typed_retryable_error(postgres, clock):
             run(store.get_response("resp_1", ALICE))
     finally:
         run(store.close())
+
+
+def test_connections_the_database_dropped_are_replaced_without_a_failed_call(postgres, clock):
+    """A restarted PostgreSQL (here: every session of the store ended by the server) costs no error."""
+    url = postgres.new_database()
+    store = run(StateStore.open(StoreConfig(state_db=url), clock))
+    try:
+        run(store.put_file(StoredFile("file-1", ALICE, clock(), "in.jsonl", "batch"), b"x"))
+        with psycopg.connect(postgres.dsn("postgres"), autocommit=True) as admin:
+            ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                                  [url.rsplit("/", 1)[1]]).fetchone()
+        assert ended is not None and ended[0] >= 1
+        assert run(store.get_file_content("file-1", ALICE)) == b"x"
+    finally:
+        run(store.close())
