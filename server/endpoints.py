@@ -17,7 +17,8 @@ COUNTING = {  # path -> endpoint; prompts rendered and counted, nothing generate
     "/tokenize": "tokenize",
     "/detokenize": "detokenize",
 }
-ENDPOINTS = (*GENERATION.values(), *COUNTING.values(), "responses_stored", "models", "probes", "other")
+ENDPOINTS = (*GENERATION.values(), *COUNTING.values(), "responses_stored", "files", "batches", "models", "probes",
+             "other")
 _PROBES = frozenset({"/health", "/ready", "/metrics", "/version"})
 
 
@@ -28,6 +29,9 @@ def endpoint_of(path: str) -> str:
         return COUNTING[path]
     if path.startswith("/v1/responses/"):
         return "responses_stored"
+    for prefix in ("files", "batches"):
+        if path == f"/v1/{prefix}" or path.startswith(f"/v1/{prefix}/"):
+            return prefix
     if path == "/v1/models" or path.startswith("/v1/models/"):
         return "models"
     return "probes" if path in _PROBES else "other"

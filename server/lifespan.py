@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from model_runtime import Engine, EngineWorker, LoadedModel, load_pretrained_model
 from model_runtime.arch.cpu_linear import pack_linears
 from server import structured
+from server.batch.runner import BatchRunner
 from server.config import ServerConfig
 from server.lifecycle import Phase
 from server.media.loader import MediaLoader
@@ -62,7 +63,8 @@ def lifespan(load: Loader) -> Callable[[FastAPI], AbstractAsyncContextManager[No
         tasks = [asyncio.create_task(watchdog(state))]
         state.store = await open_store(state)
         if state.store is not None:
-            tasks += [asyncio.create_task(start_runtime(state, load)), asyncio.create_task(state.store.sweep_forever())]
+            tasks += [asyncio.create_task(start_runtime(state, load)), asyncio.create_task(state.store.sweep_forever()),
+                      asyncio.create_task(BatchRunner(state, state.store).run_forever())]
         try:
             yield
         finally:

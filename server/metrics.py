@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,6 +23,11 @@ TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.
 TOKEN_COUNT_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 MODALITIES = ("text", "image", "video", "audio")
 REJECT_REASONS = ("queue_full", "shutting_down", "not_ready")
+# OpenAI's batch statuses; a line's (server/store/records.LINE_STATUSES); how a line run here ended
+BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
+                  "cancelled")
+BATCH_LINE_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+BATCH_LINE_OUTCOMES = ("succeeded", "failed", "dropped")  # dropped: its lease had gone to another worker
 
 
 class _EngineCollector(Collector):
@@ -119,6 +124,20 @@ class Metrics:
         self.response_time = histogram("llava_http_response_seconds", "Arrival to the last byte of the response, "
                                        "by API endpoint", LATENCY_BUCKETS, ["endpoint"])
         self.model_info = Info("llava_model", "Served model", registry=r)
+        # batches (server/batch/): every replica's, counted from the state database every few seconds
+        self.batches = Gauge("llava_batches", "Batches in the state database by status", ["status"], registry=r)
+        self.batch_lines = Gauge("llava_batch_lines", "Batch lines in the state database by status", ["status"],
+                                 registry=r)
+        self.batch_lines_waiting = Gauge("llava_batch_lines_waiting", "Batch lines not yet claimed by any server",
+                                         registry=r)
+        self.batch_lines_done = Counter("llava_batch_lines_done", "Batch lines this server ran to an answer, by "
+                                        "outcome", ["status"], registry=r)
+        for status in BATCH_STATUSES:
+            self.batches.labels(status=status)
+        for status in BATCH_LINE_STATUSES:
+            self.batch_lines.labels(status=status)
+        for status in BATCH_LINE_OUTCOMES:
+            self.batch_lines_done.labels(status=status)
         for modality in MODALITIES:  # every bounded label value present from the first scrape
             self.prompt_tokens.labels(modality=modality)
             if modality != "text":
@@ -136,3 +155,11 @@ class Metrics:
         """One HTTP response (server.middleware.EndpointMetrics); `endpoint` from server/endpoints.py's table."""
         self.responses.labels(endpoint=endpoint, status=str(status)).inc()
         self.response_time.labels(endpoint=endpoint).observe(seconds)
+
+    def set_batch_counts(self, batches: dict[str, int], lines: dict[str, int]) -> None:
+        """The batch runner's periodic count (StateStore.batch_status_counts)."""
+        for status in BATCH_STATUSES:
+            self.batches.labels(status=status).set(batches.get(status, 0))
+        for status in BATCH_LINE_STATUSES:
+            self.batch_lines.labels(status=status).set(lines.get(status, 0))
+        self.batch_lines_waiting.set(lines.get("pending", 0))
