@@ -132,7 +132,8 @@ async def run(state: ServerState, adapter: Adapter, body: ChatCompletionRequest,
 async def run_detached(state: ServerState, adapter: Adapter, body: ChatCompletionRequest, request_id: str,
                        raw_prompt: str | list[int] | None = None, priority: Priority = Priority.BATCH) -> dict:
     """One request without an HTTP request (a batch line): the same stages as `run`, whole (never streamed),
-    its engine request in class `priority`. Returns the adapter's answer; raises the APIError a client would get."""
+    its engine request in class `priority`. Returns the adapter's answer; raises the APIError a client would get
+    (ShuttingDown, too, for a request a drain aborted)."""
     arrival = time.monotonic()
     rt = state.serving_runtime()
     check_model(state.config, body.model)
@@ -142,7 +143,10 @@ async def run_detached(state: ServerState, adapter: Adapter, body: ChatCompletio
         prepared = await prepare(rt, state.config, body, request_id, raw_prompt=raw_prompt, priority=priority)
         gen = Generation(prepared.request, prepared.media, state.config.served_model_name, arrival, state.metrics,
                          ticket, prepared.tool_plan.names)
-        return adapter.answer(gen, await collect(gen, rt.worker))
+        results = await collect(gen, rt.worker)
+        if any(r.finish_reason == "abort" for r in results):  # cut by a drain: not an answer, it runs again
+            raise ShuttingDown("the request was aborted before it finished")
+        return adapter.answer(gen, results)
     finally:
         ticket.close()
         state.engine_ids.discard(request_id)
