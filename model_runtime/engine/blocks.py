@@ -74,7 +74,8 @@ Segment = TextSegment | MediaSegment
 class PromptLayout:
     """What fills each position of a spliced prompt: text runs and media rows, in order."""
 
-    def __init__(self, segments: Sequence[Segment]) -> None:
+    def __init__(self, segments: Sequence[Segment], seed: BlockHash | None = None) -> None:
+        self.seed = seed  # the first block's parent hash: what else decides the KV (a LoRA adapter's key)
         self.segments = tuple(s for s in segments if s.num_tokens)
         starts, total = [], 0
         for s in self.segments:
@@ -88,7 +89,7 @@ class PromptLayout:
 
     @classmethod
     def from_ids(cls, token_ids: Sequence[int], keys: Sequence[str], sentinels: Sequence[int],
-                 num_tokens: Sequence[int]) -> PromptLayout:
+                 num_tokens: Sequence[int], seed: BlockHash | None = None) -> PromptLayout:
         """Token ids with one negative sentinel per media item; item i has content key `keys[i]`,
         sentinel `sentinels[i]` and `num_tokens[i]` rows. Sentinels take items by the model's own
         rule (arch/segments.py), so the layout hashed here is the one the model splices."""
@@ -98,7 +99,7 @@ class PromptLayout:
             MediaSegment(keys[seg.item], seg.num_tokens, seg.item) if isinstance(seg, ItemRun)
             else TextSegment(tuple(token_ids[seg.start : seg.stop]))
             for seg in split_prompt(token_ids, sentinels, num_tokens)
-        ])
+        ], seed)
 
     def describe(self, start: int, end: int) -> bytes:
         """Bytes naming what fills positions [start, end) (<= num_tokens): 4 bytes per token id, and
@@ -143,7 +144,7 @@ def extend_hashes(hashes: list[BlockHash], layout: PromptLayout, output_ids: Seq
         content = layout.describe(start, min(end, prompt_len)) if start < prompt_len else b""
         if end > prompt_len:
             content += ids_bytes(output_ids[max(start, prompt_len) - prompt_len : end - prompt_len])
-        hashes.append(hash_block(hashes[-1] if hashes else None, content))
+        hashes.append(hash_block(hashes[-1] if hashes else layout.seed, content))
 
 
 class _IdSet:

@@ -19,11 +19,13 @@ from collections.abc import Callable
 import torch
 
 from model_runtime.arch.cost import LanguageCost, vision_layer_flops
+from model_runtime.checkpoint.lora import LoraAdapter
 from model_runtime.config import EngineConfig
 from model_runtime.config.engine import GPU_STEP_TOKENS, IDLE_STEP_FACTOR
 from model_runtime.engine.blocks import BlockPool, PromptLayout, extend_hashes
 from model_runtime.engine.encoder_cache import EncoderCache, media_key
 from model_runtime.engine.kv import bytes_per_block, kv_cache_bytes
+from model_runtime.engine.lora_slots import LoraSlots
 from model_runtime.engine.media_work import MediaWork
 from model_runtime.engine.outputs import OutputBuilder, StopReason
 from model_runtime.engine.pacing import StepPacer, cpu_token_rate
@@ -34,6 +36,7 @@ from model_runtime.engine.request import (
     RequestStatus,
     SamplingParamsError,
     TokenLogprobs,
+    UnknownAdapterError,
 )
 from model_runtime.engine.runner import ForwardRow, ModelRunner, is_fatal
 from model_runtime.engine.sampler import SamplingRow, choice_generator, sample
@@ -80,6 +83,7 @@ class Engine:
         self.requests: dict[str, RequestState] = {}  # unfinished
         self.choices: dict[str, list[SequenceState]] = {}  # request id -> its sequences (choice 0 first)
         self.dead_reason: str | None = None
+        self.loras = LoraSlots(model, self.runner)
         self.outputs = OutputBuilder(tokenizer, eos_token_ids, self.max_model_len)
         self.counters = EngineCounters()
         self._seed_source = torch.Generator().manual_seed(config.seed)
@@ -98,6 +102,8 @@ class Engine:
             raise SamplingParamsError("n", f"{request.params.n}: at most {self.config.max_num_seqs} here")
         if any(t >= self.vocab_size for t, _ in request.params.logit_bias):
             raise SamplingParamsError("logit_bias", f"token ids must be below the vocabulary size {self.vocab_size}")
+        if request.lora is not None and request.lora not in self.loras.slots:
+            raise UnknownAdapterError(f"no LoRA adapter with key {request.lora} is loaded")
         if request.num_prompt_tokens >= self.max_model_len:
             raise PromptTooLongError(f"a prompt of {request.num_prompt_tokens} tokens does not fit: at most "
                                      f"{self.max_model_len - 1} here")
@@ -110,7 +116,8 @@ class Engine:
         self.check_request(request)
         keys = tuple(media_key(m) for m in request.media)
         layout = PromptLayout.from_ids(request.prompt.token_ids, keys, [m.sentinel for m in request.media],
-                                       [m.num_tokens for m in request.media])
+                                       [m.num_tokens for m in request.media],
+                                       seed=request.lora.encode() if request.lora is not None else None)
         if layout.num_tokens != request.num_prompt_tokens:
             raise ValueError(f"the prompt's items make {layout.num_tokens} positions, not {request.num_prompt_tokens}")
         state = RequestState(request, keys, layout, media_cache_hits=[None] * len(request.media))
@@ -118,6 +125,17 @@ class Engine:
         seq = self._new_sequence(state, 0)
         self.choices[request.request_id] = [seq]
         self.scheduler.add(seq)
+
+    def load_lora(self, adapter: LoraAdapter) -> None:
+        """Make an adapter resident: requests with `lora=adapter.key` run under it from the next step."""
+        self.loras.load(adapter)
+
+    def unload_lora(self, key: str) -> list[RequestOutput]:
+        """Drop a resident adapter; its unfinished requests finish with "error" (their outputs)."""
+        outputs = [o for rid, state in list(self.requests.items()) if state.request.lora == key
+                   for o in self._finish_request(rid, RequestStatus.FINISHED_ERROR, "its LoRA adapter was unloaded")]
+        self.loras.unload(key)
+        return outputs
 
     def abort_request(self, request_id: str) -> list[RequestOutput]:
         """Finish a request with "abort" (one output per unfinished choice); [] if unknown."""
@@ -271,12 +289,13 @@ class Engine:
 
     def _forward_row(self, chunk: ScheduledChunk) -> ForwardRow:
         seq, state = chunk.seq, chunk.seq.state
+        lora = self.loras.slot(seq.request.lora)
         if chunk.is_decode:
             return ForwardRow(seq.request.request_id, (seq.output_ids[-1],), (), chunk.start, 1, seq.block_ids,
-                              chunk.wants_logits, is_decode=True)
+                              chunk.wants_logits, is_decode=True, lora_slot=lora)
         items = [state.encoded.get(k, m) for k, m in zip(state.media_keys, seq.request.media, strict=True)]
         return ForwardRow(seq.request.request_id, seq.token_ids(), items, chunk.start, chunk.num_tokens, seq.block_ids,
-                          chunk.wants_logits, is_decode=False)
+                          chunk.wants_logits, is_decode=False, lora_slot=lora)
 
     def _register_blocks(self, seq: SequenceState) -> None:
         """Offer the sequence's newly full blocks to the prefix cache."""

@@ -60,6 +60,10 @@ class SamplingParamsError(RequestInputError):
         self.param = param
 
 
+class UnknownAdapterError(RequestInputError):
+    """A request names a LoRA adapter the engine does not hold."""
+
+
 class PromptTooLongError(RequestInputError):
     """A prompt that leaves no room for one generated token in the engine's context."""
 
@@ -149,6 +153,7 @@ class Request:
     deadline: float | None = None  # time.monotonic() after which the engine aborts it
     grammar: CompiledGrammar | None = None  # the output must match it (each choice gets its own matcher)
     priority: Priority = Priority.INTERACTIVE
+    lora: str | None = None  # the content key of the LoRA adapter it runs under (Engine.load_lora); None: the base
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from model_runtime.arch.attention import ATTN_IMPLEMENTATION
 from model_runtime.arch.encoding import EncodingJob
+from model_runtime.arch.lora_layers import LoraStep
 from model_runtime.config import EngineConfig
 from model_runtime.engine.kv import KVCache, StepRow, paged_inputs
 from model_runtime.engine.served_model import ServedModel
@@ -59,6 +60,7 @@ class ForwardRow:
     block_ids: Sequence[int]
     wants_logits: bool
     is_decode: bool  # one generated token: embedded directly
+    lora_slot: int | None = None  # the adapter slot its tokens run under (arch/lora_layers.py); None: the base
 
 
 ForwardHook = Callable[[int, Sequence[ForwardRow]], None]
@@ -86,6 +88,7 @@ class ModelRunner:
         # called before the last decoder layer of every forward with (step_index, rows), so a fault
         # it raises leaves the earlier layers' KV written, as a real mid-forward failure would (tests)
         self.forward_hook: ForwardHook | None = None
+        self.lora_step: LoraStep | None = None  # set once adapters are attached: which tokens run under which
 
     # -- encoders ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -116,6 +119,8 @@ class ModelRunner:
         paged = paged_inputs(self.kv, step_rows, self.device)
         ends = torch.tensor([r.query_start + r.num_queries - 1 for r, row in zip(step_rows, rows, strict=True)
                              if row.wants_logits], dtype=torch.long, device=self.device)
+        if self.lora_step is not None:
+            self.lora_step.groups = _lora_groups(step_rows, rows, self.device)
         start = time.perf_counter()
         try:
             hidden = embeds[None]  # [1, T, D]
@@ -129,6 +134,8 @@ class ModelRunner:
             logits = lm.next_token_logits(hidden[0].index_select(0, ends.to(hidden.device)))  # [R, V]
         finally:
             self.forward_seconds += self._elapsed(start)
+            if self.lora_step is not None:
+                self.lora_step.groups = []
         return logits
 
     def forward_isolated(self, rows: Sequence[ForwardRow]) -> IsolatedForward:
@@ -192,3 +199,14 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
+
+
+def _lora_groups(step_rows: Sequence[StepRow], rows: Sequence[ForwardRow],
+                 device: torch.device) -> list[tuple[int, torch.Tensor]]:
+    """(adapter slot, indices of its tokens in the packed axis) for every slot with tokens in this forward."""
+    tokens: dict[int, list[int]] = {}
+    for step_row, row in zip(step_rows, rows, strict=True):
+        if row.lora_slot is not None:
+            tokens.setdefault(row.lora_slot, []).extend(
+                range(step_row.query_start, step_row.query_start + step_row.num_queries))
+    return [(slot, torch.tensor(ids, dtype=torch.long, device=device)) for slot, ids in sorted(tokens.items())]
