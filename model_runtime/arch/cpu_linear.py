@@ -19,9 +19,12 @@ k and v ones (896 x 128 for Qwen2-0.5B), whose cost was mostly the call, ride al
 projection is a `FusedPart` that returns its columns of the fused result, computed once for the
 input it is given: the layer code of transformers is unchanged, and each column is the same dot
 product over the same weights, so the bits equal the separate matmuls (checked with `torch.equal`). The vision tower, projector and audio tower
-keep plain linears: their matmuls have hundreds of rows, where packing gains nothing. Only float32
-on the CPU is packed (oneDNN's bfloat16 path needs AVX512 or AVX-NE-CONVERT; where the reorder is
-refused the layer stays plain). The model is then for serving only: its state dict no longer holds
+keep plain linears: their matmuls have hundreds of rows, where packing gains nothing. float32 on
+the CPU is packed, and bfloat16 where the CPU multiplies it natively (AVX512-BF16 or AMX): on a
+2-core AMX Xeon, one thread, Qwen2-0.5B's MLP weight times 256 rows took 9 ms packed in bfloat16
+against 14 ms through `F.linear` in bfloat16 and 30 ms packed in float32, the output head times
+8 rows 41 against 78 and 108 ms (the rows still independent of the batch, checked with
+`torch.equal`). Where the reorder is refused the layer stays plain. The model is then for serving only: its state dict no longer holds
 those weights under their checkpoint names.
 """
 
@@ -119,8 +122,15 @@ FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # lin
 
 def can_pack(linear: nn.Module) -> TypeGuard[nn.Linear]:
     w = getattr(linear, "weight", None)
-    return (type(linear) is nn.Linear and w is not None and w.device.type == "cpu" and w.dtype == torch.float32
+    return (type(linear) is nn.Linear and w is not None and w.device.type == "cpu"
+            and (w.dtype == torch.float32 or (w.dtype == torch.bfloat16 and native_bf16()))
             and torch.backends.mkldnn.is_available())
+
+
+def native_bf16() -> bool:
+    """The CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles), as oneDNN's packed path needs."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, None) is not None and getattr(torch.cpu, probe)() for probe in probes)
 
 
 def pack_linears(model: PreTrainedModel, fuse: bool = True) -> int:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from model_runtime import Engine, EngineConfig, load_pretrained_model
-from model_runtime.arch.cpu_linear import FusedPart, PackedLinear, pack_linears
+from model_runtime.arch.cpu_linear import FusedPart, PackedLinear, native_bf16, pack_linears
 from tests.model_runtime.engine import conftest as engine_conftest
 from tests.model_runtime.engine.conftest import run
 from tests.model_runtime.engine.test_engine import staggered_requests
@@ -89,7 +89,16 @@ def test_a_packed_model_serves_batched_equal_to_solo(packed_model, make_request)
         assert solo.ids == batched[request.request_id].ids, request.request_id
 
 
-def test_plain_layers_and_other_dtypes_are_left_alone(tiny_checkpoint):
+def test_bfloat16_is_packed_only_where_the_cpu_multiplies_it_natively(tiny_checkpoint, make_request):
     loaded = load_pretrained_model(tiny_checkpoint, dtype="bfloat16")
-    assert pack_linears(loaded.model) == 0  # only float32 is packed, whatever this CPU's bfloat16 path
-    assert type(loaded.model.lm_head) is nn.Linear
+    count = pack_linears(loaded.model)
+    if not native_bf16():
+        assert count == 0 and type(loaded.model.lm_head) is nn.Linear
+        return
+    assert count == len(loaded.model.model.layers) * 7 + 1 and isinstance(loaded.model.lm_head, PackedLinear)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                    EngineConfig(max_num_seqs=6, max_num_batched_tokens=48, kv_cache_memory=16 * 2**20))
+    requests = staggered_requests(make_request)[:6]
+    batched = run(engine, requests, arrival_steps=[i // 2 * 3 for i in range(6)])
+    for request in staggered_requests(make_request)[:6]:  # a row's bfloat16 bits do not depend on the batch
+        assert run(engine, [request])[request.request_id].ids == batched[request.request_id].ids
