@@ -70,7 +70,7 @@ class BatchRunner:
         with contextlib.suppress(Exception):
             released = await self.store.release_lines(self.worker)
             if released:
-                log.info("batch runner: %d lines given back for later", released)
+                log.info("batch runner: %d lines given back to run later", released)
 
     async def step(self) -> bool:
         """One round: finalize what is done, claim what fits, renew leases. True while lines wait or run."""
@@ -119,6 +119,8 @@ class BatchRunner:
         if outcome is None:
             self._paused_until = time.monotonic() + RETRY_PAUSE_S
             await self.store.release_line(line.batch_id, line.line_no, self.worker)
+            log.info("batch %s line %d: given back to run later (this server cannot take it now)", line.batch_id,
+                     line.line_no)
             return
         is_recorded = await self.store.complete_line(line.batch_id, line.line_no, self.worker,
                                                      status=outcome.status, result=outcome.result)
