@@ -44,7 +44,7 @@ class VllmLaunch:
     """How one vLLM peer is started."""
 
     command: list[str]  # bash SCRIPT MODEL_DIR PORT --dtype D [flags]: the script's own --dtype float32 is overridden
-    env: dict[str, str]  # the variables the script reads, added to the caller's environment
+    env: dict[str, str]  # the variables the script reads (those not at its default), added to the caller's
     threads_bind: str  # VLLM_CPU_OMP_THREADS_BIND: the cores of its OpenMP compute threads
     model_name: str  # what clients send as `model`
 
@@ -66,7 +66,9 @@ def launch(model_dir: str | Path, port: int, threads: int, dtype: str, script: s
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)} (resolve 'auto' first)")
     model = str(Path(model_dir).resolve())
     bind = threads_bind(threads)
-    env = {"VLLM_CPU_OMP_THREADS_BIND": bind, "VLLM_VENV": venv}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": bind}
+    if venv != DEFAULT_VENV:  # the script's default; vLLM warns of any VLLM_* variable it does not know
+        env["VLLM_VENV"] = venv
     if kv_gb is not None:
         env["KV_GB"] = f"{kv_gb:g}"
     command = ["bash", str(script), model, str(port), "--dtype", dtype, *ALWAYS_FLAGS, *extra]
