@@ -48,3 +48,14 @@ def test_the_key_comes_as_a_bearer_token_or_as_x_api_key(tiny_model):
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
         anthropic = c.post("/v1/messages", headers={"x-api-key": "nope"}, json={})
         assert anthropic.status_code == 401 and anthropic.json()["error"]["type"] == "authentication_error"
+
+
+def test_a_body_over_the_limit_is_a_413_in_the_routes_shape(tiny_model):
+    config = ServerConfig(model="tiny", served_model_name="tiny", media_workers=1, max_body_bytes=1024)
+    with TestClient(create_app(config, loaded=tiny_model)) as c:
+        wait_until_ready(c)
+        big = {"model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "x" * 4096}]}
+        anthropic = c.post("/v1/messages", json=big)
+        assert anthropic.status_code == 413 and anthropic.json()["error"]["type"] == "request_too_large"
+        openai = c.post("/v1/responses", json={"model": "tiny", "input": "x" * 4096})
+        assert openai.status_code == 413 and openai.json()["error"]["code"] == "request_too_large"
