@@ -1,4 +1,4 @@
-"""`llava-serve` command line: `serve` and `make-demo` (checkpoint tools join as subcommands).
+"""`llava-serve` command line: `serve`, `run-batch` and `make-demo` (checkpoint tools join as subcommands).
 
 The `serve` flags are built from the config dataclasses (server/config.py): each field's `Flag`
 gives its name, help and group, the field its default and type. Every flag can also be set with an
@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a checkpoint over HTTP")
     add_serve_flags(serve)
 
+    run_batch = sub.add_parser("run-batch", help="run an OpenAI batch input file offline (no HTTP server)",
+                               description="Each line of the input (OpenAI's batch format; url one of "
+                               "/v1/chat/completions, /v1/responses, /v1/completions) runs through the server's "
+                               "pipeline; each answer is appended to the output file in OpenAI's output format. "
+                               "The serve flags set the model and engine.")
+    run_batch.add_argument("-i", "--input-file", required=True, help="the batch input file (JSONL)")
+    run_batch.add_argument("-o", "--output-file", required=True, help="the output file (JSONL), answers and errors")
+    run_batch.add_argument("--resume", action="store_true",
+                           help="keep the output file and skip the custom_ids it holds already")
+    add_serve_flags(run_batch)
+
     demo = sub.add_parser("make-demo", help="write a demo checkpoint with RANDOM weights (meaningless text)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--size", choices=["tiny", "small", "realistic"], default="small",
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return serve(args)
+    if args.command == "run-batch":
+        return run_batch(args)
     return 2
 
 
@@ -152,6 +165,23 @@ def serve(args: argparse.Namespace) -> int:
         print(f"llava-serve: {e}", file=sys.stderr)
         return 2
     return run_server(config)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from server.batch.offline import InputRefused, run_offline
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        summary = asyncio.run(run_offline(config, Path(args.input_file), Path(args.output_file), args.resume))
+    except (ValueError, InputRefused, OSError, RuntimeError) as e:
+        print(f"llava-serve run-batch: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line(), file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,14 +27,16 @@ class ParsedFile:
 
     lines: list[BatchLine] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    urls: dict[int, str] = field(default_factory=dict)  # line number -> the line's `url`
 
     def refuse(self, code: str, message: str, line: int | None, param: str | None = None) -> None:
         if len(self.errors) < MAX_ERRORS:
             self.errors.append({"code": code, "message": message, "param": param, "line": line})
 
 
-def parse_input(content: bytes, endpoint: str, model: str) -> ParsedFile:
-    """Every line checked: JSON, its fields, POST to `endpoint`, a unique custom_id, `body.model` == `model`."""
+def parse_input(content: bytes, endpoint: str | None, model: str) -> ParsedFile:
+    """Every line checked: JSON, its fields, POST to `endpoint` (None: any of ENDPOINTS, each line its own, as
+    `run-batch` takes them), a unique custom_id, `body.model` == `model`."""
     parsed = ParsedFile()
     try:
         text = content.decode("utf-8")
@@ -61,7 +63,7 @@ def parse_input(content: bytes, endpoint: str, model: str) -> ParsedFile:
     return parsed
 
 
-def _parse_line(parsed: ParsedFile, number: int, raw: str, endpoint: str, model: str) -> BatchLine | None:
+def _parse_line(parsed: ParsedFile, number: int, raw: str, endpoint: str | None, model: str) -> BatchLine | None:
     try:
         item = json.loads(raw)
     except json.JSONDecodeError:
@@ -75,7 +77,9 @@ def _parse_line(parsed: ParsedFile, number: int, raw: str, endpoint: str, model:
         parsed.refuse("invalid_custom_id", "custom_id must be a string of 1 to 128 characters", number, "custom_id")
     elif item.get("method") != "POST":
         parsed.refuse("invalid_method", "method must be POST", number, "method")
-    elif item.get("url") != endpoint:
+    elif endpoint is None and item.get("url") not in ENDPOINTS:
+        parsed.refuse("invalid_url", f"url {item.get('url')!r}: expected one of {', '.join(ENDPOINTS)}", number, "url")
+    elif endpoint is not None and item.get("url") != endpoint:
         parsed.refuse("mismatched_endpoint", f"url {item.get('url')!r}: this batch's endpoint is {endpoint}",
                       number, "url")
     elif not isinstance(body, dict):
@@ -84,6 +88,7 @@ def _parse_line(parsed: ParsedFile, number: int, raw: str, endpoint: str, model:
         parsed.refuse("model_not_found", f"model {body.get('model')!r} is not served here; try {model!r}",
                       number, "body.model")
     else:
+        parsed.urls[number] = item["url"]
         return BatchLine(number, custom_id, body)
     return None
 
