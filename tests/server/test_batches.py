@@ -94,6 +94,12 @@ def test_each_line_answers_as_the_direct_request_and_a_refused_line_has_its_400(
         assert set(out) | set(err) == {"a", "b", "c"} and not set(out) & set(err)
         output_file = c.get(f"/v1/files/{batch['output_file_id']}", headers=MINE).json()
         assert output_file["purpose"] == "batch_output"
+        metrics = c.get("/metrics", headers=MINE).text
+        assert 'llava_batch_lines_done_total{status="succeeded"} 2.0' in metrics
+        assert 'llava_batch_lines_done_total{status="failed"} 1.0' in metrics
+        for series in ('llava_batches{status="completed"}', 'llava_batch_lines{status="pending"}',
+                       "llava_batch_lines_waiting", 'llava_http_responses_total{endpoint="batches",status="200"}'):
+            assert series in metrics, series
 
 
 def test_responses_and_completions_lines_answer_as_their_routes(tiny_model, tmp_path):

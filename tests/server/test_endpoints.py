@@ -16,6 +16,7 @@ from tests.conftest import wait_until_ready
 def test_paths_map_to_a_bounded_set_of_endpoints():
     assert endpoint_of("/v1/chat/completions") == "chat" and endpoint_of("/v1/messages") == "messages"
     assert endpoint_of("/v1/responses/resp_1/input_items") == "responses_stored"
+    assert endpoint_of("/v1/files/file-1/content") == "files" and endpoint_of("/v1/batches") == "batches"
     assert endpoint_of("/v1/whatever/" + "x" * 50) == "other" and endpoint_of("/metrics") == "probes"
     assert error_shape("/v1/messages/count_tokens") == "anthropic" and error_shape("/v1/messagesx") == "openai"
 
