@@ -1,8 +1,8 @@
 """/v1/responses: POST (the Responses adapter, server/protocols/responses.py and response_output.py,
 onto the pipeline), and the stored responses: GET, DELETE, GET .../input_items, through the state store.
 
-A response with `store` (the default) is kept with its input items and output, owned by the API key
-that made it (as a hash; another key sees a 404); `previous_response_id` continues a stored
+A response with `store` (the default) is kept with its input items and output, its media by content
+(server/protocols/stored_media.py), owned by the API key that made it (as a hash; another key sees a 404); `previous_response_id` continues a stored
 conversation: its turns' items and outputs come before this turn's input.
 """
 
@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server import pipeline
 from server.errors import InvalidRequest, NotReady, RouteNotFound
+from server.protocols import stored_media
 from server.protocols.response_output import ResponsesAdapter
 from server.protocols.responses import ResponsesRequest
 from server.state import ServerState, State
@@ -54,7 +55,9 @@ async def history_of(store: StateStore, body: ResponsesRequest, owner: str) -> l
     turns = await store.get_conversation(body.previous_response_id, owner)
     if turns is None:
         raise not_found(body.previous_response_id, "previous_response_id")
-    return [item for turn in turns for item in (*turn.input_items, *turn.output.get("output", []))]
+    blobs = await store.get_media({h for turn in turns for h in turn.media_hashes}, owner)
+    return [item for turn in turns
+            for item in (*stored_media.attach(turn.input_items, blobs), *turn.output.get("output", []))]
 
 
 @router.post("/v1/responses")
@@ -70,11 +73,12 @@ async def create(body: ResponsesRequest, request: Request, state: State) -> Resp
         if not body.store or store is None:
             return
         settings = body.model_dump(exclude={"input"}, exclude_none=True)
+        kept_items, blobs = stored_media.detach(items)
         record = StoredResponse(id=response_id, owner=owner, created_at=final["created_at"], model=final["model"],
-                                status=final["status"], request=settings, input_items=items, output=final,
+                                status=final["status"], request=settings, input_items=kept_items, output=final,
                                 previous_response_id=body.previous_response_id)
         try:
-            await store.put_response(record)
+            await store.put_response(record, blobs)
         except (StoreError, ValueError) as e:  # the answer stands; it is just not kept
             log.warning("response %s not stored: %s", response_id, e)
 
@@ -111,6 +115,7 @@ async def input_items(response_id: str, request: Request, state: State, after: s
         raise InvalidRequest(f"after: no input item {after!r} in this response", param="after") from None
     if page is None:
         raise not_found(response_id)
-    data = page.data
+    data = stored_media.attach(page.data, await store_of(state).get_media(stored_media.references(page.data),
+                                                                          owner_of(request, state)))
     return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None, "has_more": page.has_more})

@@ -7,7 +7,9 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import ServerConfig, StoreConfig
-from tests.conftest import wait_until_ready
+from tests.conftest import png_data_url, random_image, wait_until_ready
+
+URL = png_data_url(random_image(40, 30, seed=8))
 
 
 def app_client(tiny_model, data_dir) -> TestClient:
@@ -35,6 +37,15 @@ def test_a_stored_response_is_its_keys_alone_and_outlives_a_restart(tiny_model, 
         r = c.post("/v1/responses", headers=theirs, json={"model": "tiny", "input": "x", "max_output_tokens": 1,
                                                           "previous_response_id": first["id"]})
         assert r.status_code == 404 and r.json()["error"]["param"] == "previous_response_id"
+        image = [{"role": "user", "content": [{"type": "input_image", "image_url": URL},
+                                              {"type": "input_text", "text": "?"}]}]
+        pictured = create(c, "k1", input=image)
+        listed = c.get(f"/v1/responses/{pictured['id']}/input_items", headers=mine).json()["data"]
+        assert listed[0]["content"][0]["image_url"] == URL  # kept by content, given back as sent
+        follow = create(c, "k1", input="and?", previous_response_id=pictured["id"])
+        assert follow["usage"]["input_tokens_details"]["image_tokens"] == pictured["usage"]["input_tokens_details"][
+            "image_tokens"] > 0
+        assert follow["usage"]["input_tokens_details"]["cached_tokens"] > 0
         unstored = create(c, "k1", store=False)
         assert c.get(f"/v1/responses/{unstored['id']}", headers=mine).status_code == 404
     with app_client(tiny_model, tmp_path) as c:
