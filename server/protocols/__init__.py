@@ -3,5 +3,8 @@
 Each module is an adapter: its API's request -> the one internal request (`pipeline.Job`), and the
 one result (`completion.ChoiceResult`s, or a stream of `completion.Piece`s) -> its API's answer.
 None of them admits, loads media, builds a prompt, compiles a grammar or generates: that is
-server/pipeline.py, the same for all. chat.py: /v1/chat/completions.
+server/pipeline.py, the same for all. chat.py: /v1/chat/completions; completions.py:
+/v1/completions; tokenize.py: /tokenize, /detokenize; messages.py: Anthropic's /v1/messages;
+responses.py (request) and response_output.py (answer): /v1/responses, whose stored turns keep
+their media by content through stored_media.py.
 """
