@@ -82,6 +82,20 @@ def profile_steps(engine: Engine, steps: int) -> tuple[float, dict[str, float], 
     return wall, groups, ops[:15]
 
 
+def prefill_rate(loaded, words: int) -> float:
+    """Prompt tokens per second of one text prompt computed in one step (the second of two runs)."""
+    prompt = loaded.processor.build_prompt([ChatTurn("user", " ".join(f"w{i}" for i in range(words)))], [])
+    rate = 0.0
+    for _ in range(2):
+        engine = Engine(loaded.model, loaded.tokenizer, loaded.eos_token_ids,
+                        EngineConfig(max_num_seqs=1, max_num_batched_tokens=max(prompt.num_tokens, 16)))
+        engine.add_request(Request("prefill", prompt, [], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)))
+        start = time.perf_counter()
+        engine.step()
+        rate = prompt.num_tokens / (time.perf_counter() - start)
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=".demo/realistic")
@@ -91,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed decode steps per level")
     parser.add_argument("--prompt-words", type=int, default=150, help="about 229 prompt tokens, as serve_bench")
     parser.add_argument("--no-pack", action="store_true", help="plain nn.Linear (MKL) instead of oneDNN packing")
+    parser.add_argument("--prefill-words", type=int, default=600, help="one prompt of about 1.1k tokens, timed alone")
     parser.add_argument("--no-fuse", action="store_true", help="pack q/k/v and gate/up separately (cpu_linear.py)")
     parser.add_argument("--profile", action="store_true", help="operator breakdown of the steps")
     args = parser.parse_args()
@@ -104,6 +119,7 @@ def main() -> None:
     bound = weights / bandwidth
     print(f"weights read per step {weights / 1e9:.2f} GB, memory bandwidth {bandwidth / 1e9:.1f} GB/s: "
           f"weight-read bound {bound * 1e3:.1f} ms per step ({args.dtype}, {args.threads} threads)")
+    print(f"prefill: {prefill_rate(loaded, args.prefill_words):.0f} prompt tokens/s (one prompt, one step)")
     text = " ".join(f"word{i}" for i in range(args.prompt_words))
     for level in (int(x) for x in args.levels.split(",")):
         engine = Engine(model, loaded.tokenizer, loaded.eos_token_ids,
