@@ -27,13 +27,14 @@ its time to first token is the latency of a one-token answer):
 - `throughput`: text at concurrency 1/8/16 and one-image (384x384, a different image per request)
   at 1/4/8, 32 output tokens each with ignore_eos, and text with 256-token answers at 1/8 (what
   captioning sends; `--long-answer-levels`): output tokens per second of wall time, TTFT and time
-  per output token (p50, streamed servers), and the share of this machine's roofline the point reaches (bf16 matmul FLOP/s and memory
-  bandwidth measured in the same run; the point's FLOPs and decode bytes modelled from the
-  checkpoint's dimensions, see `roofline_seconds`).
-- `memory` (read during `mixed`, ours only): KV cache bytes in use against the bytes of the tokens
-  it holds (/metrics), and the server's RSS growth.
+  per output token (p50, streamed servers), and the share of this machine's roofline the point
+  reaches (bf16 matmul FLOP/s and memory bandwidth measured in the same run; the point's FLOPs and
+  decode bytes modelled from the checkpoint's dimensions, see `roofline_seconds`).
+- `memory` (read during `mixed`): KV cache bytes in use against the bytes of the tokens it holds
+  (/metrics, ours only), and the server's RSS growth (vLLM's: its whole process group).
 
-Prints a table per scenario, writes `serve_bench.json` (and `serve_bench.png` with matplotlib).
+Every server answers one image chat before anything is measured (warm-up). Prints a table per
+scenario (bench/serve_report.py), writes `serve_bench.json` (and `serve_bench.png` with matplotlib).
 
     .venv/bin/python bench/serve_bench.py --model .demo/realistic --threads 2 --out bench/results/serve
     .venv/bin/python bench/serve_bench.py --servers ours,vllm,peer,previous --dtype float32 --out bench/results/vs
