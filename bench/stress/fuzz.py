@@ -2,9 +2,10 @@
 
 The schema is the one FastAPI builds from the app's routes and pydantic models (the server does not
 publish it over HTTP, so it is built in this process from `create_app`); schemathesis draws
-positive cases (schema-valid, half of the chat ones pointed at the served model so they reach the
-engine) and negative cases (schema-invalid) for every route. Then `mutators.chat_mutant` fills the
-count. Every answer must be < 500, every error must have the OpenAI shape of server/errors.py, no
+positive cases (schema-valid, half of those of the generation and counting routes pointed at the
+served model so they reach the pipeline) and negative cases (schema-invalid) for every route.
+Then `mutators.chat_mutant` fills the count. Every answer must be < 500, every error must have
+the shape of server/errors.py for its route's API (OpenAI's, Anthropic's on /v1/messages), no
 request may hang, and the idle gauges must read 0 afterwards.
 """
 
@@ -20,6 +21,7 @@ import httpx
 
 from bench.stress.mutators import chat_mutant
 from bench.stress.server import MODEL_NAME, Server, error_shape_problem
+from server.endpoints import COUNTING, GENERATION
 
 REQUEST_TIMEOUT_S = 120.0
 
@@ -33,14 +35,14 @@ class Tally:
         self.violations: Counter[str] = Counter()
         self.examples: list[dict] = []
 
-    def record(self, source: str, status: int, body: bytes, request: bytes | str = b"") -> None:
+    def record(self, source: str, status: int, body: bytes, request: bytes | str = b"", path: str = "") -> None:
         self.sources[source] += 1
         self.statuses[status] += 1
         problem = None
         if status >= 500 or status == 0:
             problem = "5xx" if status else "no answer"
         elif status >= 400:
-            shape = error_shape_problem(status, body)
+            shape = error_shape_problem(status, body, path)
             problem = f"error shape: {shape}" if shape else None
         if problem:
             self.violate(
@@ -93,7 +95,7 @@ def schema_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
         share = chat_share if op.path == "/v1/chat/completions" else (1 - chat_share) / max(1, len(others))
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             source = f"schemathesis {mode.value} {op.method.upper()} {op.path}"
-            send = _sender(server, tally, rng, source, is_chat=op.path == "/v1/chat/completions")
+            send = _sender(server, tally, rng, source, op.path)
             examples = max(1, int(count * share / 2))
             test = given(op.as_strategy(generation_mode=mode))(send)
             test = settings(
@@ -107,16 +109,18 @@ def schema_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
                 hypothesis.seed(seed)(test)()
 
 
-def _sender(server: Server, tally: Tally, rng: random.Random, source: str, is_chat: bool):
+def _sender(server: Server, tally: Tally, rng: random.Random, source: str, path: str):
+    is_generation = path in GENERATION or path in COUNTING
+
     def send(case) -> None:
-        if is_chat and isinstance(case.body, dict) and rng.random() < 0.5:
+        if is_generation and isinstance(case.body, dict) and rng.random() < 0.5:
             case.body["model"] = MODEL_NAME  # past the model check, into validation and the engine
         try:
             response = case.call(base_url=server.base_url, timeout=REQUEST_TIMEOUT_S)
             status, content = response.status_code, response.content
         except Exception as e:  # a hang or a dropped connection is a finding, not a crash of the harness
             status, content = 0, repr(e).encode()
-        tally.record(source, status, content, repr(case.body)[:300])
+        tally.record(source, status, content, repr(case.body)[:300], path)
 
     return send
 

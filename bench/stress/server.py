@@ -21,7 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from server.errors import ERROR_TYPES
+from server.endpoints import error_shape
+from server.errors import ANTHROPIC_ERROR_TYPES, ERROR_TYPES
 from testkit.media import LEAK
 from testkit.processes import children, cmdline, descendants, rss_bytes
 
@@ -183,12 +184,15 @@ def stop_server(server: Server, timeout: float = 40.0) -> int | None:
         return None
 
 
-def error_shape_problem(status: int, body: bytes) -> str | None:
-    """Why an error response is not the OpenAI shape of server/errors.py (None when it is)."""
+def error_shape_problem(status: int, body: bytes, path: str = "") -> str | None:
+    """Why an error response is not the shape of server/errors.py for its route's API (None when it is):
+    OpenAI's, or Anthropic's on /v1/messages (server/endpoints.py)."""
     try:
         payload = json.loads(body)
     except ValueError:
         return "body is not JSON"
+    if error_shape(path) == "anthropic":
+        return anthropic_shape_problem(status, payload)
     if not isinstance(payload, dict) or set(payload) != {"error"} or not isinstance(payload["error"], dict):
         return "body is not {'error': {...}}"
     error = payload["error"]
@@ -202,6 +206,19 @@ def error_shape_problem(status: int, body: bytes) -> str | None:
         return "code is not a string or param is not a string/null"
     if LEAK.search(error["message"]):
         return "message leaks an address, path or traceback"
+    return None
+
+
+def anthropic_shape_problem(status: int, payload: object) -> str | None:
+    if not isinstance(payload, dict) or set(payload) != {"type", "error"} or payload["type"] != "error":
+        return "body is not {'type': 'error', 'error': {...}}"
+    error = payload["error"]
+    if not isinstance(error, dict) or set(error) != {"type", "message"}:
+        return "error keys are not type, message"
+    if error["type"] != ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error"):
+        return f"type {error['type']!r} for status {status}"
+    if not isinstance(error["message"], str) or not error["message"] or LEAK.search(error["message"]):
+        return "message is empty or leaks an address, path or traceback"
     return None
 
 
