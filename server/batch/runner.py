@@ -29,7 +29,7 @@ from server.store import Batch, ClaimedLine, DuplicateId, StateStore, StoredFile
 log = logging.getLogger("llava_serve")
 
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a batch not yet finished
-POLL_S = 0.25  # between claims while lines wait
+POLL_S = 0.25  # between rounds while lines wait (a line that ends starts a round at once)
 IDLE_POLL_S = 1.0  # between looks while nothing is claimable
 RETRY_PAUSE_S = 1.0  # after the server could not take a line (its queue full)
 METRICS_S = 5.0  # between counts of batches and lines for the metrics
@@ -50,12 +50,15 @@ class BatchRunner:
         self._paused_until = 0.0
         self._renewed = time.monotonic()
         self._counted = 0.0
+        self._wake = asyncio.Event()  # set when a line ends: claim the next one now, not at the next poll
 
     async def run_forever(self) -> None:
         try:
             while True:
                 is_busy = await self.step()
-                await asyncio.sleep(POLL_S if is_busy else IDLE_POLL_S)
+                with contextlib.suppress(TimeoutError):  # a line that ends frees its slot at once
+                    await asyncio.wait_for(self._wake.wait(), POLL_S if is_busy else IDLE_POLL_S)
+                self._wake.clear()
         finally:
             await self.stop()
 
@@ -102,6 +105,7 @@ class BatchRunner:
 
     def _forget(self, key: tuple[str, int], task: asyncio.Task) -> None:
         self.running.pop(key, None)
+        self._wake.set()
 
     async def run(self, line: ClaimedLine, endpoint: str) -> None:
         try:
