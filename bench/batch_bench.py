@@ -147,7 +147,7 @@ async def under_batch(server: BenchServer, args) -> dict:
     mib = [r / 2**20 for r in rss]
     return {"interactive": chats, "batch": batch,
             "rss_mib": {"first": mib[0] if mib else None, "last": mib[-1] if mib else None,
-                        "max": max(mib, default=None), "samples": len(mib)}}
+                        "max": max(mib, default=None), "samples": [round(m) for m in mib]}}
 
 
 async def measure(server: BenchServer, args) -> dict:

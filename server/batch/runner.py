@@ -50,6 +50,7 @@ class BatchRunner:
         self._paused_until = 0.0
         self._renewed = time.monotonic()
         self._counted = 0.0
+        self._checked = 0.0  # when the active batches were last looked at for finalization
         self._wake = asyncio.Event()  # set when a line ends: claim the next one now, not at the next poll
 
     async def run_forever(self) -> None:
@@ -79,9 +80,11 @@ class BatchRunner:
         """One round: finalize what is done, claim what fits, renew leases. True while lines wait or run."""
         try:
             active = await self.store.batches_in(ACTIVE)
-            for batch in active:
-                await self.finish_if_done(batch)
             await self.claim({b.id: b.endpoint for b in active if b.status == "in_progress"})
+            if time.monotonic() - self._checked >= POLL_S:  # not at every line's end: its queries cost the engine
+                self._checked = time.monotonic()
+                for batch in active:
+                    await self.finish_if_done(batch)
             await self.renew()
             await self.count()
         except Exception:  # a database hiccup: the next round tries again
