@@ -109,6 +109,7 @@ async def run(state: ServerState, adapter: Adapter, body: ChatCompletionRequest,
         request_id = adapter.id_prefix + uuid.uuid4().hex
     state.engine_ids.add(request_id)
     is_streaming = False
+    gen: Generation | None = None
     try:
         work = prepare(rt, config, body, request_id, raw_prompt=raw_prompt)
         prepared = await until_disconnect(state.lifecycle, request, work, ticket)
@@ -121,7 +122,10 @@ async def run(state: ServerState, adapter: Adapter, body: ChatCompletionRequest,
         return JSONResponse(adapter.answer(gen, results))
     except ClientGone:
         log.info("request %s: client went away", request.state.request_id)
-        state.metrics.requests.labels(finish_reason="abort").inc()
+        if gen is None:  # gone before its generation: nothing else counts it
+            state.metrics.requests.labels(finish_reason="abort").inc()
+        else:
+            gen.record()  # counts its choices' finish reasons (abort) once, whoever asks first
         return Response(status_code=499)
     finally:
         if not is_streaming:

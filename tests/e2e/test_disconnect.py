@@ -49,7 +49,8 @@ def test_closing_a_non_streaming_call_frees_the_slot(local_server):
     sock.close()
     wait_for(lambda: running() == 0, 30)
     assert local_server.metric("llava_requests_waiting") == 0
-    assert local_server.metric('llava_requests_total{finish_reason="abort"}') > aborted
+    wait_for(lambda: local_server.metric('llava_requests_total{finish_reason="abort"}') > aborted, 30)
+    assert local_server.metric('llava_requests_total{finish_reason="abort"}') == aborted + 1  # counted once
 
 
 def test_leaving_during_a_slow_fetch_cancels_it(local_server, origin):
