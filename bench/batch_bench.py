@@ -55,7 +55,7 @@ class BenchServer:
         cmd = [sys.executable, "-m", "server.cli", "serve", "--model", args.model, "--dtype", args.dtype,
                "--port", str(port), "--served-model-name", MODEL_NAME, "--device", args.device,
                "--data-dir", str(out / "data"), "--max-batch-lines-in-flight", str(args.in_flight),
-               "--max-file-mb", "256", "--max-request-body-mb", "256"]
+               "--max-file-mb", "256", "--max-request-body-mb", "256", "--encoder-cache-mb", str(args.encoder_cache_mb)]
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -190,6 +190,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interactive", type=int, default=20, help="interactive chats on the idle server")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
     parser.add_argument("--in-flight", type=int, default=8, help="--max-batch-lines-in-flight")
+    parser.add_argument("--encoder-cache-mb", type=int, default=512,
+                        help="the server's (its default; every image here is new, so the cache only fills: 0 shows "
+                        "the RSS without it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="cpu")
