@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import ServerConfig
-from server.endpoints import endpoint_of, error_shape
+from server.endpoints import GENERATION, endpoint_of, error_shape
 from tests.conftest import wait_until_ready
 
 
@@ -60,3 +60,22 @@ def test_a_body_over_the_limit_is_a_413_in_the_routes_shape(tiny_model):
         assert anthropic.status_code == 413 and anthropic.json()["error"]["type"] == "request_too_large"
         openai = c.post("/v1/responses", json={"model": "tiny", "input": "x" * 4096})
         assert openai.status_code == 413 and openai.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_full_queue_refuses_every_generation_route_early_in_its_shape(tiny_model):
+    config = ServerConfig(model="tiny", served_model_name="tiny", media_workers=1, max_queued_requests=1)
+    with TestClient(create_app(config, loaded=tiny_model)) as c:
+        wait_until_ready(c)
+        held = c.app.state.server.lifecycle.admit()  # the one waiting slot, taken
+        try:
+            for path in GENERATION:
+                r = c.post(path, content=b"not even JSON", headers={"content-type": "application/json"})
+                assert r.status_code == 429 and r.headers["retry-after"], path
+                if error_shape(path) == "anthropic":
+                    assert r.json()["error"]["type"] == "rate_limit_error", path
+                else:
+                    assert r.json()["error"]["code"] == "server_overloaded", path
+            assert c.post("/tokenize", json={"prompt": "hi"}).status_code == 429  # counted: admitted too
+        finally:
+            held.close()
+        assert c.post("/tokenize", json={"prompt": "hi"}).json()["count"] > 0
