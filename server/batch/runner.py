@@ -153,6 +153,8 @@ class BatchRunner:
         """validating -> in_progress; in_progress with every line done -> finalizing -> completed; cancelling with
         none running -> cancelled; past its window -> the rest cancelled, then expired. A batch left finalizing (a
         server died in it) is finalized again."""
+        if batch.status not in ACTIVE:
+            return
         if batch.status == "validating":  # its lines were queued with it
             await self.store.set_batch_status(batch.id, "in_progress", expected=("validating",))
             return
