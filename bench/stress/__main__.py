@@ -35,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="a checkpoint folder instead of the demo model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fuzz-cases", type=int, default=5000)
+    p.add_argument(
+        "--fuzz-per-operation",
+        type=int,
+        default=0,
+        help="schemathesis cases for every operation of the OpenAPI schema (half positive, half negative) "
+        "instead of a share of --fuzz-cases; mutants of chat bodies fill the rest of --fuzz-cases",
+    )
     p.add_argument("--media-mutants", type=int, default=500, help="mutants per format")
     p.add_argument("--media-formats", help="comma-separated subset of " + ",".join(media.FORMATS))
     p.add_argument("--overload-seconds", type=float, default=60.0)
@@ -56,7 +63,7 @@ def run_part(name: str, args: argparse.Namespace, model: str) -> dict:
     if name == "fuzz":
         server = start_server(model, logs, "--max-model-len", "512", "--media-workers", "2", name=name)
         try:
-            return part.run(server, args.fuzz_cases, args.seed)
+            return part.run(server, args.fuzz_cases, args.seed, per_operation=args.fuzz_per_operation)
         finally:
             stop_server(server)
     if name == "media":

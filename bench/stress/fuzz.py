@@ -4,7 +4,9 @@ The schema is the one FastAPI builds from the app's routes and pydantic models (
 publish it over HTTP, so it is built in this process from `create_app`); schemathesis draws
 positive cases (schema-valid, half of those of the generation and counting routes pointed at the
 served model so they reach the pipeline) and negative cases (schema-invalid) for every route.
-Then `mutators.chat_mutant` fills the count. Every answer must be < 500, every error must have
+Then `mutators.chat_mutant` fills the count. With `per_operation`, every operation gets that many
+schemathesis cases instead of a share of the count (so each route's figure means something), and
+the summary counts statuses per route. Every answer must be < 500, every error must have
 the shape of server/errors.py for its route's API (OpenAI's, Anthropic's on /v1/messages), no
 request may hang, and the idle gauges must read 0 afterwards.
 """
@@ -34,10 +36,20 @@ class Tally:
         self.sources: Counter[str] = Counter()
         self.violations: Counter[str] = Counter()
         self.examples: list[dict] = []
+        self.routes: dict[str, Counter[int]] = {}
 
-    def record(self, source: str, status: int, body: bytes, request: bytes | str = b"", path: str = "") -> None:
+    def record(
+        self,
+        source: str,
+        status: int,
+        body: bytes,
+        request: bytes | str = b"",
+        path: str = "",
+        route: str = "",
+    ) -> None:
         self.sources[source] += 1
         self.statuses[status] += 1
+        self.routes.setdefault(route or "POST /v1/chat/completions", Counter())[status] += 1
         problem = None
         if status >= 500 or status == 0:
             problem = "5xx" if status else "no answer"
@@ -71,11 +83,15 @@ class Tally:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "num_5xx": sum(v for k, v in self.statuses.items() if k >= 500),
             "violations": dict(self.violations),
+            "by_route": {
+                route: {"cases": sum(c.values()), **{str(k): v for k, v in sorted(c.items())}}
+                for route, c in sorted(self.routes.items())
+            },
             "examples": self.examples,
         }
 
 
-def schema_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
+def schema_cases(server: Server, count: int, seed: int, tally: Tally, per_operation: int = 0) -> None:
     import hypothesis
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
@@ -94,9 +110,9 @@ def schema_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
     for op in operations:
         share = chat_share if op.path == "/v1/chat/completions" else (1 - chat_share) / max(1, len(others))
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            source = f"schemathesis {mode.value} {op.method.upper()} {op.path}"
-            send = _sender(server, tally, rng, source, op.path)
-            examples = max(1, int(count * share / 2))
+            route = f"{op.method.upper()} {op.path}"
+            send = _sender(server, tally, rng, f"schemathesis {mode.value} {route}", op.path, route)
+            examples = max(1, per_operation // 2 if per_operation else int(count * share / 2))
             test = given(op.as_strategy(generation_mode=mode))(send)
             test = settings(
                 max_examples=examples,
@@ -109,7 +125,7 @@ def schema_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
                 hypothesis.seed(seed)(test)()
 
 
-def _sender(server: Server, tally: Tally, rng: random.Random, source: str, path: str):
+def _sender(server: Server, tally: Tally, rng: random.Random, source: str, path: str, route: str):
     is_generation = path in GENERATION or path in COUNTING
 
     def send(case) -> None:
@@ -120,7 +136,7 @@ def _sender(server: Server, tally: Tally, rng: random.Random, source: str, path:
             status, content = response.status_code, response.content
         except Exception as e:  # a hang or a dropped connection is a finding, not a crash of the harness
             status, content = 0, repr(e).encode()
-        tally.record(source, status, content, repr(case.body)[:300], path)
+        tally.record(source, status, content, repr(case.body)[:300], path, route)
 
     return send
 
@@ -140,11 +156,15 @@ def mutant_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
             tally.record(f"mutant {name}", status, content, body)
 
 
-def run(server: Server, count: int, seed: int = 0, schema_share: float = 0.3) -> dict:
-    """`count` cases in all: about `schema_share` of them from schemathesis, the rest mutants."""
+def run(server: Server, count: int, seed: int = 0, schema_share: float = 0.3, per_operation: int = 0) -> dict:
+    """`count` cases in all: about `schema_share` of them from schemathesis, the rest mutants.
+
+    `per_operation` > 0: that many schemathesis cases for every operation (half positive, half
+    negative) instead of the share; mutants then fill whatever is left of `count`.
+    """
     tally = Tally()
     started = time.monotonic()
-    schema_cases(server, int(count * schema_share), seed, tally)
+    schema_cases(server, int(count * schema_share), seed, tally, per_operation)
     mutant_cases(server, max(0, count - tally.num_cases), seed, tally)
     gauges = server.idle_gauges()
     if any(gauges.values()):
