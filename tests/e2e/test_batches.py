@@ -1,7 +1,7 @@
 """The Batch API through the official `openai` client on real server processes sharing one SQLite data folder:
-files.create, batches.create, retrieve, list, cancel, files.content; another key's 404; a batch that outlives a
-SIGKILL and a SIGTERM (each custom_id exactly once in its output); an interactive chat answered while batch lines
-hold every engine row."""
+files.create, batches.create, retrieve, list, cancel, files.content; another key's 404; an interactive chat
+answered while batch lines hold every engine row, before any of them finishes; a batch that outlives a SIGKILL
+and a SIGTERM (each custom_id exactly once in its output)."""
 
 from __future__ import annotations
 
@@ -87,13 +87,20 @@ def test_a_batch_through_the_official_client_answers_as_chat_does(tiny_checkpoin
         assert refused["custom_id"] == "bad" and refused["response"]["status_code"] == 400
         assert refused["response"]["body"]["error"]["param"] == "temperature"
         assert batch.id in [b.id for b in client.batches.list(limit=5).data]
-        long_file = client.files.create(file=("long.jsonl", jsonl([request(f"c{i}", LONG) for i in range(4)])),
+        # the priority rule: two lines far longer than a chat hold both engine rows (--max-num-seqs 2); an
+        # interactive chat takes a row from one of them and is answered before either line finishes
+        very_long = {**LONG, "max_tokens": 3000}
+        long_file = client.files.create(file=("long.jsonl", jsonl([request(f"c{i}", very_long) for i in range(3)])),
                                         purpose="batch")
-        cancelling = client.batches.create(input_file_id=long_file.id, endpoint="/v1/chat/completions",
-                                           completion_window="24h")
-        assert client.batches.cancel(cancelling.id).status in ("cancelling", "cancelled")
-        cancelled = wait_for(client, cancelling.id, is_final)
-        assert cancelled.status == "cancelled" and cancelled.request_counts.completed <= 2
+        holding = client.batches.create(input_file_id=long_file.id, endpoint="/v1/chat/completions",
+                                        completion_window="24h")
+        key = {"Authorization": "Bearer k1"}
+        wait_for(client, holding.id, lambda _: server.metric("llava_batch_size", key) == 2)
+        chat = client.chat.completions.create(**CHAT)
+        assert chat.usage.completion_tokens == CHAT["max_tokens"]
+        assert client.batches.retrieve(holding.id).request_counts.completed == 0
+        assert client.batches.cancel(holding.id).status in ("cancelling", "cancelled")
+        assert client.batches.retrieve(holding.id).request_counts.completed == 0  # the line not started is dropped
     finally:
         stop_server(server)
 
