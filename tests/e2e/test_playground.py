@@ -300,3 +300,31 @@ def test_a_microphone_recording_is_sent_as_input_audio(open_page, server):
     assert base64.b64decode(part["input_audio"]["data"])[:4] == b"RIFF"
     expect(page.locator("[data-testid=media-report]")).to_contain_text("audio 1")
     assert page.problems == [], page.problems
+
+
+def test_detail_low_sends_the_base_view_only(open_page, server, files):
+    page = open_page()
+    connected(page)
+    page.set_input_files("#file-input", [files["image.png"]])
+    toggle = page.locator("#attachments [data-testid=detail]")
+    expect(toggle).to_have_value("auto")  # the default: the checkpoint's anyres, no field sent
+    toggle.select_option("low")
+    bodies = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and bodies.append(r.post_data_json))
+    ask(page, "What is this?", max_tokens=4)
+    expect(page.locator(DONE)).to_have_count(1)
+    part = bodies[0]["messages"][0]["content"][0]
+    assert part["type"] == "image_url" and part["image_url"]["detail"] == "low"
+
+    reply = server.client(KEY).chat.completions.create(
+        model="tiny", max_tokens=1, messages=[{"role": "user", "content": [part]}]
+    )
+    (image,) = reply.model_extra["media"]
+    assert image["processing"]["mode"] == "base_view" and image["processing"]["detail"] == "low"
+    report = page.locator("[data-testid=media-report]")
+    expect(report).to_have_attribute("data-mode", "base_view")
+    expect(report).to_contain_text("the base view only, detail low")
+    expect(report).to_contain_text(f"{image['tokens']} tokens")
+    expect(report.locator("[data-testid=crop-grid]")).to_have_count(0)  # no anyres grid drawn
+    expect(page.locator("[data-testid=user-message] .thumb-detail")).to_have_text("detail low")
+    assert page.problems == [], page.problems

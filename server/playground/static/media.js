@@ -55,6 +55,7 @@ export function thumbnail(item, onRemove) {
   else if (item.kind === "video") box.append(el("video", { src: `${item.objectUrl}#t=0.1`, muted: "", preload: "metadata" }));
   else box.append(el("span", { class: "thumb-audio", text: "♪" }));
   box.append(el("figcaption", { text: item.name }));
+  if (item.kind === "image") box.append(onRemove ? detailToggle(item) : detailNote(item));
   if (onRemove) {
     const remove = el("button", { type: "button", class: "thumb-remove", title: "remove", text: "×" });
     remove.addEventListener("click", onRemove);
@@ -63,9 +64,30 @@ export function thumbnail(item, onRemove) {
   return box;
 }
 
+// An image's `image_url.detail`: low = the base view only (one crop at the tower's size), high and
+// auto = the checkpoint's aspect handling; auto (the default) is sent as no field at all.
+const DETAILS = ["auto", "low", "high"];
+
+function detailToggle(item) {
+  const select = el("select", { class: "thumb-detail", "data-testid": "detail", title: "image detail: low = the base view only" });
+  select.append(...DETAILS.map((d) => el("option", { value: d, text: `detail ${d}` })));
+  select.value = item.part.image_url.detail || "auto";
+  select.addEventListener("change", () => {
+    if (select.value === "auto") delete item.part.image_url.detail;
+    else item.part.image_url.detail = select.value;
+  });
+  return select;
+}
+
+function detailNote(item) {
+  const detail = item.part.image_url.detail;
+  return el("span", { class: "thumb-detail muted", text: detail ? `detail ${detail}` : "" });
+}
+
 // The report of one media item, drawn. `item` is the attachment it came from (for its pixels).
 export function drawReport(report, item) {
   const figure = el("figure", { class: `report report-${report.modality}`, "data-testid": "media-report" });
+  if (report.processing && report.processing.mode) figure.dataset.mode = report.processing.mode;
   if (report.encoder_cache_hit) figure.classList.add("cache-hit");
   const head = el("figcaption", {}, [
     el("b", { text: `${report.modality} ${report.index + 1}` }),
@@ -84,8 +106,9 @@ function describe(report) {
   const s = report.source || {};
   const p = report.processing || {};
   if (report.modality === "image") {
-    const grid = p.grid ? `anyres ${p.grid[0]}×${p.grid[1]} crops at ${p.resolution[0]}×${p.resolution[1]}` : "one crop";
-    return `${s.format || ""} ${s.width}×${s.height}, ${grid}`;
+    const grid = p.mode === "base_view" ? "the base view only"
+      : p.grid ? `anyres ${p.grid[0]}×${p.grid[1]} crops at ${p.resolution[0]}×${p.resolution[1]}` : "one crop";
+    return `${s.format || ""} ${s.width}×${s.height}, ${grid}, detail ${p.detail || "auto"}`;
   }
   if (report.modality === "video") {
     return `${s.format || ""}/${s.codec || ""} ${s.width}×${s.height}, ${s.seconds} s, ${p.frames_sampled} of ${s.frames} frames`;
@@ -107,7 +130,8 @@ function drawImage(report, item) {
     el("img", { src, alt: "" }),
     el("span", { class: "cell-label", text: `base ${parts.base}` }),
   ]);
-  row.append(labelled(p.grid ? "the whole image, one crop" : "the image, one crop", base));
+  const baseLabel = p.grid ? "the whole image, one crop" : p.mode === "base_view" ? "the base view (detail low)" : "the image, one crop";
+  row.append(labelled(baseLabel, base));
   if (p.grid) {
     const [cols, rows] = p.grid;
     const [width, height] = p.resolution;
