@@ -70,6 +70,11 @@ class _EngineCollector(Collector):
                                   value=s.prefix_cache_hit_tokens if s else 0)
         yield CounterMetricFamily("llava_preemptions", "Sequences sent back to wait (KV recomputed later) for lack "
                                   "of KV blocks", value=s.num_preemptions if s else 0)
+        tokens = CounterMetricFamily("llava_engine_tokens", "Positions the engine computed (prompt and decode) by "
+                                     "request class: batch lines' share of its work", labels=["priority"])
+        tokens.add_metric(["interactive"], s.num_interactive_tokens if s else 0)
+        tokens.add_metric(["batch"], s.num_batch_tokens if s else 0)
+        yield tokens
         for kind, doc in (("prompt", "Prompt tokens (text and media rows) computed per engine step"),
                           ("decode", "Decode tokens (one per decoding sequence) per engine step")):
             h = getattr(s, f"step_{kind}_tokens") if s else None

@@ -30,6 +30,7 @@ from model_runtime.engine.media_work import MediaWork
 from model_runtime.engine.outputs import OutputBuilder, StopReason
 from model_runtime.engine.pacing import StepPacer, cpu_token_rate
 from model_runtime.engine.request import (
+    Priority,
     PromptTooLongError,
     Request,
     RequestOutput,
@@ -274,6 +275,10 @@ class Engine:
                 seq.num_computed = chunk.start + chunk.num_tokens
                 self._register_blocks(seq)
                 self.counters.num_prefill_tokens += 0 if chunk.is_decode else chunk.num_tokens
+                if seq.request.priority == Priority.BATCH:
+                    self.counters.num_batch_tokens += chunk.num_tokens
+                else:
+                    self.counters.num_interactive_tokens += chunk.num_tokens
                 if row is not None:
                     forked = [seq, *self._fork(seq)] if seq.awaits_fork else [seq]
                     sampling += forked

@@ -41,6 +41,8 @@ class EngineCounters:
     num_prefill_tokens: int = 0  # prompt positions computed (prefix-cache hits excluded)
     num_generation_tokens: int = 0  # tokens sampled
     num_errors: int = 0  # choices finished with "error"
+    num_interactive_tokens: int = 0  # positions computed for interactive requests (prompt and decode)
+    num_batch_tokens: int = 0  # positions computed for batch requests: their share of the engine's work
     step_prompt_tokens: TokenHistogram = field(default_factory=lambda: TokenHistogram.empty(STEP_TOKEN_BOUNDS))
     step_decode_tokens: TokenHistogram = field(default_factory=lambda: TokenHistogram.empty(STEP_TOKEN_BOUNDS))
     step_seconds: float = 0.0  # time in step()
@@ -98,6 +100,8 @@ class EngineStats:
     encoder_cache_entries: int
     encoder_cache_bytes: int
     num_errors: int  # choices finished with "error"
+    num_interactive_tokens: int  # positions computed for interactive requests (prompt and decode)
+    num_batch_tokens: int  # positions computed for batch requests (Priority.BATCH)
     num_out_of_memory: int  # out-of-memory errors recovered by splitting the batch
     is_dead: bool
     dead_reason: str | None

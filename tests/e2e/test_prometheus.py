@@ -28,7 +28,7 @@ SERIES = [
     "llava_kv_cache_usage_ratio", "llava_kv_cache_blocks", "llava_kv_cache_capacity_tokens",
     "llava_prefix_cache_queries_total", "llava_prefix_cache_hits_total", "llava_preemptions_total",
     "llava_step_prompt_tokens_bucket", "llava_step_decode_tokens_bucket", "llava_http_responses_total",
-    "llava_http_response_seconds_bucket",
+    "llava_http_response_seconds_bucket", "llava_engine_tokens_total",
 ]
 
 
@@ -58,7 +58,8 @@ def test_every_series_is_exported_and_promtool_passes(local_server):
     # bounded labels: no request ids, keys or URLs
     labels = set(re.findall(r'(\w+)="', text))
     assert labels <= {"modality", "finish_reason", "reason", "code", "le", "model", "dtype", "quantization",
-                      "state", "endpoint", "status"}, labels
+                      "state", "endpoint", "status", "priority"}, labels
+    assert re.search(r'^llava_engine_tokens_total\{priority="interactive"\} [1-9]', text, re.M)
     assert re.search(r'^llava_http_responses_total\{endpoint="chat",status="200"\} [1-9]', text, re.M)
     lint = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -250,8 +250,15 @@ def test_batch_rows_give_way_to_an_interactive_request_and_resume_with_the_same_
     collect(engine.step(), results)
     assert len(results["i"].ids) == 1  # its prompt ran at once, beside the older batch row
     assert engine.scheduler.num_preemptions == 1 and [s.request.request_id for s in engine.scheduler.waiting] == ["b2"]
-    for request_id, out in run(engine, []).items():
+    rest = run(engine, [])
+    for request_id, out in rest.items():
         results[request_id].token_ids[0] += out.token_ids.get(0, [])
+    stats = engine.stats()  # each class's computed positions: prompts, recomputes and decode tokens
+    prompt = {r.request_id: r.num_prompt_tokens for r in (batch("b1", "One batch line."),
+                                                          batch("b2", "Another batch line."),
+                                                          make_request("i", "An interactive question."))}
+    assert stats.num_interactive_tokens == prompt["i"] - rest["i"].final.metrics.num_cached_tokens + 5 - 1
+    assert stats.num_batch_tokens > prompt["b1"] + prompt["b2"] + 2 * (12 - 1)  # and b2's recompute
     for rid, text, priority in (("b1", "One batch line.", True), ("b2", "Another batch line.", True),
                                 ("i", "An interactive question.", False)):
         solo = run(new_engine(), [batch(rid, text) if priority else make_request(rid, text, max_tokens=5)])
