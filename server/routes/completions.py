@@ -22,11 +22,17 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     prompts = body.prompts()
     if len(prompts) > 1 and body.stream:
         raise InvalidRequest("a streamed completion takes one prompt", param="prompt")
-    tokenizer = state.serving_runtime().loaded.processor.tokenizer
+    rt = state.serving_runtime()
+    tokenizer = rt.loaded.processor.tokenizer
 
     def adapter(prompt: str | list[int]) -> CompletionAdapter:
-        echo = "" if not body.echo else prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
-        return CompletionAdapter(body, echo)
+        if not body.echo:
+            return CompletionAdapter(body, "")
+        if isinstance(prompt, str):
+            return CompletionAdapter(body, prompt)
+        # ids outside the vocabulary are decoded by nobody: the pipeline refuses them (400, param prompt)
+        valid = all(0 <= i < rt.worker.engine.vocab_size for i in prompt)
+        return CompletionAdapter(body, tokenizer.decode(prompt) if valid else "")
 
     if len(prompts) == 1:
         return await pipeline.run(state, adapter(prompts[0]), internal, request, raw_prompt=prompts[0])
