@@ -157,7 +157,8 @@ def mutant_cases(server: Server, count: int, seed: int, tally: Tally) -> None:
 
 
 def run(server: Server, count: int, seed: int = 0, schema_share: float = 0.3, per_operation: int = 0) -> dict:
-    """`count` cases in all: about `schema_share` of them from schemathesis, the rest mutants.
+    """`count` cases in all: about `schema_share` of them from schemathesis, the rest mutants (every
+    operation and mode gets one schemathesis case at least, so a small `count` can be exceeded).
 
     `per_operation` > 0: that many schemathesis cases for every operation (half positive, half
     negative) instead of the share; mutants then fill whatever is left of `count`.
