@@ -106,13 +106,13 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, default=150, help="about 229 prompt tokens, as serve_bench")
     parser.add_argument("--no-pack", action="store_true", help="plain nn.Linear (MKL) instead of oneDNN packing")
     parser.add_argument("--prefill-words", type=int, default=600, help="one prompt of about 1.1k tokens, timed alone")
-    parser.add_argument("--no-fuse", action="store_true", help="pack q/k/v and gate/up separately (cpu_linear.py)")
+    parser.add_argument("--fuse", action="store_true", help="pack q/k/v and gate/up as one matmul each (cpu_linear.py)")
     parser.add_argument("--profile", action="store_true", help="operator breakdown of the steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_pretrained_model(args.model, dtype=args.dtype)
     if not args.no_pack:
-        pack_linears(loaded.model, fuse=not args.no_fuse)
+        pack_linears(loaded.model, fuse=args.fuse)
     model = loaded.model
     bandwidth = memory_bandwidth()
     weights = weight_bytes(model)

@@ -12,13 +12,16 @@ logits are the same bits whether it decodes alone or in a batch.
 
 `pack_linears(model)` swaps every `nn.Linear` of the decoder layers and the output head for a
 `PackedLinear` holding the reordered weight (the same bytes, another layout; a head tied to the
-input embeddings becomes a separate copy, reported). The linears that read the same input are
-fused into one packed matmul (`FusedLinears`): the attention's q, k and v projections, the MLP's
-gate and up projections. A decode step then makes 4 matmuls per layer instead of 7, and the small
-k and v ones (896 x 128 for Qwen2-0.5B), whose cost was mostly the call, ride along with q. Each
-projection is a `FusedPart` that returns its columns of the fused result, computed once for the
-input it is given: the layer code of transformers is unchanged, and each column is the same dot
-product over the same weights, so the bits equal the separate matmuls (checked with `torch.equal`). The vision tower, projector and audio tower
+input embeddings becomes a separate copy, reported). With `fuse=True` the linears that read the
+same input become one packed matmul (`FusedLinears`): the attention's q, k and v projections, the
+MLP's gate and up projections, 4 matmuls per layer instead of 7. Each projection is then a
+`FusedPart` returning its columns of the fused result, computed once for the input it is given:
+the layer code of transformers is unchanged, and each column is the same dot product over the same
+weights, so the bits equal the separate matmuls (checked with `torch.equal`). It is off by default:
+on a 2-core AMX Xeon, float32, realistic demo, the fused layers computed prompts at 103-104 tokens/s
+against 121-131 separate, and decoded one row in 195-206 ms against 181-195 (two interleaved rounds
+of `bench/decode_profile.py --levels 1,8 [--no-fuse]`, a shared machine): the fused outputs' column
+slices feed the next operations strided, which costs more than the calls it saves. The vision tower, projector and audio tower
 keep plain linears: their matmuls have hundreds of rows, where packing gains nothing. float32 on
 the CPU is packed, and bfloat16 where the CPU multiplies it natively (AVX512-BF16 or AMX): on a
 2-core AMX Xeon, one thread, Qwen2-0.5B's MLP weight times 256 rows took 9 ms packed in bfloat16
@@ -133,7 +136,7 @@ def native_bf16() -> bool:
     return any(getattr(torch.cpu, probe, None) is not None and getattr(torch.cpu, probe)() for probe in probes)
 
 
-def pack_linears(model: PreTrainedModel, fuse: bool = True) -> int:
+def pack_linears(model: PreTrainedModel, fuse: bool = False) -> int:
     """Pack the decoder layers' and the output head's linears in place (with `fuse`, the linears
     of FUSED_GROUPS as one matmul each); the number of linears packed."""
     layers = model.get_submodule("model.layers")

@@ -48,7 +48,7 @@ def test_fused_projections_give_the_bits_of_separate_ones(tiny_checkpoint):
     alone (each output column is the same dot product); nothing is held between forwards."""
     fused = load_pretrained_model(tiny_checkpoint, dtype="float32").model
     separate = load_pretrained_model(tiny_checkpoint, dtype="float32").model
-    assert pack_linears(fused) == pack_linears(separate, fuse=False)
+    assert pack_linears(fused, fuse=True) == pack_linears(separate)
     attn, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
     assert all(isinstance(getattr(attn, n), FusedPart) for n in ("q_proj", "k_proj", "v_proj"))
     assert attn.q_proj.fused is attn.v_proj.fused and isinstance(attn.o_proj, PackedLinear)
