@@ -26,6 +26,9 @@ pytestmark = pytest.mark.xdist_group("strict")
 
 KEY = API_KEYS[0]
 CHROMIUM = "/usr/bin/chromium"
+# Playwright's expectations wait 5 s by default; on a loaded 2-core machine a first token can take
+# longer. A generous wait only stops a hung test: the checks are of what the page shows, not how fast.
+expect.set_options(timeout=60_000)
 DONE = "[data-testid=assistant-message][data-state=done]"
 
 
